@@ -1,0 +1,91 @@
+"""Shared test utilities: random cell inputs (normal and extreme) and tolerance checks."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xlstm_jax.ops import MLSTMState, SLSTMState
+
+
+def assert_close(actual, ref, rel: float, name: str = "", floor: float = 1e-30) -> None:
+    """max|actual - ref| <= rel * max(max|ref|, floor), reported relative to that scale.
+
+    ``floor`` is for quantities whose true value is tiny compared with the rest
+    of the computation (e.g. a gradient that exists only through eps).
+    """
+    actual = np.asarray(actual, np.float64)
+    ref = np.asarray(ref, np.float64)
+    assert actual.shape == ref.shape, f"{name}: shape {actual.shape} != {ref.shape}"
+    assert np.all(np.isfinite(actual)), f"{name}: non-finite values"
+    scale = max(float(np.max(np.abs(ref))), floor)
+    err = float(np.max(np.abs(actual - ref))) / scale
+    assert err <= rel, f"{name}: max error {err:.3e} x max|ref| ({scale:.3e}) exceeds {rel:.1e}"
+
+
+def assert_tree_close(actual, ref, rel: float, name: str = "") -> None:
+    leaves_a, tree_a = jax.tree.flatten(actual)
+    leaves_r, tree_r = jax.tree.flatten(ref)
+    assert tree_a == tree_r, f"{name}: {tree_a} != {tree_r}"
+    for idx, (a, r) in enumerate(zip(leaves_a, leaves_r)):
+        assert_close(a, r, rel, f"{name}[{idx}]")
+
+
+def mlstm_inputs(seed: int, b=2, nh=2, s=37, dhqk=8, dhv=12, *, gates="normal", dtype=np.float64):
+    """q, k, v, i, f as numpy arrays.
+
+    gates:
+      "normal":  i ~ N(0, 1), f ~ N(3, 1) (forget gates mostly open, as after init).
+      "extreme": pre-activations drawn from +-30, a run of f = -30 (memory wiped),
+                 a run of i = +30, and isolated input-gate spikes of +100, whose
+                 exp overflows float32 without the stabilizer.
+    """
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(b, nh, s, dhqk))
+    k = rng.normal(size=(b, nh, s, dhqk))
+    v = rng.normal(size=(b, nh, s, dhv))
+    if gates == "normal":
+        i = rng.normal(size=(b, nh, s))
+        f = rng.normal(size=(b, nh, s)) + 3.0
+    elif gates == "extreme":
+        i = rng.uniform(-30, 30, size=(b, nh, s))
+        f = rng.uniform(-30, 30, size=(b, nh, s))
+        f[..., s // 4 : s // 4 + 6] = -30.0
+        i[..., s // 2 : s // 2 + 5] = 30.0
+        i[..., 3 :: max(s // 3, 1)] = 100.0
+    else:
+        raise ValueError(gates)
+    return tuple(x.astype(dtype) for x in (q, k, v, i, f))
+
+
+def mlstm_state(seed: int, b=2, nh=2, dhqk=8, dhv=12, dtype=np.float64) -> MLSTMState:
+    rng = np.random.default_rng(seed)
+    return MLSTMState(
+        c=rng.normal(size=(b, nh, dhqk, dhv)).astype(dtype),
+        n=rng.normal(size=(b, nh, dhqk)).astype(dtype),
+        m=rng.uniform(-1, 1, size=(b, nh)).astype(dtype),
+    )
+
+
+def slstm_inputs(seed: int, b=2, s=11, nh=2, dh=6, *, scale=1.0, dtype=np.float64):
+    """gates_x (B,S,4,NH,DH), recurrent_kernel (NH,DH,4,DH), bias (NH,4,DH)."""
+    rng = np.random.default_rng(seed)
+    gates_x = scale * rng.normal(size=(b, s, 4, nh, dh))
+    kernel = rng.normal(size=(nh, dh, 4, dh)) / np.sqrt(dh)
+    bias = rng.normal(size=(nh, 4, dh))
+    return tuple(x.astype(dtype) for x in (gates_x, kernel, bias))
+
+
+def slstm_state(seed: int, b=2, nh=2, dh=6, dtype=np.float64) -> SLSTMState:
+    rng = np.random.default_rng(seed)
+    return SLSTMState(
+        h=rng.normal(size=(b, nh, dh)).astype(dtype),
+        c=rng.normal(size=(b, nh, dh)).astype(dtype),
+        n=rng.uniform(0.5, 2.0, size=(b, nh, dh)).astype(dtype),
+        m=rng.uniform(-1, 1, size=(b, nh, dh)).astype(dtype),
+    )
+
+
+def cast(tree, dtype):
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)

@@ -1,0 +1,78 @@
+"""Validation and dtype handling shared by the mLSTM forms."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import check_float, check_shapes, compute_dtype
+from .states import MLSTMState
+
+SEQ_DIMS = {
+    "q": ("B", "NH", "S", "DHQK"),
+    "k": ("B", "NH", "S", "DHQK"),
+    "v": ("B", "NH", "S", "DHV"),
+    "i": ("B", "NH", "S"),
+    "f": ("B", "NH", "S"),
+}
+STEP_DIMS = {
+    "q": ("B", "NH", "DHQK"),
+    "k": ("B", "NH", "DHQK"),
+    "v": ("B", "NH", "DHV"),
+    "i": ("B", "NH"),
+    "f": ("B", "NH"),
+}
+STATE_DIMS = {
+    "c": ("B", "NH", "DHQK", "DHV"),
+    "n": ("B", "NH", "DHQK"),
+    "m": ("B", "NH"),
+}
+
+
+class MLSTMInputs(NamedTuple):
+    """Validated inputs, cast to the compute dtype (float32, or float64 in x64 mode)."""
+
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    i: jax.Array
+    f: jax.Array
+    state: MLSTMState
+    out_dtype: jnp.dtype  # dtype of h: the common dtype of q, k and v
+
+
+def prepare(q, k, v, i, f, state, *, sequence: bool, state_name: str) -> MLSTMInputs:
+    """Check shapes and dtypes, build a zero state if ``state`` is None, upcast.
+
+    Args:
+      sequence: True for (B, NH, S, ...) inputs, False for one step (B, NH, ...).
+      state_name: the argument name used in error messages ("initial_state" or "state").
+    """
+    dims = SEQ_DIMS if sequence else STEP_DIMS
+    arrays = {"q": q, "k": k, "v": v, "i": i, "f": f}
+    specs = [(name, arrays[name], dims[name]) for name in dims]
+    if state is not None:
+        if not isinstance(state, tuple) or len(state) != 3:
+            raise ValueError(
+                f"{state_name} must be an MLSTMState(c, n, m) or a (c, n, m) tuple, got {type(state).__name__}"
+            )
+        state = MLSTMState(*state)
+        specs += [(f"{state_name}.{name}", getattr(state, name), STATE_DIMS[name]) for name in STATE_DIMS]
+    bound = check_shapes(specs)
+    for name, x in arrays.items():
+        check_float(name, x)
+    dtype = compute_dtype(q, k, v, i, f, *(state or ()))
+    if state is None:
+        state = MLSTMState.zeros(bound["B"], bound["NH"], bound["DHQK"], bound["DHV"], dtype)
+    cast = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    return MLSTMInputs(
+        q=cast(q),
+        k=cast(k),
+        v=cast(v),
+        i=cast(i),
+        f=cast(f),
+        state=MLSTMState(*map(cast, state)),
+        out_dtype=jnp.result_type(q, k, v),
+    )

@@ -1,0 +1,47 @@
+"""mLSTM parallel (quadratic) form: the stabilized attention-like formulation.
+
+Same function as ``mlstm_kernels`` ``parallel--native_stablef``: O(S^2) time and
+memory, exact gradients by autodiff. Used as a reference and for short sequences.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from ._checks import check_eps
+from ._decay import log_decay_matrix
+from ._mlstm_inputs import prepare
+
+
+@partial(jax.jit, static_argnames=("eps",))
+def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
+    """Stabilized quadratic mLSTM::
+
+        logD[t, s] = sum_{r=s+1..t} log_sigmoid(f[r]) + i[s]   (s <= t)
+        m[t]       = max_s logD[t, s]
+        P          = (q k^T / sqrt(DHQK)) * exp(logD - m)
+        h          = P v / (max(|rowsum P|, exp(-m)) + eps)
+
+    Unlike the chunkwise and recurrent forms there is no initial state, and m has
+    no ``m_0 = 0`` term: h agrees with them except where the ``exp(-m)`` floor is
+    active (float64 differences of order 1e-6 relative, as in the official code).
+
+    Args:
+      q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S) pre-activations.
+      eps: added to the normalizer.
+
+    Returns:
+      h: (B, NH, S, DHV) in the dtype of q, k, v.
+    """
+    eps = check_eps(eps)
+    x = prepare(q, k, v, i, f, None, sequence=True, state_name="initial_state")
+    log_d = log_decay_matrix(jax.nn.log_sigmoid(x.f), x.i)  # (B, NH, S, S)
+    m = jnp.max(log_d, axis=-1)  # (B, NH, S)
+    scores = jnp.einsum("bhtd,bhsd->bhts", x.q * (x.q.shape[-1] ** -0.5), x.k)
+    p = scores * jnp.exp(log_d - m[..., None])
+    den = jnp.maximum(jnp.abs(jnp.sum(p, axis=-1)), jnp.exp(-m)) + eps
+    h = jnp.einsum("bhts,bhsd->bhtd", p / den[..., None], x.v)
+    return h.astype(x.out_dtype)
