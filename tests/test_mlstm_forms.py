@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, assert_tree_close, cast, mlstm_inputs, mlstm_state
 
+from helpers import assert_close, assert_tree_close, cast, mlstm_inputs, mlstm_state
 from xlstm_jax.ops import MLSTMState, mlstm_chunkwise, mlstm_parallel, mlstm_recurrent, mlstm_step
 
 FWD_TOL, GRAD_TOL = 1e-4, 1e-3

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _shape_text(dims: Sequence[str], bound: dict[str, int]) -> str:
-    parts = [f"{d}={bound[d]}" if d in bound else d for d in dims]
+def _shape_text(dims: Sequence[str | int], bound: dict[str, int]) -> str:
+    parts = [str(d) if isinstance(d, int) else f"{d}={bound[d]}" if d in bound else d for d in dims]
     return "(" + ", ".join(parts) + ")"
 
 
@@ -27,37 +27,43 @@ def check_float(name: str, x) -> None:
         raise ValueError(f"{name} must have a floating-point dtype, got {dtype}")
 
 
-def check_shapes(specs: Sequence[tuple[str, object, Sequence[str]]]) -> dict[str, int]:
+def check_shapes(specs: Sequence[tuple[str, object, Sequence[str | int]]]) -> dict[str, int]:
     """Check arrays against symbolic shapes and return the bound dimension sizes.
 
     Args:
       specs: ``(argument_name, array, dims)`` triples, e.g.
         ``("q", q, ("B", "NH", "S", "DHQK"))``. A dimension name used by several
-        arrays must have the same size in all of them. Arrays that are ``None``
-        are skipped.
+        arrays must have the same size in all of them; an int is a fixed size.
+        Arrays that are ``None`` are skipped.
 
     Returns:
-      ``{dim_name: size}`` for every dimension seen.
+      ``{dim_name: size}`` for every named dimension.
     """
+    specs = [(name, x, tuple(dims)) for name, x, dims in specs if x is not None]
+    for name, x, _ in specs:
+        check_float(name, x)
+    # Bind every name from the first array of the right rank, so that the message
+    # for a bad array can state the full expected shape.
     bound: dict[str, int] = {}
     origin: dict[str, str] = {}
     for name, x, dims in specs:
-        if x is None:
-            continue
-        check_float(name, x)
+        if len(np.shape(x)) == len(dims):
+            for dim, size in zip(dims, np.shape(x)):
+                if isinstance(dim, str) and dim not in bound:
+                    bound[dim], origin[dim] = size, name
+    for name, x, dims in specs:
         shape = tuple(np.shape(x))
         if len(shape) != len(dims):
             raise ValueError(
                 f"{name} must have rank {len(dims)} with shape {_shape_text(dims, bound)}, got shape {shape}"
             )
         for dim, size in zip(dims, shape):
-            if dim in bound and bound[dim] != size:
-                raise ValueError(
-                    f"{name} must have shape {_shape_text(dims, bound)} "
-                    f"({dim}={bound[dim]} from {origin[dim]}), got shape {shape}"
+            expected = dim if isinstance(dim, int) else bound[dim]
+            if size != expected:
+                source = (
+                    "" if isinstance(dim, int) or origin[dim] == name else f" ({dim}={expected} from {origin[dim]})"
                 )
-            bound.setdefault(dim, size)
-            origin.setdefault(dim, name)
+                raise ValueError(f"{name} must have shape {_shape_text(dims, bound)}{source}, got shape {shape}")
     for dim, size in bound.items():
         if size == 0:
             raise ValueError(f"dimension {dim} of {origin[dim]} must be non-empty, got 0")

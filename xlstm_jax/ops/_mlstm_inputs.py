@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_float, check_shapes, compute_dtype
+from ._checks import check_shapes, compute_dtype
 from .states import MLSTMState
 
 SEQ_DIMS = {
@@ -61,8 +61,6 @@ def prepare(q, k, v, i, f, state, *, sequence: bool, state_name: str) -> MLSTMIn
         state = MLSTMState(*state)
         specs += [(f"{state_name}.{name}", getattr(state, name), STATE_DIMS[name]) for name in STATE_DIMS]
     bound = check_shapes(specs)
-    for name, x in arrays.items():
-        check_float(name, x)
     dtype = compute_dtype(q, k, v, i, f, *(state or ()))
     if state is None:
         state = MLSTMState.zeros(bound["B"], bound["NH"], bound["DHQK"], bound["DHV"], dtype)

@@ -24,18 +24,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_float, check_shapes, compute_dtype
+from ._checks import check_shapes, compute_dtype
 from .states import SLSTMState
 
 _GATES = 4  # i, f, z, o
 
 
 def _prepare(gates_x, recurrent_kernel, bias, state, *, sequence: bool, state_name: str):
-    gate_dims = ("B", "S", "G", "NH", "DH") if sequence else ("B", "G", "NH", "DH")
+    gate_dims = ("B", "S", _GATES, "NH", "DH") if sequence else ("B", _GATES, "NH", "DH")
     specs = [
         ("gates_x", gates_x, gate_dims),
-        ("recurrent_kernel", recurrent_kernel, ("NH", "DH", "G", "DH")),
-        ("bias", bias, ("NH", "G", "DH")),
+        ("recurrent_kernel", recurrent_kernel, ("NH", "DH", _GATES, "DH")),
+        ("bias", bias, ("NH", _GATES, "DH")),
     ]
     if state is not None:
         if not isinstance(state, tuple) or len(state) != 4:
@@ -45,12 +45,6 @@ def _prepare(gates_x, recurrent_kernel, bias, state, *, sequence: bool, state_na
         state = SLSTMState(*state)
         specs += [(f"{state_name}.{name}", x, ("B", "NH", "DH")) for name, x in state._asdict().items()]
     bound = check_shapes(specs)
-    for name, x in (("gates_x", gates_x), ("recurrent_kernel", recurrent_kernel), ("bias", bias)):
-        check_float(name, x)
-    if bound["G"] != _GATES:
-        raise ValueError(
-            f"gates_x, recurrent_kernel and bias need {_GATES} gates (i, f, z, o) on the gate axis, got {bound['G']}"
-        )
     dtype = compute_dtype(gates_x, recurrent_kernel, bias, *(state or ()))
     if state is None:
         state = SLSTMState.zeros(bound["B"], bound["NH"], bound["DH"], dtype)
