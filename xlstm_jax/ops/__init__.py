@@ -10,11 +10,11 @@ sLSTM:
   ``slstm_step``       one token.
 """
 
-from .mlstm_chunkwise import mlstm_chunkwise
-from .mlstm_parallel import mlstm_parallel
-from .mlstm_recurrent import mlstm_recurrent, mlstm_step
-from .slstm import slstm_scan, slstm_step
-from .states import MLSTMState, SLSTMState
+from ._mlstm_chunkwise import mlstm_chunkwise
+from ._mlstm_parallel import mlstm_parallel
+from ._mlstm_recurrent import mlstm_recurrent, mlstm_step
+from ._slstm import slstm_scan, slstm_step
+from ._states import MLSTMState, SLSTMState
 
 __all__ = [
     "MLSTMState",

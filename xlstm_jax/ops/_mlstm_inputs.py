@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_shapes, compute_dtype
-from .states import MLSTMState
+from ._states import MLSTMState
 
 SEQ_DIMS = {
     "q": ("B", "NH", "S", "DHQK"),

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_shapes, compute_dtype
-from .states import SLSTMState
+from ._states import SLSTMState
 
 _GATES = 4  # i, f, z, o
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from ._checks import check_eps
 from ._mlstm_inputs import prepare
-from .states import MLSTMState
+from ._states import MLSTMState
 
 
 def _step(q, k, v, i, f, state: MLSTMState, eps: float):

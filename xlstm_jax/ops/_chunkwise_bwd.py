@@ -1,0 +1,123 @@
+"""Analytic backward pass of the chunkwise mLSTM.
+
+Stabilizers only rescale. Each intermediate chunk scale M_k enters once as +M_k and
+once as -M_k, so the output does not depend on it at all. A token's output
+stabilizer m_t enters h only through eps, since before stabilization the floor
+``exp(-m)`` is the constant 1:
+
+    h_t = num_t / (max(|d_t|, exp(-m_t)) + eps),  so  dh_t/dm_t = -h_t eps / den_t.
+
+The exact gradient is therefore:
+
+1. the gradient with every stabilizer held fixed (the bulk of the work: recompute the
+   intra-chunk matrices of the forward pass, then batched matmuls, plus a reverse
+   ``lax.scan`` over chunks for the memory's cotangent); and
+2. the stabilizer terms: the eps term above, and the final state's scale, since
+   (c, n) are returned at scale ``m_final``. Both are pulled back through the
+   stabilizers' own max recurrences by ``jax.vjp`` of the O(S) function
+   ``stabilizers``.
+
+The initial m0 is a genuine input (it sets the scale of c0 and n0). It enters step 1
+through the first chunk's decay and inter-chunk weights.
+
+Shapes: q, k (B, NH, NC, L, DHQK); v, h (B, NH, NC, L, DHV); logf, i, m, d (B, NH, NC, L).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ._chunkwise_fwd import Residuals, Stabilizers, intra_chunk, stabilizers
+
+
+def _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final):
+    """Reverse scan: cotangent of the memory after each chunk, and of the initial memory.
+
+    ``C_k = decay_k C_{k-1} + (chunk k's writes)``, and chunk k+1 also reads C_k
+    directly (``dc_before[k+1]``).
+    """
+
+    def body(carry, xs):
+        dc, dn = carry  # cotangent of the memory after chunk k
+        decay_k, dc_read, dn_read = xs
+        return (decay_k[..., None, None] * dc + dc_read, decay_k[..., None] * dn + dn_read), carry
+
+    chunk_first = lambda x: jnp.moveaxis(x, 2, 0)  # noqa: E731
+    (dc0, dn0), (dc_after, dn_after) = jax.lax.scan(
+        body,
+        (dc_final, dn_final),
+        (chunk_first(decay), chunk_first(dc_before), chunk_first(dn_before)),
+        reverse=True,
+    )
+    return jnp.moveaxis(dc_after, 0, 2), jnp.moveaxis(dn_after, 0, 2), dc0, dn0
+
+
+def backward(res: Residuals, cotangents, eps: float):
+    """Gradients wrt (q, k, v, logf, i, c0, n0, m0), q..i in (B, NH, S, ...) layout."""
+    dh, dc_final, dn_final, dm_final = cotangents
+    q, k, v, logf, i, st = res.q, res.k, res.v, res.logf, res.i, res.st
+    b, nh, nc, length, _ = q.shape
+    dh = dh.reshape(res.h.shape)
+
+    # Intra-chunk outputs, stabilizers fixed.
+    intra = intra_chunk(q, k, logf, i, st)
+    floor = jnp.exp(-st.m)
+    den = jnp.maximum(jnp.abs(res.d), floor) + eps
+    dnum = dh / den[..., None]
+    h_dh = jnp.sum(dh * res.h, axis=-1)  # (B, NH, NC, L)
+    dd = jnp.where(jnp.abs(res.d) > floor, -h_dh / den * jnp.sign(res.d), 0.0)
+    dp = jnp.einsum("bhcte,bhcse->bhcts", dnum, v) + dd[..., None]
+    q_in = intra.q_scaled * intra.alpha[..., None]
+    dv = jnp.einsum("bhcts,bhcte->bhcse", intra.p, dnum)
+    dq_in = jnp.einsum("bhcte,bhcde->bhctd", dnum, res.c_before) + dd[..., None] * res.n_before[..., None, :]
+    dc_before = jnp.einsum("bhctd,bhcte->bhcde", q_in, dnum)
+    dn_before = jnp.einsum("bhctd,bhct->bhcd", q_in, dd)
+    dlog_alpha = jnp.sum(dq_in * q_in, axis=-1)
+    ds = dp * intra.decay
+    dq_scaled = dq_in * intra.alpha[..., None] + jnp.einsum("bhcts,bhcsd->bhctd", ds, k)
+    dk = jnp.einsum("bhcts,bhctd->bhcsd", ds, intra.q_scaled)
+    dlog_d = dp * intra.p  # d/d logD[t, s], logD = b_t - b_s + i_s
+    di = jnp.sum(dlog_d, axis=-2)
+    db = jnp.sum(dlog_d, axis=-1) - di + dlog_alpha  # d/d b, b = cumsum(logf) within the chunk
+    dm0 = jnp.sum(dlog_alpha[:, :, 0], axis=-1)
+
+    # Inter-chunk memory, stabilizers fixed.
+    decay = jnp.exp(jnp.sum(logf, axis=-1) + st.m_before - st.m_after)
+    dc_after, dn_after, dc0, dn0 = _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final)
+    dlog_decay = decay * (jnp.sum(dc_after * res.c_before, axis=(-2, -1)) + jnp.sum(dn_after * res.n_before, axis=-1))
+    w = jnp.exp(st.a - st.m_after[..., None])
+    dk_write = w[..., None] * (jnp.einsum("bhcle,bhcde->bhcld", v, dc_after) + dn_after[..., None, :])
+    dv = dv + w[..., None] * jnp.einsum("bhcld,bhcde->bhcle", k, dc_after)
+    dk = dk + dk_write
+    da = jnp.sum(dk_write * k, axis=-1)  # a_t = g - b_t + i_t
+    di = di + da
+    db = db - da
+    dg = jnp.sum(da, axis=-1) + dlog_decay  # g = sum(logf) over the chunk
+    dm0 = dm0 + dlog_decay[:, :, 0]
+    dlogf = jnp.flip(jnp.cumsum(jnp.flip(db, -1), axis=-1), -1) + dg[..., None]
+
+    # Stabilizer terms: eps path of every m_t, and the final state's scale.
+    dm_final_scale = dm_final - jnp.sum(dc_final * res.c_final, axis=(-2, -1)) - jnp.sum(dn_final * res.n_final, -1)
+    zeros_nc = jnp.zeros_like(st.m_after)
+    st_cot = Stabilizers(
+        a=jnp.zeros_like(st.a),
+        m_before=zeros_nc,
+        m_after=zeros_nc.at[..., -1].set(dm_final_scale),
+        m=-eps * h_dh / den,
+    )
+    _, pullback = jax.vjp(stabilizers, logf, i, res.m0)
+    dlogf_m, di_m, dm0_m = pullback(st_cot)
+
+    seq = lambda x: x.reshape(b, nh, nc * length, *x.shape[4:])  # noqa: E731
+    dq = dq_scaled * (q.shape[-1] ** -0.5)
+    return (
+        seq(dq),
+        seq(dk),
+        seq(dv),
+        seq(dlogf + dlogf_m),
+        seq(di + di_m),
+        dc0,
+        dn0,
+        dm0 + dm0_m,
+    )

@@ -1,0 +1,150 @@
+"""Forward pass of the chunkwise mLSTM: linear cost in S, the XLA twin of the TFLA kernels.
+
+The sequence is cut into NC chunks of length L (xlstm-reference.md 2.3). Per chunk,
+with ``b`` the cumulative log forget gates inside the chunk and ``g = b[L-1]``:
+
+* Stabilizers (``stabilizers``, O(S) work): the memory's log scale after each chunk,
+  ``M_k = max(g_k + M_{k-1}, max_t a_t)`` with ``a_t = g - b_t + i_t`` and ``M_0 = m0``,
+  and the per-token output stabilizer ``m_t = b_t + max(M_{k-1}, max_{s<=t} (i_s - b_s))``.
+* Inter-chunk (``chunk_states``): the memory entering every chunk,
+  ``C_k = exp(g_k + M_{k-1} - M_k) C_{k-1} + sum_t exp(a_t - M_k) k_t v_t^T`` (same for n).
+  The per-chunk sums are one batched matmul; a ``lax.scan`` over chunks does only
+  elementwise work, so compile time does not grow with NC.
+* Intra-chunk (``chunk_outputs``): for all chunks in parallel, the memory's
+  contribution plus a causal, decay-weighted attention inside the chunk.
+
+The stabilizers only rescale: every h depends on them through eps alone (the floor
+``exp(-m)`` is the constant 1 before stabilization). That is what makes the analytic
+backward in ``_chunkwise_bwd`` short: it differentiates with the stabilizers
+held fixed, then adds their exact eps and final-state terms.
+
+Any S works: the sequence is padded to a multiple of L with tokens that neither
+write to nor decay the memory (i = -inf, log forget gate = 0), which leaves h
+and the final state exactly unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ._decay import cumsum_hi_lo, log_decay_matrix
+
+
+class Stabilizers(NamedTuple):
+    """Log scales chosen by the forward pass; all (B, NH, NC[, L])."""
+
+    a: jax.Array  # (..., NC, L) log weight of token t in the memory after its chunk
+    m_before: jax.Array  # (..., NC) memory scale entering chunk k (M_{k-1}); [..., 0] = m0
+    m_after: jax.Array  # (..., NC) memory scale after chunk k (M_k); [..., -1] = final m
+    m: jax.Array  # (..., NC, L) per-token output stabilizer
+
+
+def stabilizers(logf, i, m0) -> Stabilizers:
+    """logf, i: (B, NH, NC, L); m0: (B, NH). Differentiable (used for the backward's m-path)."""
+    hi, lo = cumsum_hi_lo(logf)
+    b = hi + lo
+    a = ((hi[..., -1:] - hi) + (lo[..., -1:] - lo)) + i
+    g, a_max = b[..., -1], jnp.max(a, axis=-1)
+
+    def body(m_prev, xs):
+        g_k, a_max_k = xs
+        m_next = jnp.maximum(g_k + m_prev, a_max_k)
+        return m_next, m_prev
+
+    m_final, m_before = jax.lax.scan(body, m0, (jnp.moveaxis(g, -1, 0), jnp.moveaxis(a_max, -1, 0)))
+    m_before = jnp.moveaxis(m_before, 0, -1)
+    m_after = jnp.concatenate([m_before[..., 1:], m_final[..., None]], axis=-1)
+    m = b + jnp.maximum(m_before[..., None], jax.lax.cummax(i - b, axis=i.ndim - 1))
+    return Stabilizers(a, m_before, m_after, m)
+
+
+def chunk_states(k, v, logf, st: Stabilizers, c0, n0):
+    """Memory entering every chunk, and the final memory.
+
+    Args:
+      k: (B, NH, NC, L, DHQK); v: (B, NH, NC, L, DHV); logf: (B, NH, NC, L).
+      c0, n0: initial memory (B, NH, DHQK, DHV), (B, NH, DHQK), at scale ``st.m_before[..., 0]``.
+
+    Returns:
+      ``(c_before, n_before, c_final, n_final)``; the ``_before`` arrays are stacked
+      over chunks: (B, NH, NC, DHQK, DHV) and (B, NH, NC, DHQK).
+    """
+    w = jnp.exp(st.a - st.m_after[..., None])  # (B, NH, NC, L), <= 1
+    kv = jnp.einsum("bhcld,bhcle->bhcde", k * w[..., None], v)
+    ksum = jnp.einsum("bhcld,bhcl->bhcd", k, w)
+    decay = jnp.exp(jnp.sum(logf, axis=-1) + st.m_before - st.m_after)  # (B, NH, NC)
+
+    def body(carry, xs):
+        c, n = carry
+        decay_k, kv_k, ksum_k = xs
+        return (decay_k[..., None, None] * c + kv_k, decay_k[..., None] * n + ksum_k), carry
+
+    chunk_first = lambda x: jnp.moveaxis(x, 2, 0)  # noqa: E731
+    (c_final, n_final), (c_before, n_before) = jax.lax.scan(
+        body, (c0, n0), (chunk_first(decay), chunk_first(kv), chunk_first(ksum))
+    )
+    return jnp.moveaxis(c_before, 0, 2), jnp.moveaxis(n_before, 0, 2), c_final, n_final
+
+
+class IntraChunk(NamedTuple):
+    """Intra-chunk quantities recomputed by the forward and the backward pass."""
+
+    q_scaled: jax.Array  # (..., L, DHQK) q / sqrt(DHQK)
+    decay: jax.Array  # (..., L, L) exp(logD - m), zero above the diagonal
+    p: jax.Array  # (..., L, L) (q_scaled k^T) * decay
+    alpha: jax.Array  # (..., L) exp(b + M_{k-1} - m): weight of the entering memory
+
+
+def intra_chunk(q, k, logf, i, st: Stabilizers) -> IntraChunk:
+    hi, lo = cumsum_hi_lo(logf)
+    decay = jnp.exp(log_decay_matrix(hi, lo, i) - st.m[..., None])
+    q_scaled = q * (q.shape[-1] ** -0.5)
+    p = jnp.einsum("bhctd,bhcsd->bhcts", q_scaled, k) * decay
+    alpha = jnp.exp((hi + lo) + st.m_before[..., None] - st.m)
+    return IntraChunk(q_scaled, decay, p, alpha)
+
+
+def chunk_outputs(v, intra: IntraChunk, c_before, n_before, m, eps: float):
+    """h (B, NH, NC, L, DHV) and the signed normalizer d (B, NH, NC, L) before its floor."""
+    q_in = intra.q_scaled * intra.alpha[..., None]
+    num = jnp.einsum("bhctd,bhcde->bhcte", q_in, c_before) + jnp.einsum("bhcts,bhcse->bhcte", intra.p, v)
+    d = jnp.einsum("bhctd,bhcd->bhct", q_in, n_before) + jnp.sum(intra.p, axis=-1)
+    den = jnp.maximum(jnp.abs(d), jnp.exp(-m)) + eps
+    return num / den[..., None], d
+
+
+class Residuals(NamedTuple):
+    """Everything the backward pass keeps: O(S (DHQK + DHV) + NC DHQK DHV) per head."""
+
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    logf: jax.Array
+    i: jax.Array
+    m0: jax.Array
+    st: Stabilizers
+    c_before: jax.Array
+    n_before: jax.Array
+    h: jax.Array
+    d: jax.Array
+    c_final: jax.Array
+    n_final: jax.Array
+
+
+def forward(q, k, v, logf, i, c0, n0, m0, chunk_size: int, eps: float):
+    """Chunkwise mLSTM on inputs padded to a multiple of ``chunk_size``.
+
+    Returns ``((h, c, n, m), residuals)`` with h (B, NH, S, DHV).
+    """
+    b, nh, s, _ = q.shape
+    split = lambda x: x.reshape(b, nh, s // chunk_size, chunk_size, *x.shape[3:])  # noqa: E731
+    q, k, v, logf, i = map(split, (q, k, v, logf, i))
+    st = stabilizers(logf, i, m0)
+    c_before, n_before, c_final, n_final = chunk_states(k, v, logf, st, c0, n0)
+    h, d = chunk_outputs(v, intra_chunk(q, k, logf, i, st), c_before, n_before, st.m, eps)
+    m_final = st.m_after[..., -1]
+    res = Residuals(q, k, v, logf, i, m0, st, c_before, n_before, h, d, c_final, n_final)
+    return (h.reshape(b, nh, s, -1), c_final, n_final, m_final), res
