@@ -9,8 +9,8 @@ import numpy as np
 from xlstm_jax.ops import MLSTMState, SLSTMState
 
 
-def assert_close(actual, ref, rel: float, name: str = "", floor: float = 1e-30) -> None:
-    """max|actual - ref| <= rel * max(max|ref|, floor), reported relative to that scale.
+def assert_close(actual, ref, rel: float, name: str = "", floor: float = 1e-30, context: str = "") -> float:
+    """Assert max|actual - ref| <= rel * max(max|ref|, floor); return that relative error.
 
     ``floor`` is for quantities whose true value is tiny compared with the rest
     of the computation (e.g. a gradient that exists only through eps).
@@ -18,10 +18,18 @@ def assert_close(actual, ref, rel: float, name: str = "", floor: float = 1e-30) 
     actual = np.asarray(actual, np.float64)
     ref = np.asarray(ref, np.float64)
     assert actual.shape == ref.shape, f"{name}: shape {actual.shape} != {ref.shape}"
-    assert np.all(np.isfinite(actual)), f"{name}: non-finite values"
-    scale = max(float(np.max(np.abs(ref))), floor)
-    err = float(np.max(np.abs(actual - ref))) / scale
-    assert err <= rel, f"{name}: max error {err:.3e} x max|ref| ({scale:.3e}) exceeds {rel:.1e}"
+    bad = np.argwhere(~np.isfinite(actual))
+    assert bad.size == 0, f"{name}: non-finite values at {bad[:5].tolist()}{context}"
+    scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, floor)
+    err = np.abs(actual - ref)
+    rel_err = (float(err.max()) if err.size else 0.0) / scale
+    if rel_err > rel:
+        idx = np.unravel_index(int(np.argmax(err)), err.shape)
+        raise AssertionError(
+            f"{name}: max error {rel_err:.3e} x scale {scale:.3e} exceeds {rel:.1e} (worst at "
+            f"{tuple(int(j) for j in idx)}: actual {actual[idx]:.8e}, ref {ref[idx]:.8e}){context}"
+        )
+    return rel_err
 
 
 def assert_tree_close(actual, ref, rel: float, name: str = "") -> None:
