@@ -433,7 +433,7 @@ class Runner:
         from mlstm_kernels.torch import get_mlstm_kernel
 
         a = self.args
-        B, NH, DQK, DV = 1, 4, 64, 64
+        NH, DQK, DV = 4, 64, 64
         official = {
             "official_torch_chunkwise_native_autograd": get_mlstm_kernel("chunkwise--native_autograd"),
             "official_torch_chunkwise_native_custbw": get_mlstm_kernel("chunkwise--native_custbw"),
@@ -454,7 +454,10 @@ class Runner:
             return None
 
         for si, S in enumerate(a.mlstm_S):
-            log(f"[mlstm] S={S}")
+            # --const-tokens: the same B*S tokens (and working set) per call at every S, which
+            # separates the algorithm's scaling in S from cache effects of a growing problem.
+            B = max(1, a.const_tokens // S) if a.const_tokens else 1
+            log(f"[mlstm] S={S} B={B}")
             rng = np.random.default_rng(1000 + S)
             q_np = rng.standard_normal((B, NH, S, DQK), dtype=np.float32)
             k_np = rng.standard_normal((B, NH, S, DQK), dtype=np.float32)
@@ -531,7 +534,9 @@ class Runner:
                 impl = "jax_parallel"
                 base = self.base("mlstm", impl, S, B, NH, DQK, DV, None, mode)
                 gf = fac * flops_parallel_fwd(B, NH, S, DQK, DV) / 1e9
-                if ops is None:
+                if "parallel" not in a.forms:
+                    pass
+                elif ops is None:
                     self.skip(base, "xlstm_jax.ops not importable")
                 elif why := too_slow((impl, mode), S, 2):
                     self.skip(base, why)
@@ -557,7 +562,9 @@ class Runner:
                 impl = "jax_recurrent"
                 base = self.base("mlstm", impl, S, B, NH, DQK, DV, None, mode)
                 gf = fac * flops_recurrent_fwd(B, NH, S, DQK, DV) / 1e9
-                if ops is None:
+                if "recurrent" not in a.forms:
+                    pass
+                elif ops is None:
                     self.skip(base, "xlstm_jax.ops not importable")
                 elif why := too_slow((impl, mode), S, 1):
                     self.skip(base, why)
@@ -887,6 +894,17 @@ def parse_args(argv=None):
     p.add_argument("--chunk-size", default="64", help="chunk size, or a comma list to sweep (default 64)")
     p.add_argument("--seq-lens", default=None, help="mLSTM sequence lengths, comma list (default 1024,4096,16384)")
     p.add_argument(
+        "--const-tokens",
+        type=int,
+        default=0,
+        help="mLSTM: use batch = const_tokens // S at each S (default 0: batch 1)",
+    )
+    p.add_argument(
+        "--forms",
+        default="parallel,recurrent",
+        help="our slower mLSTM forms to run besides chunkwise and the official kernels (comma list; '' for none)",
+    )
+    p.add_argument(
         "--busy-threshold",
         type=float,
         default=0.10,
@@ -947,6 +965,7 @@ def parse_args(argv=None):
         a.mlstm_S = [int(x) for x in a.seq_lens.split(",")]
     else:
         a.mlstm_S = [1024] if a.quick else [1024, 4096, 16384]
+    a.forms = [x for x in a.forms.split(",") if x]
     a.slstm_S = 128 if a.quick else 512
     if "mlstm" not in a.only:
         a.mlstm_S = []
