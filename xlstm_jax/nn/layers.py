@@ -1,0 +1,183 @@
+"""Building blocks shared by both xLSTM architectures (Flax NNX).
+
+Dtype policy: parameters are stored in ``param_dtype``; matmuls run in ``dtype``
+(the compute dtype, e.g. bfloat16); normalizations always compute in float32 and
+return the compute dtype.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .params import Init, ones, param, zeros
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias); kernel (in, out) with logical names ``names``."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool,
+        kernel_init: Init,
+        names: tuple[str | None, str | None],
+        bias_init: Init = zeros,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.kernel = param(rngs, kernel_init, (in_features, out_features), names, param_dtype)
+        self.bias = param(rngs, bias_init, (out_features,), names[1:], param_dtype) if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """Token embedding (V, D); ``attend`` gives logits against it (tied heads)."""
+
+    def __init__(self, vocab_size: int, dim: int, *, init: Init, dtype=jnp.float32, param_dtype=jnp.float32, rngs):
+        self.embedding = param(rngs, init, (vocab_size, dim), ("vocab", "embed"), param_dtype)
+        self.dtype = dtype
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+
+
+def _normalize(x: jax.Array, eps: float, *, center: bool) -> jax.Array:
+    """Layer (center=True) or RMS (center=False) normalization over the last axis, in float32."""
+    x = x.astype(jnp.float32)
+    if center:
+        x = x - jnp.mean(x, axis=-1, keepdims=True)
+    return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis.
+
+    ``residual_weight=True`` is the NeurIPS convention: the stored weight starts at 0
+    and the applied scale is ``1 + weight``. Set ``center=False`` for RMSNorm.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        eps: float,
+        use_bias: bool = False,
+        residual_weight: bool = False,
+        center: bool = True,
+        names: tuple[str | None] = ("embed",),
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+    ):
+        init = zeros if residual_weight else ones
+        self.weight = param(None, init, (dim,), names, param_dtype)
+        self.bias = param(None, zeros, (dim,), names, param_dtype) if use_bias else None
+        self.eps, self.residual_weight, self.center, self.dtype = eps, residual_weight, center, dtype
+
+    def scale(self) -> jax.Array:
+        w = self.weight[...].astype(jnp.float32)
+        return 1.0 + w if self.residual_weight else w
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = _normalize(x, self.eps, center=self.center) * self.scale()
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class MultiHeadLayerNorm(LayerNorm):
+    """Per-head LayerNorm: x (..., NH, DH) is normalized over DH for each head, then
+    scaled by a weight of NH * DH features (head-major, as the official group norm)."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        nh, dh = x.shape[-2:]
+        y = _normalize(x, self.eps, center=self.center).reshape(*x.shape[:-2], nh * dh) * self.scale()
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+class HeadwiseLinear(nnx.Module):
+    """Block-diagonal linear map: x (..., NB * DI) -> (..., NB * DO), weight (NB, DO, DI).
+
+    The official ``LinearHeadwiseExpand``: ``y[..., b, o] = sum_i x[..., b, i] w[b, o, i]``.
+    """
+
+    def __init__(
+        self,
+        num_blocks: int,
+        block_in: int,
+        block_out: int,
+        *,
+        use_bias: bool,
+        init: Init,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.weight = param(rngs, init, (num_blocks, block_out, block_in), ("heads", None, None), param_dtype)
+        self.bias = param(rngs, zeros, (num_blocks * block_out,), ("heads",), param_dtype) if use_bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        nb, _, di = self.weight.shape
+        x = x.astype(self.dtype).reshape(*x.shape[:-1], nb, di)
+        y = jnp.einsum("...bi,boi->...bo", x, self.weight[...].astype(self.dtype))
+        y = y.reshape(*y.shape[:-2], -1)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class CausalConv1d(nnx.Module):
+    """Depthwise causal convolution over the sequence, with a streaming state.
+
+    Output at t uses inputs t-K+1..t (zeros before the start), tap j multiplying
+    x[t - K + 1 + j], as the official ``CausalConv1d``. ``state`` holds the last
+    K - 1 inputs, (B, K - 1, C).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        *,
+        use_bias: bool = True,
+        init: Init,
+        bias_init: Init = zeros,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.kernel = param(rngs, init, (kernel_size, channels), (None, "heads"), param_dtype)
+        self.bias = param(rngs, bias_init, (channels,), ("heads",), param_dtype) if use_bias else None
+        self.kernel_size, self.dtype = kernel_size, dtype
+
+    def zero_state(self, batch: int) -> jax.Array:
+        return jnp.zeros((batch, self.kernel_size - 1, self.kernel.shape[1]), self.dtype)
+
+    def __call__(self, x: jax.Array, state: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """x (B, S, C) -> (y (B, S, C), new state (B, K - 1, C))."""
+        k = self.kernel_size
+        if state is None:
+            state = self.zero_state(x.shape[0])
+        padded = jnp.concatenate([state.astype(self.dtype), x.astype(self.dtype)], axis=1)  # (B, K-1+S, C)
+        kernel = self.kernel[...].astype(self.dtype)
+        s = x.shape[1]
+        y = sum(padded[:, j : j + s] * kernel[j] for j in range(k))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y, padded[:, s:]
