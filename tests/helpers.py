@@ -22,7 +22,11 @@ def assert_close(actual, ref, rel: float, name: str = "", floor: float = 1e-30, 
     assert bad.size == 0, f"{name}: non-finite values at {bad[:5].tolist()}{context}"
     scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, floor)
     err = np.abs(actual - ref)
-    rel_err = (float(err.max()) if err.size else 0.0) / scale
+    max_err = float(err.max()) if err.size else 0.0
+    if scale == 0.0:  # an exactly zero reference must be matched exactly
+        assert max_err == 0.0, f"{name}: reference is 0, actual has max |value| {max_err:.3e}{context}"
+        return 0.0
+    rel_err = max_err / scale
     if rel_err > rel:
         idx = np.unravel_index(int(np.argmax(err)), err.shape)
         raise AssertionError(
@@ -48,6 +52,8 @@ def mlstm_inputs(seed: int, b=2, nh=2, s=37, dhqk=8, dhv=12, *, gates="normal", 
       "extreme": pre-activations drawn from +-30, a run of f = -30 (memory wiped),
                  a run of i = +30, and isolated input-gate spikes of +100, whose
                  exp overflows float32 without the stabilizer.
+      "resets":  "normal" with f = -inf (an exact reset of the memory, as at document
+                 boundaries) at two adjacent tokens and a few more.
     """
     rng = np.random.default_rng(seed)
     q = rng.normal(size=(b, nh, s, dhqk))
@@ -56,6 +62,10 @@ def mlstm_inputs(seed: int, b=2, nh=2, s=37, dhqk=8, dhv=12, *, gates="normal", 
     if gates == "normal":
         i = rng.normal(size=(b, nh, s))
         f = rng.normal(size=(b, nh, s)) + 3.0
+    elif gates == "resets":
+        i = rng.normal(size=(b, nh, s))
+        f = rng.normal(size=(b, nh, s)) + 3.0
+        f[..., [3, s // 5, s // 5 + 1, s // 2, s - 2]] = -np.inf
     elif gates == "extreme":
         i = rng.uniform(-30, 30, size=(b, nh, s))
         f = rng.uniform(-30, 30, size=(b, nh, s))

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from helpers import assert_close
-from xlstm_jax.ops._decay import cumsum_hi_lo, log_decay_matrix
+from xlstm_jax.ops._decay import cumsum_hi_lo, cumulative_forget, log_decay_matrix
 
 
 def _adversarial_gates(length=64):
@@ -25,7 +25,7 @@ def test_log_decay_matrix_matches_float64():
     exact = np.tril(np.cumsum(logf)[:, None] - np.cumsum(logf)[None, :]) + i[None, :]
     exact = np.where(np.tril(np.ones_like(exact, bool)), exact, -np.inf)
     logf32, i32 = jnp.asarray(logf, jnp.float32), jnp.asarray(i, jnp.float32)
-    ours = np.asarray(log_decay_matrix(*cumsum_hi_lo(logf32), i32))
+    ours = np.asarray(log_decay_matrix(cumulative_forget(logf32), i32))
     naive = np.cumsum(logf32)[:, None] - np.cumsum(logf32)[None, :] + i32[None, :]
     late = np.s_[40:, 36:40]  # targets and sources after the forgetting run
     naive_err = np.max(np.abs(naive[late] - exact[late]))

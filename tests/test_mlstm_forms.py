@@ -57,6 +57,7 @@ CASES = {
     "normal_state": ("normal", True, {}),
     "extreme_state": ("extreme", True, {}),
     "dhqk_ne_dhv": ("normal", True, dict(dhqk=4, dhv=10, s=20)),
+    "resets_state": ("resets", True, {}),
 }
 
 
@@ -241,3 +242,13 @@ def test_jit_vmap_grad_compose():
     assert_close(per_example(*args), mlstm_chunkwise(*args, chunk_size=4)[0], 1e-6, "vmap")
     g = jax.jit(jax.grad(lambda a: jnp.sum(mlstm_chunkwise(*a, chunk_size=4)[0] ** 2)))(args)
     assert all(np.all(np.isfinite(np.asarray(x))) for x in g)
+
+
+def test_reset_makes_packed_documents_independent():
+    """f = -inf at a document's first token: its outputs equal running it alone."""
+    args = cast(mlstm_inputs(15, s=40, gates="resets"), jnp.float32)  # resets at 3, 8, 9, 20, 38
+    h_packed, _ = mlstm_chunkwise(*args, chunk_size=16, initial_state=cast(mlstm_state(16), jnp.float32))
+    for lo, hi in [(9, 20), (20, 38)]:
+        h_alone, _ = mlstm_chunkwise(*(x[:, :, lo:hi] for x in args), chunk_size=16)
+        assert_close(h_packed[:, :, lo:hi], h_alone, 1e-5, f"document [{lo}, {hi})")
+        assert_close(mlstm_parallel(*(x[:, :, lo:hi] for x in args)), h_alone, 1e-5, "parallel")

@@ -128,3 +128,11 @@ def test_slstm_bad_state():
         slstm_scan(a["gates_x"], a["recurrent_kernel"], a["bias"], initial_state=state)
     with pytest.raises(ValueError, match=r"state must be an SLSTMState"):
         slstm_step(a["gates_x"][:, 0], a["recurrent_kernel"], a["bias"], (np.zeros((B, NH, DH)),) * 2)
+
+
+def test_slstm_bad_resets():
+    a = _slstm_args()
+    with pytest.raises(ValueError, match=r"resets must be a \(B=2, S=5\) bool array"):
+        slstm_scan(a["gates_x"], a["recurrent_kernel"], a["bias"], resets=np.zeros((B, S + 1), bool))
+    with pytest.raises(ValueError, match=r"resets must be a \(B=2, S=5\) bool array"):
+        slstm_scan(a["gates_x"], a["recurrent_kernel"], a["bias"], resets=np.zeros((B, S), np.int32))

@@ -83,7 +83,7 @@ def backward(res: Residuals, cotangents, eps: float):
     dm0 = jnp.sum(dlog_alpha[:, :, 0], axis=-1)
 
     # Inter-chunk memory, stabilizers fixed.
-    decay = jnp.exp(jnp.sum(logf, axis=-1) + st.m_before - st.m_after)
+    decay = jnp.exp(st.g + st.m_before - st.m_after)
     dc_after, dn_after, dc0, dn0 = _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final)
     dlog_decay = decay * (jnp.sum(dc_after * res.c_before, axis=(-2, -1)) + jnp.sum(dn_after * res.n_before, axis=-1))
     w = jnp.exp(st.a - st.m_after[..., None])
@@ -93,15 +93,17 @@ def backward(res: Residuals, cotangents, eps: float):
     da = jnp.sum(dk_write * k, axis=-1)  # a_t = g - b_t + i_t
     di = di + da
     db = db - da
-    dg = jnp.sum(da, axis=-1) + dlog_decay  # g = sum(logf) over the chunk
+    dg = jnp.sum(da, axis=-1) + dlog_decay  # g = b[L-1] (when finite)
     dm0 = dm0 + dlog_decay[:, :, 0]
     dlogf = jnp.flip(jnp.cumsum(jnp.flip(db, -1), axis=-1), -1) + dg[..., None]
+    dlogf = jnp.where(jnp.isneginf(logf), 0.0, dlogf)  # a reset's gate has no gradient
 
     # Stabilizer terms: eps path of every m_t, and the final state's scale.
     dm_final_scale = dm_final - jnp.sum(dc_final * res.c_final, axis=(-2, -1)) - jnp.sum(dn_final * res.n_final, -1)
     zeros_nc = jnp.zeros_like(st.m_after)
     st_cot = Stabilizers(
         a=jnp.zeros_like(st.a),
+        g=zeros_nc,
         m_before=zeros_nc,
         m_after=zeros_nc.at[..., -1].set(dm_final_scale),
         m=-eps * h_dh / den,

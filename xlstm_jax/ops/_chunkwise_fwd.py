@@ -20,7 +20,9 @@ held fixed, then adds their exact eps and final-state terms.
 
 Any S works: the sequence is padded to a multiple of L with tokens that neither
 write to nor decay the memory (i = -inf, log forget gate = 0), which leaves h
-and the final state exactly unchanged.
+and the final state exactly unchanged. A forget-gate pre-activation of -inf is an
+exact reset (``_decay.CumulativeForget``): the masks above drop every path
+across it, without infinities in any difference.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._decay import cumsum_hi_lo, log_decay_matrix
+from ._decay import cumulative_forget, log_decay_matrix, segment_cummax
 
 
 class Stabilizers(NamedTuple):
     """Log scales chosen by the forward pass; all (B, NH, NC[, L])."""
 
-    a: jax.Array  # (..., NC, L) log weight of token t in the memory after its chunk
+    a: jax.Array  # (..., NC, L) log weight of token t in the memory after its chunk (-inf: reset after t)
+    g: jax.Array  # (..., NC) log decay of the entering memory across the chunk (-inf: reset in the chunk)
     m_before: jax.Array  # (..., NC) memory scale entering chunk k (M_{k-1}); [..., 0] = m0
     m_after: jax.Array  # (..., NC) memory scale after chunk k (M_k); [..., -1] = final m
     m: jax.Array  # (..., NC, L) per-token output stabilizer
@@ -44,21 +47,25 @@ class Stabilizers(NamedTuple):
 
 def stabilizers(logf, i, m0) -> Stabilizers:
     """logf, i: (B, NH, NC, L); m0: (B, NH). Differentiable (used for the backward's m-path)."""
-    hi, lo = cumsum_hi_lo(logf)
-    b = hi + lo
-    a = ((hi[..., -1:] - hi) + (lo[..., -1:] - lo)) + i
-    g, a_max = b[..., -1], jnp.max(a, axis=-1)
+    cf = cumulative_forget(logf)
+    b = cf.hi + cf.lo
+    last = cf.seg[..., -1:]
+    a = ((cf.hi[..., -1:] - cf.hi) + (cf.lo[..., -1:] - cf.lo)) + i
+    a = jnp.where(cf.seg == last, a, -jnp.inf)
+    g = jnp.where(last[..., 0] == 0, b[..., -1], -jnp.inf)
 
     def body(m_prev, xs):
         g_k, a_max_k = xs
         m_next = jnp.maximum(g_k + m_prev, a_max_k)
         return m_next, m_prev
 
-    m_final, m_before = jax.lax.scan(body, m0, (jnp.moveaxis(g, -1, 0), jnp.moveaxis(a_max, -1, 0)))
+    chunks_first = lambda x: jnp.moveaxis(x, -1, 0)  # noqa: E731
+    m_final, m_before = jax.lax.scan(body, m0, (chunks_first(g), chunks_first(jnp.max(a, axis=-1))))
     m_before = jnp.moveaxis(m_before, 0, -1)
     m_after = jnp.concatenate([m_before[..., 1:], m_final[..., None]], axis=-1)
-    m = b + jnp.maximum(m_before[..., None], jax.lax.cummax(i - b, axis=i.ndim - 1))
-    return Stabilizers(a, m_before, m_after, m)
+    entering = jnp.where(cf.seg == 0, m_before[..., None], -jnp.inf)  # the entering memory reaches t
+    m = b + jnp.maximum(entering, segment_cummax(i - b, cf.reset))
+    return Stabilizers(a, g, m_before, m_after, m)
 
 
 def chunk_states(k, v, logf, st: Stabilizers, c0, n0):
@@ -75,7 +82,7 @@ def chunk_states(k, v, logf, st: Stabilizers, c0, n0):
     w = jnp.exp(st.a - st.m_after[..., None])  # (B, NH, NC, L), <= 1
     kv = jnp.einsum("bhcld,bhcle->bhcde", k * w[..., None], v)
     ksum = jnp.einsum("bhcld,bhcl->bhcd", k, w)
-    decay = jnp.exp(jnp.sum(logf, axis=-1) + st.m_before - st.m_after)  # (B, NH, NC)
+    decay = jnp.exp(st.g + st.m_before - st.m_after)  # (B, NH, NC)
 
     def body(carry, xs):
         c, n = carry
@@ -99,11 +106,11 @@ class IntraChunk(NamedTuple):
 
 
 def intra_chunk(q, k, logf, i, st: Stabilizers) -> IntraChunk:
-    hi, lo = cumsum_hi_lo(logf)
-    decay = jnp.exp(log_decay_matrix(hi, lo, i) - st.m[..., None])
+    cf = cumulative_forget(logf)
+    decay = jnp.exp(log_decay_matrix(cf, i) - st.m[..., None])
     q_scaled = q * (q.shape[-1] ** -0.5)
     p = jnp.einsum("bhctd,bhcsd->bhcts", q_scaled, k) * decay
-    alpha = jnp.exp((hi + lo) + st.m_before[..., None] - st.m)
+    alpha = jnp.exp(jnp.where(cf.seg == 0, (cf.hi + cf.lo) + st.m_before[..., None] - st.m, -jnp.inf))
     return IntraChunk(q_scaled, decay, p, alpha)
 
 

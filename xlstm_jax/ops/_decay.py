@@ -8,9 +8,15 @@ an unevaluated sum ``hi + lo`` of two floats (a compensated, "double-float" cumu
 sum), so that ``(hi[t] - hi[s]) + (lo[t] - lo[s])`` is accurate to the precision of
 the *difference*, at the cost of a few elementwise operations per entry instead of a
 masked cumulative sum over a whole (L, L) matrix.
+
+A forget-gate pre-activation of -inf is an exact reset of the memory (document
+boundaries in packed training rows); ``CumulativeForget`` handles it without ever
+subtracting infinities.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -43,21 +49,55 @@ def cumsum_hi_lo(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return hi, jax.lax.stop_gradient(lo)
 
 
+class CumulativeForget(NamedTuple):
+    """Cumulative log forget gates along the last axis, with exact resets.
+
+    A forget gate of exactly 0 (pre-activation -inf, log gate -inf) erases the
+    memory: nothing before it reaches it or anything after it. Such positions
+    count as 0 in ``hi + lo`` and start a new segment in ``seg``, so no infinity
+    ever enters a difference.
+    """
+
+    hi: jax.Array  # (..., L) cumulative finite log forget gates: hi + lo (see cumsum_hi_lo)
+    lo: jax.Array
+    seg: jax.Array  # (..., L) int32: number of resets at or before each position
+    reset: jax.Array  # (..., L) bool: log forget gate is -inf here
+
+
+def cumulative_forget(logf: jax.Array) -> CumulativeForget:
+    reset = jnp.isneginf(logf)
+    hi, lo = cumsum_hi_lo(jnp.where(reset, jnp.zeros((), logf.dtype), logf))
+    return CumulativeForget(hi, lo, jnp.cumsum(reset, axis=-1, dtype=jnp.int32), reset)
+
+
+def segment_cummax(x: jax.Array, starts: jax.Array) -> jax.Array:
+    """Running max along the last axis that restarts where ``starts`` is True."""
+
+    def combine(a, b):
+        return jnp.where(b[1], b[0], jnp.maximum(a[0], b[0])), a[1] | b[1]
+
+    return jax.lax.associative_scan(combine, (x, starts), axis=x.ndim - 1)[0]
+
+
 def causal_mask(length: int) -> jax.Array:
     """(L, L) boolean, True where source s <= target t."""
     return jnp.arange(length)[:, None] >= jnp.arange(length)[None, :]
 
 
-def log_decay_matrix(hi: jax.Array, lo: jax.Array, i: jax.Array) -> jax.Array:
+def log_decay_matrix(cf: CumulativeForget, i: jax.Array) -> jax.Array:
     """``logD[..., t, s] = sum_{r=s+1..t} logf[r] + i[s]`` for s <= t, else -inf.
 
+    Also -inf where a reset lies in (s, t].
+
     Args:
-      hi, lo: (..., L) cumulative log forget gates from ``cumsum_hi_lo``.
+      cf: (..., L) cumulative log forget gates from ``cumulative_forget``.
       i: (..., L) input-gate pre-activations.
 
     Returns:
       (..., L, L), rows t (targets), columns s (sources). No buffer of a fixed
       size is involved: any L works.
     """
+    hi, lo = cf.hi, cf.lo
     diff = (hi[..., :, None] - hi[..., None, :]) + (lo[..., :, None] - lo[..., None, :])
-    return jnp.where(causal_mask(hi.shape[-1]), diff + i[..., None, :], -jnp.inf)
+    valid = causal_mask(hi.shape[-1]) & (cf.seg[..., :, None] == cf.seg[..., None, :])
+    return jnp.where(valid, diff + i[..., None, :], -jnp.inf)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_eps
-from ._decay import cumsum_hi_lo, log_decay_matrix
+from ._decay import cumulative_forget, log_decay_matrix
 from ._mlstm_inputs import prepare
 
 
@@ -38,7 +38,7 @@ def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
     """
     eps = check_eps(eps)
     x = prepare(q, k, v, i, f, None, sequence=True, state_name="initial_state")
-    log_d = log_decay_matrix(*cumsum_hi_lo(jax.nn.log_sigmoid(x.f)), x.i)  # (B, NH, S, S)
+    log_d = log_decay_matrix(cumulative_forget(jax.nn.log_sigmoid(x.f)), x.i)  # (B, NH, S, S)
     m = jnp.max(log_d, axis=-1)  # (B, NH, S)
     scores = jnp.einsum("bhtd,bhsd->bhts", x.q * (x.q.shape[-1] ** -0.5), x.k)
     p = scores * jnp.exp(log_d - m[..., None])

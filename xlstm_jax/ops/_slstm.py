@@ -173,27 +173,34 @@ def _pointwise_backward(jac: _LocalJacobian, d: SLSTMState):
     return d_raw, SLSTMState(jnp.zeros_like(dc), dc * jac.gate_f, dn * jac.gate_f, dlogfm)
 
 
-def _scan_forward(gates, kernel, state0: SLSTMState):
-    """gates (S, NH, B, 4, DH) with bias; kernel (NH, DH, 4*DH); state0 fields (NH, B, DH).
+def _reset(state: SLSTMState, keep: jax.Array) -> SLSTMState:
+    """Zero the state where ``keep`` (B,) is False; fields (NH, B, DH)."""
+    return SLSTMState(*(jnp.where(keep[None, :, None], x, jnp.zeros((), x.dtype)) for x in state))
+
+
+def _scan_forward(gates, kernel, state0: SLSTMState, keep):
+    """gates (S, NH, B, 4, DH) with bias; kernel (NH, DH, 4*DH); state0 fields (NH, B, DH);
+    keep (S, B) bool, False where the state is reset to zeros before the step.
 
     Returns every step's state, fields (S, NH, B, DH).
     """
 
-    def body(carry, gates_t):
-        new = _recurrent_step(gates_t, kernel, carry)
+    def body(carry, xs):
+        gates_t, keep_t = xs
+        new = _recurrent_step(gates_t, kernel, _reset(carry, keep_t))
         return new, new
 
-    return jax.lax.scan(body, state0, gates, unroll=2)[1]
+    return jax.lax.scan(body, state0, (gates, keep), unroll=2)[1]
 
 
 @jax.custom_vjp
-def _scan(gates, kernel, state0: SLSTMState) -> SLSTMState:
-    return _scan_forward(gates, kernel, state0)
+def _scan(gates, kernel, state0: SLSTMState, keep) -> SLSTMState:
+    return _scan_forward(gates, kernel, state0, keep)
 
 
-def _scan_fwd(gates, kernel, state0):
-    states = _scan_forward(gates, kernel, state0)
-    return states, (gates, kernel, state0, states)
+def _scan_fwd(gates, kernel, state0, keep):
+    states = _scan_forward(gates, kernel, state0, keep)
+    return states, (gates, kernel, state0, keep, states)
 
 
 def _scan_bwd(res, d_states: SLSTMState):
@@ -203,9 +210,10 @@ def _scan_bwd(res, d_states: SLSTMState):
     pre-activations, gate values, transcendental functions) is computed for all
     steps at once before the scan; the kernel's gradient is one matmul after it.
     """
-    gates, kernel, state0, states = res
+    gates, kernel, state0, keep, states = res
     nh, dh = kernel.shape[0], kernel.shape[1]
     prev = SLSTMState(*(jnp.concatenate([x0[None], x[:-1]]) for x0, x in zip(state0, states)))
+    prev = jax.vmap(_reset)(prev, keep)  # the state each step actually started from
     raw = gates + jnp.einsum("shbd,hdo->shbo", prev.h, kernel).reshape(gates.shape)  # (S, NH, B, 4, DH)
     # The barrier materializes the coefficients for all steps at once; without it
     # XLA fuses their transcendental math into the loop body, one step at a time
@@ -214,21 +222,21 @@ def _scan_bwd(res, d_states: SLSTMState):
     kernel_t = jnp.swapaxes(kernel, 1, 2)  # (NH, 4*DH, DH)
 
     def body(carry: SLSTMState, xs):
-        jac_t, d_out_t = xs
+        jac_t, d_out_t, keep_t = xs
         d_raw, d_prev = _pointwise_backward(jac_t, jax.tree.map(jnp.add, carry, d_out_t))
         d_h = jnp.einsum("hbo,hod->hbd", d_raw.reshape(nh, -1, _GATES * dh), kernel_t)
-        return d_prev._replace(h=d_h), d_raw
+        return _reset(d_prev._replace(h=d_h), keep_t), d_raw
 
-    d_state0, d_gates = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, state0), (jac, d_states), reverse=True)
+    d_state0, d_gates = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, state0), (jac, d_states, keep), reverse=True)
     d_kernel = jnp.einsum("shbd,shbo->hdo", prev.h, d_gates.reshape(*d_gates.shape[:3], -1))
-    return d_gates, d_kernel, d_state0
+    return d_gates, d_kernel, d_state0, None
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
 @jax.jit
-def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | None = None):
+def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | None = None, resets=None):
     """sLSTM over a sequence with ``lax.scan``.
 
     The gradient is a custom reverse-time scan (the slow twin it is tested against
@@ -239,6 +247,8 @@ def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | N
       recurrent_kernel: (NH, DH, 4, DH); ``raw[b, g, h, o] += sum_d h_prev[b, h, d] R[h, d, g, o]``.
       bias: (NH, 4, DH).
       initial_state: ``SLSTMState`` (h, c, n, m), each (B, NH, DH); zeros when None.
+      resets: optional (B, S) bool; True where the state is reset to zeros before the
+        token (the first token of a new document in a packed row).
 
     Returns:
       ``(h, state)``: h (B, S, NH, DH) in the dtype of gates_x, and the final state.
@@ -246,7 +256,14 @@ def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | N
     gates, kernel, state = _prepare(
         gates_x, recurrent_kernel, bias, initial_state, sequence=True, state_name="initial_state"
     )
+    b, s = gates_x.shape[:2]
+    if resets is None:
+        keep = jnp.ones((s, b), bool)
+    else:
+        if jnp.shape(resets) != (b, s) or jnp.asarray(resets).dtype != jnp.bool_:
+            raise ValueError(f"resets must be a (B={b}, S={s}) bool array, got {jnp.shape(resets)} {resets.dtype}")
+        keep = jnp.logical_not(resets).T
     gates = jnp.transpose(gates, (1, 3, 0, 2, 4))  # (S, NH, B, 4, DH), bias already added
-    states = _scan(gates, kernel, _to_heads_first(state))  # fields (S, NH, B, DH)
+    states = _scan(gates, kernel, _to_heads_first(state), keep)  # fields (S, NH, B, DH)
     final = SLSTMState(*(jnp.swapaxes(x[-1], 0, 1) for x in states))
     return jnp.transpose(states.h, (2, 0, 1, 3)).astype(gates_x.dtype), final
