@@ -1,0 +1,1 @@
+"""xlstm-jax trainer."""
