@@ -44,7 +44,9 @@ def mlstm(
 
     Shapes as in ``xlstm_jax.ops``: q, k (B, NH, S, DHQK), v (B, NH, S, DHV), i, f (B, NH, S).
     A single token with a state runs ``ops.mlstm_step`` whatever the backend (the
-    same function, without the sequence machinery).
+    same function, without the sequence machinery). The parallel form has no state:
+    with ``initial_state`` or ``return_state`` it runs as ``chunkwise`` (the same
+    function), so a model configured for parallel training can still generate.
 
     Returns:
       h (B, NH, S, DHV), or ``(h, state)`` if ``return_state``.
@@ -54,13 +56,9 @@ def mlstm(
     if q.shape[2] == 1 and stateful:
         h, state = ops.mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], initial_state, eps=eps)
         h = h[:, :, None]
-    elif backend == "parallel":
-        if stateful:
-            raise ValueError(
-                "backend 'parallel' takes no initial state and returns none; use 'chunkwise' or 'recurrent'"
-            )
+    elif backend == "parallel" and not stateful:
         return ops.mlstm_parallel(q, k, v, i, f, eps=eps)
-    elif backend == "chunkwise":
+    elif backend in ("chunkwise", "parallel"):
         h, state = ops.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
     else:
         h, state = ops.mlstm_recurrent(q, k, v, i, f, initial_state=initial_state, eps=eps)

@@ -56,8 +56,9 @@ class Embed(nnx.Module):
 
 
 def _normalize(x: jax.Array, eps: float, *, center: bool) -> jax.Array:
-    """Layer (center=True) or RMS (center=False) normalization over the last axis, in float32."""
-    x = x.astype(jnp.float32)
+    """Layer (center=True) or RMS (center=False) normalization over the last axis, in float32
+    (float64 for float64 inputs)."""
+    x = x.astype(jnp.promote_types(jnp.float32, x.dtype))
     if center:
         x = x - jnp.mean(x, axis=-1, keepdims=True)
     return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps)
@@ -88,13 +89,13 @@ class LayerNorm(nnx.Module):
         self.eps, self.residual_weight, self.center, self.dtype = eps, residual_weight, center, dtype
 
     def scale(self) -> jax.Array:
-        w = self.weight[...].astype(jnp.float32)
+        w = self.weight[...].astype(jnp.promote_types(jnp.float32, self.weight.dtype))
         return 1.0 + w if self.residual_weight else w
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = _normalize(x, self.eps, center=self.center) * self.scale()
         if self.bias is not None:
-            y = y + self.bias[...].astype(jnp.float32)
+            y = y + self.bias[...].astype(y.dtype)
         return y.astype(self.dtype)
 
 
@@ -106,7 +107,7 @@ class MultiHeadLayerNorm(LayerNorm):
         nh, dh = x.shape[-2:]
         y = _normalize(x, self.eps, center=self.center).reshape(*x.shape[:-2], nh * dh) * self.scale()
         if self.bias is not None:
-            y = y + self.bias[...].astype(jnp.float32)
+            y = y + self.bias[...].astype(y.dtype)
         return y.astype(self.dtype)
 
 

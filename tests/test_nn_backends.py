@@ -1,0 +1,66 @@
+"""Shared NNX layers and the single backend dispatch point."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from helpers import assert_close, cast, mlstm_inputs
+from xlstm_jax import backends, nn, ops
+
+
+def test_causal_conv_streaming_equals_whole_sequence():
+    conv = nn.CausalConv1d(3, 4, init=nn.uniform(0.5), bias_init=nn.uniform(0.5), rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 9, 3))
+    y, state = conv(x)
+    # Definition: tap j multiplies x[t - K + 1 + j], zeros before the start.
+    padded = jnp.pad(x, ((0, 0), (3, 0), (0, 0)))
+    ref = sum(padded[:, j : j + 9] * conv.kernel[...][j] for j in range(4)) + conv.bias[...]
+    assert_close(y, ref, 1e-6, "conv")
+    pieces, st = [], None
+    for lo, hi in [(0, 1), (1, 5), (5, 6), (6, 9)]:
+        out, st = conv(x[:, lo:hi], st)
+        pieces.append(out)
+    assert_close(jnp.concatenate(pieces, 1), y, 1e-6, "streamed")
+    assert_close(st, state, 0.0, "state")
+
+
+def test_norms_and_headwise_linear():
+    x = jax.random.normal(jax.random.key(2), (2, 5, 3, 4)) * 3 + 1
+    mh = nn.MultiHeadLayerNorm(12, eps=1e-5, residual_weight=True)
+    mh.weight[...] = jnp.arange(12.0) / 10
+    ref = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    assert_close(mh(x), ref.reshape(2, 5, 12) * (1 + jnp.arange(12.0) / 10), 1e-5, "multi-head LN")
+    rms = nn.LayerNorm(4, eps=1e-6, center=False)
+    assert_close(rms(x), x / jnp.sqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6), 1e-6, "RMSNorm")
+    with jax.enable_x64(True):
+        x64 = jnp.asarray(np.random.default_rng(3).normal(size=(4, 8)))
+        out = nn.LayerNorm(8, eps=0.0, param_dtype=jnp.float64, dtype=jnp.float64)(x64)
+        assert out.dtype == jnp.float64
+        assert_close(out, (x64 - x64.mean(-1, keepdims=True)) / x64.std(-1, keepdims=True), 1e-12, "float64 LN")
+    hw = nn.HeadwiseLinear(3, 2, 5, use_bias=False, init=nn.normal(1.0), rngs=nnx.Rngs(4))
+    xin = jax.random.normal(jax.random.key(5), (7, 6))
+    w = hw.weight[...]  # (3, 5, 2)
+    dense = jax.scipy.linalg.block_diag(*[w[b].T for b in range(3)])  # (6, 15)
+    assert_close(hw(xin), xin @ dense, 1e-6, "block diagonal")
+
+
+def test_mlstm_dispatch():
+    q, k, v, i, f = cast(mlstm_inputs(6, s=9), jnp.float32)
+    h, state = ops.mlstm_chunkwise(q, k, v, i, f)
+    for backend in backends.MLSTM_BACKENDS:
+        assert_close(backends.mlstm(q, k, v, i, f, backend=backend), h, 1e-5, backend)
+        # parallel with a state runs chunkwise (the same function)
+        h_b, st_b = backends.mlstm(q, k, v, i, f, backend=backend, return_state=True)
+        assert_close(h_b, h, 1e-5, backend)
+        # one token with a state takes the step path
+        h1, st1 = backends.mlstm(*(x[:, :, :1] for x in (q, k, v, i, f)), backend=backend, initial_state=None,
+                                 return_state=True)  # fmt: skip
+        assert_close(h1, h[:, :, :1], 1e-5, f"{backend} one token")
+    with pytest.raises(ValueError, match="unknown mLSTM backend 'triton'"):
+        backends.mlstm(q, k, v, i, f, backend="triton")
+    with pytest.raises(ValueError, match="unknown sLSTM backend"):
+        backends.slstm(None, None, None, backend="cuda")
