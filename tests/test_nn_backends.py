@@ -64,3 +64,16 @@ def test_mlstm_dispatch():
         backends.mlstm(q, k, v, i, f, backend="triton")
     with pytest.raises(ValueError, match="unknown sLSTM backend"):
         backends.slstm(None, None, None, backend="cuda")
+
+
+def test_causal_conv_resets_isolate_documents():
+    conv = nn.CausalConv1d(2, 3, init=nn.uniform(0.5), bias_init=nn.uniform(0.5), rngs=nnx.Rngs(7))
+    x = jax.random.normal(jax.random.key(8), (1, 8, 2))
+    resets = jnp.zeros((1, 8), bool).at[0, 3].set(True).at[0, 7].set(True)
+    state = jax.random.normal(jax.random.key(9), (1, 2, 2))
+    y, new_state = conv(x, state, resets=resets)
+    assert_close(y[:, 3:7], conv(x[:, 3:7])[0], 1e-6, "document [3, 7) alone")
+    assert_close(y[:, :3], conv(x[:, :3], state)[0], 1e-6, "first document continues the state")
+    # the returned state holds only the last document's inputs (one token), zeros before it
+    assert_close(new_state, jnp.stack([jnp.zeros(2), x[0, 7]])[None], 0.0, "state")
+    assert_close(conv(x, state, resets=jnp.zeros((1, 8), bool))[0], conv(x, state)[0], 0.0, "no resets")

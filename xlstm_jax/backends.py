@@ -72,7 +72,8 @@ def slstm(
     *,
     backend: str = "scan",
     initial_state: ops.SLSTMState | None = None,
+    resets=None,
 ) -> tuple[jax.Array, ops.SLSTMState]:
     """sLSTM over a sequence with the named backend; shapes as ``ops.slstm_scan``."""
     check_slstm_backend(backend)
-    return ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state)
+    return ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)

@@ -1,5 +1,6 @@
 """Flax NNX building blocks shared by the xLSTM models."""
 
+from .documents import document_starts
 from .layers import CausalConv1d, Embed, HeadwiseLinear, LayerNorm, Linear, MultiHeadLayerNorm
 from .params import constant, linspace, normal, ones, param, small_init, uniform, wang_init, zeros
 
@@ -11,6 +12,7 @@ __all__ = [
     "Linear",
     "MultiHeadLayerNorm",
     "constant",
+    "document_starts",
     "linspace",
     "normal",
     "ones",

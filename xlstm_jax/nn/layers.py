@@ -170,15 +170,32 @@ class CausalConv1d(nnx.Module):
     def zero_state(self, batch: int) -> jax.Array:
         return jnp.zeros((batch, self.kernel_size - 1, self.kernel.shape[1]), self.dtype)
 
-    def __call__(self, x: jax.Array, state: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        """x (B, S, C) -> (y (B, S, C), new state (B, K - 1, C))."""
-        k = self.kernel_size
+    def __call__(
+        self, x: jax.Array, state: jax.Array | None = None, resets: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """x (B, S, C) -> (y (B, S, C), new state (B, K - 1, C)).
+
+        ``resets`` (B, S) bool marks the first token of a new document: no tap reaches
+        across it (as zero padding at the document's start), and the returned state
+        holds no inputs from before the last reset.
+        """
+        k, s = self.kernel_size, x.shape[1]
         if state is None:
             state = self.zero_state(x.shape[0])
         padded = jnp.concatenate([state.astype(self.dtype), x.astype(self.dtype)], axis=1)  # (B, K-1+S, C)
         kernel = self.kernel[...].astype(self.dtype)
-        s = x.shape[1]
-        y = sum(padded[:, j : j + s] * kernel[j] for j in range(k))
+        if resets is None:
+            y = sum(padded[:, j : j + s] * kernel[j] for j in range(k))
+            new_state = padded[:, s:]
+        else:
+            # count[t]: resets at or before t; tap j reads position t - K + 1 + j, which lies in
+            # the same document iff no reset falls after it, up to t.
+            count = jnp.cumsum(resets, axis=1, dtype=jnp.int32)  # (B, S)
+            count_padded = jnp.concatenate([jnp.zeros_like(count[:, : k - 1]), count], axis=1)
+            same = [(count == count_padded[:, j : j + s])[..., None] for j in range(k)]
+            y = sum(jnp.where(same[j], padded[:, j : j + s] * kernel[j], 0) for j in range(k))
+            keep = count[:, -1:] == count_padded[:, s:]  # state rows after the last reset
+            new_state = jnp.where(keep[..., None], padded[:, s:], 0)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
-        return y, padded[:, s:]
+        return y, new_state

@@ -1,0 +1,139 @@
+"""xLSTM-7B language model (official ``xlstm.xlstm_large.xLSTMLarge``, HF ``xLSTMForCausalLM``).
+
+embedding -> num_blocks x mLSTMBlock -> RMSNorm (``add_out_norm``) -> lm_head -> soft-cap.
+
+The blocks' parameters are stacked along a leading block axis (logical name None),
+built with ``nnx.vmap``. ``scan_blocks`` runs them with ``jax.lax.scan`` around
+``nnx.merge`` (compile time constant in depth), otherwise with an unrolled loop over
+slices of the same parameters; ``remat`` wraps each block in ``jax.checkpoint``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from operator import itemgetter
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xlstm_jax import nn, ops
+from xlstm_jax.nn import Embed, Linear, small_init
+
+from .config import xLSTMLargeConfig
+from .layers import mLSTMBlock, rms_norm, soft_cap
+
+State = tuple[ops.MLSTMState, ...]
+
+
+def _stacked_blocks(config: xLSTMLargeConfig, rngs: nnx.Rngs) -> mLSTMBlock:
+    """One ``mLSTMBlock`` whose parameters carry a leading (num_blocks,) axis."""
+
+    @nnx.split_rngs(splits=config.num_blocks)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
+    def make(rngs: nnx.Rngs) -> mLSTMBlock:
+        return mLSTMBlock(config, rngs=rngs)
+
+    return make(rngs)
+
+
+class xLSTMLarge(nnx.Module):
+    """ids (B, S) int -> logits (B, S, V) float32 [, state].
+
+    Attributes (parameter paths, as the official state_dict names):
+      embedding.embedding (V, D); blocks.<block params> with a leading (num_blocks,) axis;
+      out_norm (if ``add_out_norm``); lm_head.kernel (D, V).
+    """
+
+    def __init__(self, config: xLSTMLargeConfig, *, rngs: nnx.Rngs):
+        c = config
+        self.config = c
+        dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
+        d = c.embedding_dim
+        self.embedding = Embed(c.vocab_size, d, init=small_init(d), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.blocks = _stacked_blocks(c, rngs)
+        self.out_norm = rms_norm(c) if c.add_out_norm else None
+        self.lm_head = Linear(
+            d,
+            c.vocab_size,
+            use_bias=False,
+            kernel_init=small_init(d),
+            names=("embed", "vocab"),
+            dtype=dtype,
+            param_dtype=param_dtype,
+            rngs=rngs,
+        )
+
+    def init_state(self, batch_size: int) -> State:
+        """Zero recurrent state: per block ``MLSTMState`` c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH)."""
+        c = self.config
+        zero = ops.MLSTMState.zeros(batch_size, c.num_heads, c.qk_head_dim, c.v_head_dim)
+        return (zero,) * c.num_blocks
+
+    def __call__(
+        self,
+        ids: jax.Array,
+        *,
+        state: Sequence | None = None,
+        return_state: bool = False,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array | tuple[jax.Array, State]:
+        """Logits for ``ids`` (B, S), continuing from ``state`` (one ``MLSTMState`` per block) if given.
+
+        ``segment_ids`` (B, S) int marks packed documents (training rows): the mLSTM memory
+        restarts where the id changes (forget gate exactly 0 there), so no information
+        passes between documents.
+
+        Returns:
+          logits (B, S, V) float32, or ``(logits, state)`` if ``return_state``.
+        """
+        c = self.config
+        ids = jnp.asarray(ids)
+        if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"ids must be an integer array of shape (B, S), got {ids.dtype} {ids.shape}")
+        if state is not None:
+            state = self._check_state(state)
+        resets = nn.document_starts(segment_ids, ids.shape)
+        x = self.embedding(ids)
+        x, state = self._run_blocks(x, state, resets, stateful=state is not None or return_state)
+        if self.out_norm is not None:
+            x = self.out_norm(x)
+        logits = soft_cap(self.lm_head(x).astype(jnp.float32), c.output_logit_soft_cap)
+        return (logits, state) if return_state else logits
+
+    def _check_state(self, state: Sequence) -> State:
+        n = self.config.num_blocks
+        if not isinstance(state, Sequence) or len(state) != n or any(len(s) != 3 for s in state):
+            raise ValueError(f"state must be a tuple of num_blocks={n} MLSTMState(c, n, m) entries")
+        return tuple(ops.MLSTMState(*s) for s in state)
+
+    def _run_blocks(
+        self, x: jax.Array, state: State | None, resets: jax.Array | None, *, stateful: bool
+    ) -> tuple[jax.Array, State | None]:
+        """x (B, S, D) through every block: a ``lax.scan`` over the stacked parameters (and
+        states, stacked for the scan), or an unrolled loop over their slices."""
+        c = self.config
+        graphdef, params = nnx.split(self.blocks)
+
+        def run(p, x, s):
+            return nnx.merge(graphdef, p)(x, s, return_state=stateful, resets=resets)
+
+        if c.remat:
+            run = jax.checkpoint(run)
+        if not c.scan_blocks:
+            outs = []
+            for idx in range(c.num_blocks):
+                s = None if state is None else state[idx]
+                x, s = run(jax.tree.map(itemgetter(idx), params), x, s)
+                outs.append(s)
+            return x, (tuple(outs) if stateful else None)
+
+        def body(x, params_and_state):
+            p, s = params_and_state
+            return run(p, x, s)
+
+        stacked = None if state is None else jax.tree.map(lambda *a: jnp.stack(a), *state)
+        x, stacked = jax.lax.scan(body, x, (params, stacked))
+        if not stateful:
+            return x, None
+        return x, tuple(jax.tree.map(itemgetter(idx), stacked) for idx in range(c.num_blocks))

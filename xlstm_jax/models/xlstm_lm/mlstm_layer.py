@@ -1,0 +1,121 @@
+"""The pre-up-projection mLSTM layer of the NeurIPS xLSTM (official ``blocks/mlstm/layer.py`` + ``cell.py``).
+
+    x (B, S, D) -> proj_up -> [x_m | z] (B, S, I) each
+    xc = SiLU(CausalConv1d(x_m));  q, k = blockdiag(xc);  v = blockdiag(x_m)
+    i, f = Linear(3I -> NH)(concat(q, k, v))            (float32)
+    h = MultiHeadLayerNorm(mLSTM(q, k, v, i, f)) + learnable_skip * xc
+    y = proj_down(h * SiLU(z))                          (B, S, D)
+
+Cell convention: the official NeurIPS cell scales k by 1/sqrt(DH), the
+``mlstm_kernels`` cells (used here via ``backends.mlstm``) scale q. The outputs h
+are the same; the states are not: our (c, n) equal sqrt(DH) times the official
+NeurIPS step's (c, n), and n and m have the ``mlstm_kernels`` shapes (B, NH, DH)
+and (B, NH) instead of (B, NH, DH, 1) and (B, NH, 1, 1).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xlstm_jax import backends, nn, ops
+
+from .config import xLSTMLMConfig
+
+
+class MLSTMBlockState(NamedTuple):
+    """cell: ``ops.MLSTMState`` (c (B, NH, DH, DH), n (B, NH, DH), m (B, NH));
+    conv: the last K - 1 inputs of the conv, (B, K - 1, I)."""
+
+    cell: ops.MLSTMState
+    conv: jax.Array
+
+
+class MLSTMLayer(nnx.Module):
+    def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
+        cfg, d = config.mlstm, config.embedding_dim
+        inner = cfg.inner_dim(d)
+        blocks = inner // cfg.qkv_proj_blocksize
+        dtype, pdtype = config.compute_dtype, config.parameter_dtype
+        kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
+        self.proj_up = nn.Linear(
+            d, 2 * inner, use_bias=config.bias, kernel_init=nn.small_init(d), names=("embed", "heads"), **kw
+        )
+        conv_bound = cfg.conv1d_kernel_size**-0.5  # PyTorch's Conv1d default, fan_in = K (depthwise)
+        self.conv1d = nn.CausalConv1d(
+            inner,
+            cfg.conv1d_kernel_size,
+            init=nn.uniform(conv_bound),
+            bias_init=nn.uniform(conv_bound),
+            **kw,
+        )
+        bs = cfg.qkv_proj_blocksize
+        self.q_proj = nn.HeadwiseLinear(blocks, bs, bs, use_bias=config.bias, init=nn.small_init(d), **kw)
+        self.k_proj = nn.HeadwiseLinear(blocks, bs, bs, use_bias=config.bias, init=nn.small_init(d), **kw)
+        self.v_proj = nn.HeadwiseLinear(blocks, bs, bs, use_bias=config.bias, init=nn.small_init(d), **kw)
+        # Gate pre-activations in float32 whatever the compute dtype; weights 0, bias always on.
+        gate_kw = dict(
+            use_bias=True, kernel_init=nn.zeros, names=("heads", None), dtype=jnp.float32, param_dtype=pdtype
+        )
+        self.igate = nn.Linear(3 * inner, cfg.num_heads, bias_init=nn.normal(0.1), **gate_kw, rngs=rngs)
+        self.fgate = nn.Linear(3 * inner, cfg.num_heads, bias_init=nn.linspace(3.0, 6.0), **gate_kw, rngs=rngs)
+        self.outnorm = nn.MultiHeadLayerNorm(
+            inner, eps=1e-5, residual_weight=True, names=("heads",), dtype=dtype, param_dtype=pdtype
+        )
+        self.learnable_skip = nn.param(None, nn.ones, (inner,), ("heads",), pdtype)
+        self.proj_down = nn.Linear(
+            inner,
+            d,
+            use_bias=config.bias,
+            kernel_init=nn.wang_init(d, config.num_blocks),
+            names=("heads", "embed"),
+            **kw,
+        )
+        self.num_heads, self.backend, self.chunk_size = cfg.num_heads, config.backend, config.chunk_size
+
+    def __call__(
+        self,
+        x: jax.Array,
+        state: MLSTMBlockState | None = None,
+        *,
+        return_state: bool = False,
+        resets: jax.Array | None = None,
+    ) -> tuple[jax.Array, MLSTMBlockState | None]:
+        """x (B, S, D) -> (y (B, S, D), the new state if ``return_state`` else None).
+
+        ``resets`` (B, S) bool marks each document's first token: the memory is erased
+        there (forget gate exactly 0) and the conv does not reach across it.
+        """
+        b, s, _ = x.shape
+        x_m, z = jnp.split(self.proj_up(x), 2, axis=-1)  # (B, S, I) each
+        conv, conv_state = self.conv1d(x_m, None if state is None else state.conv, resets)
+        xc = jax.nn.silu(conv)
+        q, k, v = self.q_proj(xc), self.k_proj(xc), self.v_proj(x_m)
+        qkv = jnp.concatenate([q, k, v], axis=-1)
+        i = jnp.swapaxes(self.igate(qkv), 1, 2)  # (B, NH, S), float32
+        f = jnp.swapaxes(self.fgate(qkv), 1, 2)
+        if resets is not None:
+            f = jnp.where(resets[:, None, :], -jnp.inf, f)
+
+        def heads(t):  # (B, S, I) -> (B, NH, S, DH)
+            return jnp.swapaxes(t.reshape(b, s, self.num_heads, -1), 1, 2)
+
+        out = backends.mlstm(
+            heads(q),
+            heads(k),
+            heads(v),
+            i,
+            f,
+            backend=self.backend,
+            chunk_size=self.chunk_size,
+            initial_state=None if state is None else state.cell,
+            return_state=return_state,
+        )
+        h, cell_state = out if return_state else (out, None)
+        h = self.outnorm(jnp.swapaxes(h, 1, 2))  # (B, S, I)
+        h = (h + self.learnable_skip[...].astype(h.dtype) * xc) * jax.nn.silu(z)
+        y = self.proj_down(h)
+        return y, (MLSTMBlockState(cell_state, conv_state) if return_state else None)

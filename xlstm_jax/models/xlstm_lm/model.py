@@ -1,0 +1,222 @@
+"""The NeurIPS xLSTM language model, xLSTM[a:b] (official ``xlstm_lm_model.py``, ``xlstm_block_stack.py``).
+
+    ids (B, S) -> token_embedding -> blocks -> post_blocks_norm -> lm_head -> logits (B, S, V) float32
+    mLSTM block:  x = x + mLSTMLayer(LN(x))
+    sLSTM block:  x = x + sLSTMLayer(LN(x));  x = x + GatedFFN(LN(x))   (FFN optional)
+
+LayerNorms are the official "residual weight" kind (scale 1 + w, w stored as 0,
+eps 1e-5, no bias). The residual stream is float32 (float64 for a float64 model);
+the layers compute in ``config.dtype``.
+
+State: a tuple with one entry per block, ``MLSTMBlockState`` or ``SLSTMBlockState``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xlstm_jax import nn, ops
+
+from .config import xLSTMLMConfig
+from .feedforward import GatedFeedForward
+from .mlstm_layer import MLSTMBlockState, MLSTMLayer
+from .slstm_layer import SLSTMBlockState, SLSTMLayer
+
+BlockState = MLSTMBlockState | SLSTMBlockState
+
+
+def _norm(config: xLSTMLMConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        config.embedding_dim,
+        eps=1e-5,
+        residual_weight=True,
+        dtype=config.compute_dtype,
+        param_dtype=config.parameter_dtype,
+    )
+
+
+class MLSTMBlock(nnx.Module):
+    def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
+        self.xlstm_norm = _norm(config)
+        self.xlstm = MLSTMLayer(config, rngs=rngs)
+
+    def __call__(self, x: jax.Array, state: MLSTMBlockState | None, *, return_state: bool, resets=None):
+        """x (B, S, D) residual stream -> (x, new state or None)."""
+        y, state = self.xlstm(self.xlstm_norm(x), state, return_state=return_state, resets=resets)
+        return x + y.astype(x.dtype), state
+
+
+class SLSTMBlock(nnx.Module):
+    def __init__(self, config: xLSTMLMConfig, block_idx: int, *, rngs: nnx.Rngs):
+        self.xlstm_norm = _norm(config)
+        self.xlstm = SLSTMLayer(config, block_idx, rngs=rngs)
+        if config.feedforward is not None:
+            self.ffn_norm = _norm(config)
+            self.ffn = GatedFeedForward(config, rngs=rngs)
+        else:
+            self.ffn_norm = self.ffn = None
+
+    def __call__(self, x: jax.Array, state: SLSTMBlockState | None, *, return_state: bool, resets=None):
+        """x (B, S, D) residual stream -> (x, new state or None)."""
+        y, state = self.xlstm(self.xlstm_norm(x), state, return_state=return_state, resets=resets)
+        x = x + y.astype(x.dtype)
+        if self.ffn is not None:
+            x = x + self.ffn(self.ffn_norm(x)).astype(x.dtype)
+        return x, state
+
+
+def _apply_block(graphdef, params, x, state, resets, *, return_state: bool):
+    """A block as a pure function of its parameters (for ``jax.checkpoint`` and ``lax.scan``)."""
+    return nnx.merge(graphdef, params)(x, state, return_state=return_state, resets=resets)
+
+
+def _stack(trees: Sequence):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
+    """xLSTM[a:b] language model; ``model(ids, state=None, return_state=False)``.
+
+    Example::
+
+        cfg = xLSTMLMConfig(vocab_size=64, embedding_dim=64, num_blocks=3, slstm=SLSTMLayerConfig(), slstm_at=[1])
+        model = xLSTMLMModel(cfg, rngs=nnx.Rngs(0))
+        logits, state = model(ids, return_state=True)          # prefill
+        logits, state = model(next_ids, state=state, return_state=True)   # continue
+    """
+
+    def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d, dtype, pdtype = config.embedding_dim, config.compute_dtype, config.parameter_dtype
+        self.token_embedding = nn.Embed(
+            config.vocab_size, d, init=nn.small_init(d), dtype=dtype, param_dtype=pdtype, rngs=rngs
+        )
+        self.blocks = nnx.List(
+            [
+                SLSTMBlock(config, idx, rngs=rngs) if kind == "s" else MLSTMBlock(config, rngs=rngs)
+                for idx, kind in enumerate(config.block_types)
+            ]
+        )
+        self.post_blocks_norm = _norm(config) if config.add_post_blocks_norm else None
+        if config.tie_weights:
+            self.lm_head = None
+        else:
+            self.lm_head = nn.Linear(
+                d,
+                config.vocab_size,
+                use_bias=False,
+                kernel_init=nn.small_init(d),
+                names=("embed", "vocab"),
+                dtype=dtype,
+                param_dtype=pdtype,
+                rngs=rngs,
+            )
+
+    def __call__(
+        self,
+        ids: jax.Array,
+        *,
+        state: Sequence[BlockState] | None = None,
+        return_state: bool = False,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array | tuple[jax.Array, tuple[BlockState, ...]]:
+        """ids (B, S) int -> logits (B, S, V) float32, or ``(logits, state)`` if ``return_state``.
+
+        ``state`` (from an earlier call with ``return_state=True``) continues the
+        sequence; S = 1 with a state is one generation step. ``segment_ids`` (B, S) int
+        marks packed documents (training rows): every recurrent state (mLSTM memory,
+        sLSTM cell, conv windows) restarts where the id changes, so no information
+        passes between documents.
+        """
+        ids = jnp.asarray(ids)
+        if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
+            raise ValueError(f"ids must be an integer array of shape (B, S), got {ids.dtype} {ids.shape}")
+        if state is not None:
+            state = self._check_state(state, ids.shape[0])
+        resets = nn.document_starts(segment_ids, ids.shape)
+        x = self.token_embedding(ids)
+        x = x.astype(jnp.promote_types(jnp.float32, x.dtype))  # float32 residual stream
+        x, new_state = self._run_blocks(x, state, return_state, resets)
+        if self.post_blocks_norm is not None:
+            x = self.post_blocks_norm(x)
+        logits = self.token_embedding.attend(x) if self.lm_head is None else self.lm_head(x)
+        logits = logits.astype(jnp.promote_types(jnp.float32, logits.dtype))
+        return (logits, new_state) if return_state else logits
+
+    def _runs(self) -> list[tuple[int, int]]:
+        """[start, stop) ranges of consecutive blocks of the same type (one ``lax.scan`` each)."""
+        types, runs, start = self.config.block_types, [], 0
+        for j in range(1, len(types) + 1):
+            if j == len(types) or types[j] != types[start]:
+                runs.append((start, j))
+                start = j
+        return runs
+
+    def _run_blocks(self, x, state, return_state: bool, resets):
+        remat, new_states = self.config.remat, []
+        for start, stop in self._runs():
+            blocks = list(self.blocks[start:stop])
+            states = [None] * (stop - start) if state is None else list(state[start:stop])
+            if self.config.scan_blocks and len(blocks) > 1:
+                x, run_states = self._scan(blocks, x, states, return_state, resets)
+                new_states += run_states
+                continue
+            for block, block_state in zip(blocks, states):
+                if remat:
+                    graphdef, params = nnx.split(block)
+                    fn = jax.checkpoint(partial(_apply_block, graphdef, return_state=return_state))
+                    x, block_state = fn(params, x, block_state, resets)
+                else:
+                    x, block_state = block(x, block_state, return_state=return_state, resets=resets)
+                new_states.append(block_state)
+        return x, (tuple(new_states) if return_state else None)
+
+    def _scan(self, blocks, x, states, return_state: bool, resets):
+        """One ``lax.scan`` over identical blocks: their parameters (and states) stacked on a new axis."""
+        graphdef = nnx.split(blocks[0])[0]
+        params = _stack([nnx.split(block)[1] for block in blocks])
+        stacked_state = None if states[0] is None else _stack(states)
+
+        def body(carry, xs):
+            block_params, block_state = xs
+            return _apply_block(graphdef, block_params, carry, block_state, resets, return_state=return_state)
+
+        if self.config.remat:
+            body = jax.checkpoint(body)
+        x, out = jax.lax.scan(body, x, (params, stacked_state))
+        if not return_state:
+            return x, [None] * len(blocks)
+        return x, [jax.tree.map(lambda a, j=j: a[j], out) for j in range(len(blocks))]
+
+    def _check_state(self, state, batch: int) -> tuple[BlockState, ...]:
+        """Accept any (cell, conv) tuples of the right structure; name the block on a bad shape."""
+        if not isinstance(state, (tuple, list)) or len(state) != self.config.num_blocks:
+            raise ValueError(
+                f"state must be a tuple with one entry per block ({self.config.num_blocks}), got {type(state).__name__}"
+                + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
+            )
+        checked = []
+        for idx, (kind, block_state, block) in enumerate(zip(self.config.block_types, state, self.blocks)):
+            if not isinstance(block_state, tuple) or len(block_state) != 2:
+                raise ValueError(f"state[{idx}] must be a (cell, conv) pair, got {type(block_state).__name__}")
+            cell, conv = block_state
+            fields = 3 if kind == "m" else 4
+            if not isinstance(cell, tuple) or len(cell) != fields:
+                raise ValueError(f"state[{idx}].cell must be a tuple of {fields} arrays, got {type(cell).__name__}")
+            if kind == "m":
+                block_state = MLSTMBlockState(ops.MLSTMState(*cell), conv)
+                channels, taps = block.xlstm.conv1d.kernel.shape[1], block.xlstm.conv1d.kernel_size - 1
+            else:
+                block_state = SLSTMBlockState(ops.SLSTMState(*cell), conv)
+                conv1d = block.xlstm.conv1d
+                channels, taps = self.config.embedding_dim, 0 if conv1d is None else conv1d.kernel_size - 1
+            expected = (batch, taps, channels)
+            if tuple(jnp.shape(conv)) != expected:
+                raise ValueError(f"state[{idx}].conv must have shape {expected}, got {tuple(jnp.shape(conv))}")
+            checked.append(block_state)
+        return tuple(checked)
