@@ -1,0 +1,161 @@
+"""``xlstm_jax.generate``: one compiled decode loop for both architectures."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from xlstm_jax import generate
+from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+from xlstm_jax.models.xlstm_lm import MLSTMLayerConfig, SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
+
+VOCAB = 48
+
+
+def _perturbed(model, seed: int = 0, scale: float = 0.2):
+    """Random weights around the init, so that greedy decoding is not trivially repetitive."""
+    graphdef, params = nnx.split(model)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+@functools.cache
+def _model(arch: str):
+    if arch == "xlstm_lm":
+        cfg = xLSTMLMConfig(vocab_size=VOCAB, embedding_dim=32, num_blocks=2, slstm_at=(1,), chunk_size=4,
+                            mlstm=MLSTMLayerConfig(num_heads=2), slstm=SLSTMLayerConfig(num_heads=2))  # fmt: skip
+        return _perturbed(xLSTMLMModel(cfg, rngs=nnx.Rngs(0)))
+    cfg = xLSTMLargeConfig(embedding_dim=32, num_heads=2, num_blocks=2, vocab_size=VOCAB, chunk_size=4)
+    return _perturbed(xLSTMLarge(cfg, rngs=nnx.Rngs(0)))
+
+
+def _greedy_reference(model, prompt, n: int) -> list[int]:
+    """Token by token with Python control flow: prefill the prompt, then argmax steps."""
+    call = jax.jit(lambda ids, state: model(ids, state=state, return_state=True))
+    logits, state = model(jnp.asarray([prompt]), return_state=True)
+    out = []
+    for _ in range(n):
+        token = int(jnp.argmax(logits[0, -1]))
+        out.append(token)
+        logits, state = call(jnp.asarray([[token]]), state)
+    return out
+
+
+ARCHS = ["xlstm_lm", "xlstm_large"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_batch_of_different_lengths_equals_each_prompt_alone(arch):
+    model = _model(arch)
+    prompts = [[3, 7, 1, 9, 4, 4, 2], [5], [8, 8, 2, 30]]
+    out = generate(model, prompts, 6)
+    assert out.tokens.shape == (3, 6) and out.tokens.dtype == jnp.int32
+    np.testing.assert_array_equal(out.lengths, [6, 6, 6])
+    for row, prompt in enumerate(prompts):
+        assert np.asarray(out.tokens[row]).tolist() == _greedy_reference(model, prompt, 6), f"row {row}"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eos_stops_each_row_and_pads(arch):
+    model = _model(arch)
+    prompts = [[3, 7, 1], [5, 6]]
+    free = [_greedy_reference(model, p, 8) for p in prompts]
+    eos = free[0][2]  # the third token of row 0 becomes the end
+    out = generate(model, prompts, 8, eos_id=eos, pad_id=0)
+    for row, ref in enumerate(free):
+        stop = ref.index(eos) + 1 if eos in ref else 8
+        assert int(out.lengths[row]) == stop
+        assert np.asarray(out.tokens[row, :stop]).tolist() == ref[:stop]
+        assert np.all(np.asarray(out.tokens[row, stop:]) == 0)
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy():
+    model = _model("xlstm_lm")
+    prompts = [[3, 7, 1], [5, 6, 2]]
+    key = jax.random.key(3)
+    a = generate(model, prompts, 10, temperature=1.0, rng=key)
+    b = generate(model, prompts, 10, temperature=1.0, rng=key)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    c = generate(model, prompts, 10, temperature=1.0, rng=jax.random.key(4))
+    assert not np.array_equal(a.tokens, c.tokens)
+    greedy = generate(model, prompts, 10)
+    np.testing.assert_array_equal(generate(model, prompts, 10, temperature=0.7, top_k=1, rng=key).tokens, greedy.tokens)
+    np.testing.assert_array_equal(generate(model, prompts, 10, temperature=0.7, top_p=1e-6, rng=key).tokens,
+                                  greedy.tokens)  # fmt: skip
+    nucleus = generate(model, prompts, 10, temperature=1.0, top_p=0.5, top_k=5, rng=key)
+    assert np.all((np.asarray(nucleus.tokens) >= 0) & (np.asarray(nucleus.tokens) < VOCAB))
+
+
+def test_padded_array_prompts_and_zero_new_tokens():
+    model = _model("xlstm_large")
+    ids = np.array([[3, 7, 1, 9], [5, 6, 0, 0]])
+    out = generate(model, ids, 5, prompt_lengths=[4, 2])
+    ref = generate(model, [[3, 7, 1, 9], [5, 6]], 5)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    empty = generate(model, ids, 0)
+    assert empty.tokens.shape == (2, 0) and np.all(np.asarray(empty.lengths) == 0)
+
+
+def test_memory_is_constant_in_the_generated_length():
+    """The compiled decode loop's temporary memory does not grow with max_new_tokens
+    (only the (B, max_new_tokens) output buffer does)."""
+    from xlstm_jax.generation import _generate
+
+    model = _model("xlstm_lm")
+    graphdef, params = nnx.split(model)
+
+    def temp_bytes(n):
+        args = (graphdef, params, jnp.ones((2, 4), jnp.int32), jnp.full((2,), 4, jnp.int32), jax.random.key(0),
+                jnp.int32(-1), jnp.int32(0))  # fmt: skip
+        kw = dict(prefill=4, max_new_tokens=n, temperature=0.0, top_k=None, top_p=None)
+        return _generate.lower(*args, **kw).compile().memory_analysis().temp_size_in_bytes
+
+    small, large = temp_bytes(8), temp_bytes(4096)
+    assert large - small <= 2 * (4096 - 8) * 4 * 2, (small, large)  # at most the output buffer, twice
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(prompt_ids=[[1, 2], []], max_new_tokens=3), "empty prompts at rows \\[1\\]"),
+        (dict(prompt_ids=[[1, VOCAB]], max_new_tokens=3), f"token id {VOCAB} at prompt_ids\\[0, 1\\] is outside"),
+        (dict(prompt_ids=[[1, -1]], max_new_tokens=3), "token id -1"),
+        (dict(prompt_ids=[[1, 2]], max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
+        (dict(prompt_ids=[[1, 2]], max_new_tokens=2.5), "max_new_tokens must be an integer >= 0"),
+        (dict(prompt_ids=np.ones((2, 3), np.float32), max_new_tokens=2), "must hold integer token ids"),
+        (dict(prompt_ids=[[1.5, 2.0]], max_new_tokens=2), "must hold integer token ids"),
+        (dict(prompt_ids=[[1, 2]], max_new_tokens=2, temperature=1.0), "needs rng"),
+        (dict(prompt_ids=[[1, 2]], max_new_tokens=2, temperature=-1.0), "temperature must be a float >= 0"),
+        (dict(prompt_ids=[[1, 2]], max_new_tokens=2, top_k=0), "top_k must be an integer in \\[1, 48\\]"),
+        (dict(prompt_ids=[[1, 2]], max_new_tokens=2, top_p=1.5), "top_p must be in \\(0, 1\\]"),
+        (dict(prompt_ids=[[1, 2]], max_new_tokens=2, eos_id=VOCAB), "eos_id must be a token id"),
+        (dict(prompt_ids=np.ones((2, 3), np.int32), max_new_tokens=2, prompt_lengths=[3, 4]), "<= the padded width"),
+    ],
+)
+def test_bad_input_is_reported_before_compiling(kwargs, message, monkeypatch):
+    import xlstm_jax.generation as gen
+
+    monkeypatch.setattr(gen, "_generate", lambda *a, **k: pytest.fail("compiled despite bad input"))
+    with pytest.raises(ValueError, match=message):
+        generate(_model("xlstm_lm"), **kwargs)
+
+
+def test_greedy_matches_hugging_face_generate():
+    """Same weights in HF ``xLSTMForCausalLM`` and ours: identical greedy tokens."""
+    torch = pytest.importorskip("torch", reason="the Hugging Face comparison needs torch")
+    from test_hf_checkpoint import build_hf_and_ours
+
+    hf_model, ours, _ = build_hf_and_ours(seed=5)
+    prompt = np.random.default_rng(5).integers(0, ours.config.vocab_size, size=(2, 7))
+    with torch.no_grad():
+        ref = hf_model.generate(torch.from_numpy(prompt), max_new_tokens=12, do_sample=False,
+                                min_new_tokens=12, pad_token_id=None, eos_token_id=None)  # fmt: skip
+    out = generate(ours, prompt, 12)
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref[:, 7:].numpy())
