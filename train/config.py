@@ -117,6 +117,7 @@ class RunConfig:
     """Steps, batch, precision, logging, evaluation and checkpoint cadence."""
 
     steps: int = 1000
+    stop_after_steps: int | None = None  # end this invocation after this many steps (job time limits); resume later
     global_batch_size: int = 32
     seq_len: int = 128
     seed: int = 0
@@ -126,6 +127,7 @@ class RunConfig:
     log_every: int = 10
     eval_every: int = 200  # 0 disables
     eval_batches: int = 8
+    eval_seq_len: int | None = None  # None: seq_len (longer for length-generalization tasks)
     checkpoint_every: int = 200  # 0 disables periodic saves (a final one is still written)
     keep_checkpoints: int = 3
     out_dir: str = "runs/default"
@@ -135,6 +137,9 @@ class RunConfig:
     def __post_init__(self):
         for name in ("steps", "global_batch_size", "seq_len", "log_every", "eval_batches", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("stop_after_steps", "eval_seq_len"):
+            value = getattr(self, name)
+            _check(value is None or value >= 1, f"train.{name} must be >= 1 or null, got {value}")
         for name in ("eval_every", "checkpoint_every", "sample_tokens"):
             _check(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("compute_dtype", "param_dtype"):

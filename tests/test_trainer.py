@@ -1,0 +1,265 @@
+"""The trainer end to end: CLI, checkpoints and resume, preemption, corruption,
+8 fake devices vs 1, and a real two-process ``jax.distributed`` run on localhost.
+
+Runs go through ``python -m train`` in subprocesses (the way users and clusters
+start it), on a tiny model so that each compiles in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {
+    "model": {
+        "arch": "xlstm_lm",
+        "embedding_dim": 32,
+        "num_blocks": 2,
+        "slstm_at": [1],
+        "mlstm": {"num_heads": 2},
+        "slstm": {"num_heads": 2},
+        "chunk_size": 8,
+    },
+    "data": {"kind": "parity", "train_max_len": 17, "eval_min_len": 10, "eval_max_len": 17, "num_eval_examples": 32},
+    "train": {
+        "steps": 8,
+        "global_batch_size": 8,
+        "seq_len": 16,
+        "log_every": 1,
+        "eval_every": 0,
+        "eval_batches": 2,
+        "checkpoint_every": 2,
+        "keep_checkpoints": 10,
+        "sample_tokens": 1,
+        "tensorboard": False,
+    },
+    "optim": {"lr": 3.0e-3, "warmup_steps": 2},
+}
+
+
+def _write_config(path: Path, **sections) -> Path:
+    cfg = json.loads(json.dumps(TINY))
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _train(config: Path, *args: str, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "train", "--config", str(config), *args],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _metrics(out_dir: Path, kind: str = "train") -> list[dict]:
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def _params(out_dir: Path, step: int | None = None) -> dict:
+    """Parameters of a checkpoint as flat {path: numpy array}."""
+    steps = sorted(int(p.name) for p in (out_dir / "checkpoints").iterdir() if p.name.isdigit())
+    path = out_dir / "checkpoints" / str(steps[-1] if step is None else step) / "state"
+    # Restore onto this process's one device, whatever mesh the run used.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        metadata = checkpointer.metadata(path).item_metadata
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+        state = checkpointer.restore(path, target)
+    flat = {}
+
+    def collect(prefix, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                collect(f"{prefix}/{k}", v)
+        elif isinstance(node, (list, tuple)):
+            for k, v in enumerate(node):
+                collect(f"{prefix}/{k}", v)
+        else:
+            flat[prefix] = np.asarray(node)
+
+    collect("", state["params"] if isinstance(state, dict) else state[1])
+    return flat
+
+
+def _assert_same_params(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 8-step run (checkpoints every 2 steps)."""
+    out = tmp_path_factory.mktemp("reference")
+    _train(_write_config(out / "cfg.yaml", train={"out_dir": str(out / "run")}))
+    return out / "run"
+
+
+def test_run_writes_metrics_checkpoints_and_a_sample(reference_run):
+    train = _metrics(reference_run)
+    assert [r["step"] for r in train] == list(range(1, 9))
+    assert all(np.isfinite(r["loss"]) and r["tokens_per_s"] > 0 for r in train)
+    evals = _metrics(reference_run, "eval")
+    assert evals and 0.0 <= evals[-1]["sequence_accuracy"] <= 1.0 and evals[-1]["perplexity"] > 1.0
+    steps = sorted(int(p.name) for p in (reference_run / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [2, 4, 6, 8]
+
+
+def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, reference_run):
+    """SIGKILL at a random step, restart: the final parameters are bit-identical."""
+    out = tmp_path / "run"
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "checkpoint_every": 1})
+    proc = subprocess.Popen([sys.executable, "-m", "train", "--config", str(cfg)], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    kill_after = random.Random(os.getpid()).randint(2, 6)
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        if f"step {kill_after}/8" in line or time.time() > deadline:
+            break
+    proc.kill()
+    proc.wait()
+    _train(cfg)  # resumes from the newest complete checkpoint
+    _assert_same_params(_params(out), _params(reference_run))
+    resumed = [r["step"] for r in _metrics(out)]
+    assert resumed[-1] == 8 and sorted(set(resumed)) == list(range(1, 9))
+
+
+def test_sigterm_saves_a_usable_checkpoint_and_exits_cleanly(tmp_path, reference_run):
+    out = tmp_path / "run"
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "checkpoint_every": 0})
+    proc = subprocess.Popen([sys.executable, "-m", "train", "--config", str(cfg)], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if "step 3/8" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, rest
+    assert "saving a checkpoint" in rest
+    saved = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < 8
+    _train(cfg)
+    _assert_same_params(_params(out), _params(reference_run))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, reference_run):
+    out = tmp_path / "run"
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "stop_after_steps": 4})
+    _train(cfg)
+    for f in (out / "checkpoints" / "4" / "state").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(b"\x00garbage" * 3)
+    proc = _train(cfg, "train.stop_after_steps=null")
+    assert "checkpoint step 4 is unusable" in proc.stdout + proc.stderr
+    assert "resumed from" in proc.stdout and "at step 2" in proc.stdout
+    _assert_same_params(_params(out), _params(reference_run))
+
+
+def test_bad_configs_give_clear_errors(tmp_path):
+    cfg = _write_config(tmp_path / "cfg.yaml")
+    for override, message in [
+        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("train.stepz=3", "unknown key(s) train.stepz"),
+        ("model.arch=gpt", "model.arch must be one of"),
+        ("model.embedding_dim=33", "model"),
+        ("data.kind=wikipedia", "kind"),
+        ("mesh.data=3", "mesh"),
+    ]:
+        proc = _train(cfg, override, check=False, timeout=120)
+        assert proc.returncode == 2, (override, proc.stdout, proc.stderr[-2000:])
+        assert message in proc.stderr, (override, proc.stderr[-2000:])
+
+
+def test_8_fake_devices_on_a_2x2x2_mesh_match_1_device(tmp_path, reference_run):
+    out = tmp_path / "mesh"
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "checkpoint_every": 0},
+                        mesh={"data": 2, "fsdp": 2, "tensor": 2})  # fmt: skip
+    proc = _train(cfg, "--cpu-devices", "8")
+    assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2} on 8 cpu devices" in proc.stdout
+    ours = [r["loss"] for r in _metrics(out)]
+    ref = [r["loss"] for r in _metrics(reference_run)]
+    np.testing.assert_allclose(ours, ref, rtol=2e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(cfg: Path, *args: str) -> list[str]:
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "train",
+                "--config",
+                str(cfg),
+                "--cpu-devices",
+                "2",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(pid),
+                *args,
+            ],
+            cwd=REPO,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for pid in range(2)
+    ]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    for p, text in zip(procs, outs):
+        assert p.returncode == 0, text[-4000:]
+    return outs
+
+
+def test_two_process_distributed_run_saves_and_restores(tmp_path, reference_run):
+    """Two ``jax.distributed`` processes (2 CPU devices each) train, checkpoint, then
+    resume from that checkpoint; the result equals the single-process run."""
+    out = tmp_path / "run"
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "stop_after_steps": 4},
+                        mesh={"data": 2, "fsdp": 2, "tensor": 1})  # fmt: skip
+    first = _two_processes(cfg)
+    assert "2 process(es)" in first[0] and "stopped after 4 steps" in first[0]
+    second = _two_processes(cfg, "train.stop_after_steps=null")
+    assert "resumed from" in second[0] and "at step 4" in second[0]
+    np.testing.assert_allclose(
+        [r["loss"] for r in _metrics(out)], [r["loss"] for r in _metrics(reference_run)], rtol=2e-5
+    )

@@ -1,0 +1,74 @@
+"""Command line: ``python -m train --config configs/<name>.yaml [key=value ...]`` (also ``xlstm-train``).
+
+Distributed runs: on TPU pods ``--distributed auto`` lets JAX find its peers; on GPU
+or CPU clusters give ``--coordinator host:port --num-processes N --process-id i``
+(or set them through the usual JAX environment variables) on every process.
+``--cpu-devices N`` splits a CPU host into N devices (tests, laptops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m train", description="Train an xLSTM language model.")
+    p.add_argument("--config", required=True, help="YAML run config (may list 'defaults' to layer)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 optim.lr=3e-4")
+    p.add_argument("--distributed", choices=("none", "auto"), default="none",
+                   help="auto: jax.distributed.initialize() with cluster auto-detection (TPU pods, SLURM)")  # fmt: skip
+    p.add_argument("--coordinator", help="host:port of process 0, for an explicit multi-process run")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
+    p.add_argument("--cpu-devices", type=int, help="number of CPU devices to expose (CPU only)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def init_distributed(args) -> None:
+    import jax
+
+    if args.cpu_devices:
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    if args.coordinator:
+        if args.num_processes is None or args.process_id is None:
+            raise SystemExit("--coordinator needs --num-processes and --process-id")
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    elif args.distributed == "auto":
+        jax.distributed.initialize()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    from .config import ConfigError, apply_overrides, load_yaml, to_json
+
+    try:
+        raw = apply_overrides(load_yaml(args.config), args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_json(raw))
+        return 0
+    init_distributed(args)
+    from .trainer import run
+
+    try:
+        summary = run(raw)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    import jax
+
+    if jax.process_index() == 0:
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

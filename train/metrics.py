@@ -1,0 +1,129 @@
+"""What a user sees: a console progress line, JSONL metrics, TensorBoard events, MFU.
+
+Only process 0 writes; every other process gets a no-op logger.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bfloat16 peak FLOP/s per device, for the MFU estimate (vendor figures).
+_PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
+}
+
+
+def device_peak_flops() -> tuple[float, str]:
+    """Peak FLOP/s of one local device and where the figure comes from.
+
+    Accelerators: the vendor's dense bf16 figure. CPU: a float32 matmul measured now
+    (the whole host, since XLA's CPU client is one device using every core).
+    """
+    device = jax.local_devices()[0]
+    for name, flops in _PEAK_FLOPS.items():
+        if device.device_kind.startswith(name):
+            return flops, f"{name} bf16 peak"
+    if device.platform != "cpu":
+        return float("nan"), f"unknown peak for {device.device_kind}"
+    x = jnp.ones((1024, 1024), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(x).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(5):
+        matmul(x).block_until_ready()
+    return 5 * 2 * 1024**3 / (time.perf_counter() - start), "measured 1024^2 float32 matmul"
+
+
+def step_flops(compiled) -> float:
+    """FLOPs of one compiled step, from XLA's cost analysis (nan when unavailable)."""
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", math.nan))
+    except Exception:  # noqa: BLE001 - not every backend reports costs
+        return math.nan
+
+
+class Logger:
+    """Console progress, ``metrics.jsonl`` and TensorBoard events under ``out_dir``."""
+
+    def __init__(self, out_dir: str | Path, total_steps: int, *, tensorboard: bool, enabled: bool):
+        self.enabled, self.total = enabled, total_steps
+        self.start = time.perf_counter()
+        self.tty = sys.stdout.isatty()
+        if not enabled:
+            return
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(out / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115 - closed in close()
+        self.tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def log(self, step: int, metrics: dict, *, kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in metrics.items()}
+        self.jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **clean}) + "\n")
+        if self.tb is not None:
+            for key, value in clean.items():
+                if isinstance(value, float) and math.isfinite(value):
+                    self.tb.add_scalar(f"{kind}/{key}", value, step)
+        if kind == "train":
+            self._progress(step, clean)
+        else:
+            parts = "  ".join(f"{k} {v:.4g}" for k, v in clean.items() if isinstance(v, float))
+            print(("\n" if self.tty else "") + f"[{kind} @ step {step}] {parts}", flush=True)
+
+    def _progress(self, step: int, m: dict) -> None:
+        done = step / max(self.total, 1)
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / max(done, 1e-9) * (1 - done) if step else float("nan")
+        bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
+        line = (
+            f"[{bar}] step {step}/{self.total}  loss {m.get('loss', float('nan')):.4f}  "
+            f"tok/s {m.get('tokens_per_s', float('nan')):,.0f}  lr {m.get('lr', float('nan')):.2e}  "
+            f"gnorm {m.get('grad_norm', float('nan')):.3f}  mfu {m.get('mfu', float('nan')):.1%}  "
+            f"eta {_fmt_time(eta)}"
+        )
+        if m.get("skipped_steps"):
+            line += f"  skipped {int(m['skipped_steps'])}"
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            print(("\n" if self.tty else "") + text, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.tty:
+            print()
+        self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,89 @@
+"""The jitted training and evaluation steps.
+
+Parameters travel as a plain pytree (``nnx.State`` of ``nnx.Param``); the rest of the
+model (its graph definition and any non-parameter state) is merged back inside the
+step, tree-mode clean. The global batch is split into ``grad_accum_steps``
+micro-batches summed by a ``lax.scan``: the loss is the token-weighted mean over the
+whole global batch, so it does not depend on the split (or on the device mesh).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+class TrainState(NamedTuple):
+    step: jax.Array  # int32 scalar
+    params: nnx.State
+    opt_state: optax.OptState
+
+
+def _token_losses(graphdef, params, rest, batch):
+    """Summed masked cross entropy, the mask's sum, and the number of correct tokens."""
+    model = nnx.merge(graphdef, params, rest)
+    logits = model(batch["inputs"], segment_ids=batch["segment_ids"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    mask = batch["loss_mask"]
+    correct = (jnp.argmax(logits, axis=-1) == batch["targets"]) * mask
+    return jnp.sum(ce * mask), jnp.sum(mask), correct
+
+
+def _split_micro(batch, accum: int):
+    return jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
+
+
+def make_train_step(graphdef, rest, tx: optax.GradientTransformation, accum: int):
+    """``(state, batch) -> (state, metrics)``; jit it with shardings and donation."""
+
+    def loss_and_grads(params, micro):
+        def summed(p):
+            loss_sum, count, _ = _token_losses(graphdef, p, rest, micro)
+            return loss_sum, count
+
+        (loss_sum, count), grads = jax.value_and_grad(summed, has_aux=True)(params)
+        return loss_sum, count, grads
+
+    def step(state: TrainState, batch):
+        def body(carry, micro):
+            loss_sum, count, grads = loss_and_grads(state.params, micro)
+            return jax.tree.map(jnp.add, carry, (loss_sum, count, grads)), None
+
+        zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+        (loss_sum, count, grads), _ = jax.lax.scan(body, zeros, _split_micro(batch, accum))
+        count = jnp.maximum(count, 1.0)
+        grads = jax.tree.map(lambda g: g / count, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss_sum / count,
+            "grad_norm": optax.global_norm(grads),
+            "tokens": count,
+            "skipped_steps": opt_state.total_notfinite,
+        }
+        return TrainState(state.step + 1, params, opt_state), metrics
+
+    return step
+
+
+def make_eval_step(graphdef, rest):
+    """``(params, batch) -> sums`` of loss, scored tokens, correct tokens and correct sequences."""
+
+    def step(params, batch):
+        loss_sum, count, correct = _token_losses(graphdef, params, rest, batch)
+        mask = batch["loss_mask"]
+        scored_rows = jnp.sum(mask, axis=-1) > 0
+        row_ok = jnp.all((correct == mask), axis=-1) & scored_rows
+        return {
+            "loss_sum": loss_sum,
+            "tokens": count,
+            "correct_tokens": jnp.sum(correct),
+            "correct_sequences": jnp.sum(row_ok),
+            "sequences": jnp.sum(scored_rows),
+        }
+
+    return step
