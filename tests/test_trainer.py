@@ -45,7 +45,7 @@ TINY = {
         "checkpoint_every": 2,
         "keep_checkpoints": 10,
         "sample_tokens": 1,
-        "tensorboard": False,
+        "tensorboard": True,
     },
     "optim": {"lr": 3.0e-3, "warmup_steps": 2},
 }
@@ -132,6 +132,7 @@ def test_run_writes_metrics_checkpoints_and_a_sample(reference_run):
     assert evals and 0.0 <= evals[-1]["sequence_accuracy"] <= 1.0 and evals[-1]["perplexity"] > 1.0
     steps = sorted(int(p.name) for p in (reference_run / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [2, 4, 6, 8]
+    assert list((reference_run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file"
 
 
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, reference_run):
@@ -199,15 +200,43 @@ def test_bad_configs_give_clear_errors(tmp_path):
         assert message in proc.stderr, (override, proc.stderr[-2000:])
 
 
-def test_8_fake_devices_on_a_2x2x2_mesh_match_1_device(tmp_path, reference_run):
+def test_8_fake_devices_on_a_2x2x2_mesh_match_1_device_and_resume_on_1(tmp_path, reference_run):
+    """Steps 1-4 on a (2, 2, 2) mesh of 8 fake CPU devices, then a resume onto 1 device:
+    the losses match the 1-device run throughout."""
     out = tmp_path / "mesh"
-    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "checkpoint_every": 0},
-                        mesh={"data": 2, "fsdp": 2, "tensor": 2})  # fmt: skip
-    proc = _train(cfg, "--cpu-devices", "8")
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "checkpoint_every": 0})
+    proc = _train(cfg, "--cpu-devices", "8", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "train.stop_after_steps=4")
     assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2} on 8 cpu devices" in proc.stdout
+    proc = _train(cfg)  # default mesh on the 1 device of this run
+    assert "resumed from" in proc.stdout and "at step 4" in proc.stdout
     ours = [r["loss"] for r in _metrics(out)]
     ref = [r["loss"] for r in _metrics(reference_run)]
     np.testing.assert_allclose(ours, ref, rtol=2e-5)
+
+
+def test_export_to_hugging_face_format(tmp_path):
+    """An xLSTM-7B-architecture run exports a folder that ``from_pretrained`` loads with the
+    checkpoint's parameters."""
+    from flax import nnx
+
+    import xlstm_jax
+
+    out = tmp_path / "run"
+    model = {"arch": "xlstm_large", "embedding_dim": 32, "num_heads": 2, "num_blocks": 2, "chunk_size": 8}
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "steps": 2, "checkpoint_every": 0},
+                        export={"hf_path": str(tmp_path / "hf")})  # fmt: skip
+    raw = yaml.safe_load(cfg.read_text())
+    raw["model"] = model
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = _train(cfg)
+    assert "exported the model in the Hugging Face format" in proc.stdout
+    assert (tmp_path / "hf" / "config.json").is_file()
+    loaded = xlstm_jax.from_pretrained(tmp_path / "hf")
+    flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(nnx.state(loaded, nnx.Param))}
+    saved = {k.strip("/").removesuffix("/value"): v for k, v in _params(out).items()}
+    assert flat.keys() == saved.keys()
+    for key in flat:
+        np.testing.assert_array_equal(flat[key].astype(np.float32), saved[key], err_msg=key)
 
 
 def _free_port() -> int:
