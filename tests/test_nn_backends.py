@@ -77,3 +77,20 @@ def test_causal_conv_resets_isolate_documents():
     # the returned state holds only the last document's inputs (one token), zeros before it
     assert_close(new_state, jnp.stack([jnp.zeros(2), x[0, 7]])[None], 0.0, "state")
     assert_close(conv(x, state, resets=jnp.zeros((1, 8), bool))[0], conv(x, state)[0], 0.0, "no resets")
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_policies_give_the_same_gradients(policy):
+    from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 40, size=(2, 9)))
+    grads = {}
+    for remat in (False, True):
+        cfg = xLSTMLargeConfig(embedding_dim=32, num_heads=2, num_blocks=2, vocab_size=40, chunk_size=4,
+                               remat=remat, remat_policy=policy)  # fmt: skip
+        graphdef, params = nnx.split(xLSTMLarge(cfg, rngs=nnx.Rngs(0)))
+        grads[remat] = jax.grad(lambda p, g=graphdef: jnp.sum(nnx.merge(g, p)(ids) ** 2))(params)
+    for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
+        assert_close(a, b, 1e-6, policy)
+    with pytest.raises(ValueError, match="remat_policy='everything' is not supported"):
+        xLSTMLargeConfig(embedding_dim=32, num_heads=2, num_blocks=2, vocab_size=40, remat_policy="everything")

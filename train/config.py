@@ -124,6 +124,7 @@ class RunConfig:
     compute_dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    remat_policy: str = "full"  # full | dots | dots_no_batch (what jax.checkpoint keeps per block)
     log_every: int = 10
     eval_every: int = 200  # 0 disables
     eval_batches: int = 8

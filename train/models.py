@@ -29,7 +29,15 @@ ARCHS = {"xlstm_lm": (xLSTMLMConfig, xLSTMLMModel), "xlstm_large": (xLSTMLargeCo
 _LM_SUBCONFIGS = {"mlstm": MLSTMLayerConfig, "slstm": SLSTMLayerConfig, "feedforward": FeedForwardConfig}
 
 
-def model_config(section: Mapping[str, Any], *, vocab_size: int, dtype: str, param_dtype: str, remat: bool):
+def model_config(
+    section: Mapping[str, Any],
+    *,
+    vocab_size: int,
+    dtype: str,
+    param_dtype: str,
+    remat: bool,
+    remat_policy: str = "full",
+):
     """The model config of a run; errors name ``model.<field>``."""
     fields = dict(section)
     arch = fields.pop("arch", None)
@@ -45,7 +53,7 @@ def model_config(section: Mapping[str, Any], *, vocab_size: int, dtype: str, par
     fields.setdefault("vocab_size", vocab_size)
     if fields["vocab_size"] < vocab_size:
         raise ConfigError(f"model.vocab_size={fields['vocab_size']} is smaller than the data's vocabulary {vocab_size}")
-    fields.update(dtype=dtype, param_dtype=param_dtype, remat=remat)
+    fields.update(dtype=dtype, param_dtype=param_dtype, remat=remat, remat_policy=remat_policy)
     try:
         return build_dataclass(config_cls, fields, "model.")
     except ValueError as err:

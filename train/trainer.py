@@ -62,6 +62,7 @@ def resolve(raw: dict) -> RunSpec:
         dtype=run.compute_dtype,
         param_dtype=run.param_dtype,
         remat=run.remat,
+        remat_policy=run.remat_policy,
     )
     export = dict(raw.get("export") or {})
     export_hf = export.pop("hf_path", None)

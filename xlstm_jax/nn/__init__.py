@@ -3,8 +3,12 @@
 from .documents import document_starts
 from .layers import CausalConv1d, Embed, HeadwiseLinear, LayerNorm, Linear, MultiHeadLayerNorm
 from .params import constant, linspace, normal, ones, param, small_init, uniform, wang_init, zeros
+from .remat import REMAT_POLICIES, check_remat_policy, remat
 
 __all__ = [
+    "REMAT_POLICIES",
+    "check_remat_policy",
+    "remat",
     "CausalConv1d",
     "Embed",
     "HeadwiseLinear",

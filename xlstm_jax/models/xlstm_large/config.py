@@ -14,6 +14,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from xlstm_jax.backends import MLSTM_BACKENDS
+from xlstm_jax.nn import REMAT_POLICIES
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 WEIGHT_MODES = ("single", "fused")
@@ -137,6 +138,7 @@ class xLSTMLargeConfig:
     param_dtype: str = "float32"
     scan_blocks: bool = True
     remat: bool = False
+    remat_policy: str = "full"  # with remat: full | dots | dots_no_batch (xlstm_jax.nn.REMAT_POLICIES)
 
     def __post_init__(self):
         _int("embedding_dim", self.embedding_dim, 1)
@@ -167,6 +169,7 @@ class xLSTMLargeConfig:
         object.__setattr__(self, "param_dtype", _dtype_name("param_dtype", self.param_dtype))
         _bool("scan_blocks", self.scan_blocks)
         _bool("remat", self.remat)
+        _choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
 
     @property
     def qk_dim(self) -> int:

@@ -119,7 +119,7 @@ class xLSTMLarge(nnx.Module):
             return nnx.merge(graphdef, p)(x, s, return_state=stateful, resets=resets)
 
         if c.remat:
-            run = jax.checkpoint(run)
+            run = nn.remat(run, c.remat_policy)
         if not c.scan_blocks:
             outs = []
             for idx in range(c.num_blocks):

@@ -15,6 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from xlstm_jax.backends import MLSTM_BACKENDS
+from xlstm_jax.nn import REMAT_POLICIES
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 ACT_FNS = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
@@ -183,6 +184,7 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
     param_dtype: str = "float32"
     scan_blocks: bool = False
     remat: bool = False
+    remat_policy: str = "full"  # with remat: full | dots | dots_no_batch (xlstm_jax.nn.REMAT_POLICIES)
 
     def __post_init__(self):
         _int("vocab_size", self.vocab_size, 1)
@@ -198,6 +200,7 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
                 raise ValueError(f"{name} must be a {kind.__name__} or None, got {type(value).__name__}")
         for name in ("add_post_blocks_norm", "bias", "tie_weights", "scan_blocks", "remat"):
             _bool(name, getattr(self, name))
+        _choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
         _choice("backend", self.backend, MLSTM_BACKENDS)
         _int("chunk_size", self.chunk_size, 1)
         object.__setattr__(self, "dtype", _dtype_name("dtype", self.dtype))
@@ -274,4 +277,4 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
         return cls(**{**config_kwargs(d, own_fields=_OWN_FIELDS), **overrides})
 
 
-_OWN_FIELDS = ("backend", "chunk_size", "dtype", "param_dtype", "scan_blocks", "remat")
+_OWN_FIELDS = ("backend", "chunk_size", "dtype", "param_dtype", "scan_blocks", "remat", "remat_policy")

@@ -169,7 +169,7 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
             for block, block_state in zip(blocks, states):
                 if remat:
                     graphdef, params = nnx.split(block)
-                    fn = jax.checkpoint(partial(_apply_block, graphdef, return_state=return_state))
+                    fn = nn.remat(partial(_apply_block, graphdef, return_state=return_state), self.config.remat_policy)
                     x, block_state = fn(params, x, block_state, resets)
                 else:
                     x, block_state = block(x, block_state, return_state=return_state, resets=resets)
@@ -187,7 +187,7 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
             return _apply_block(graphdef, block_params, carry, block_state, resets, return_state=return_state)
 
         if self.config.remat:
-            body = jax.checkpoint(body)
+            body = nn.remat(body, self.config.remat_policy)
         x, out = jax.lax.scan(body, x, (params, stacked_state))
         if not return_state:
             return x, [None] * len(blocks)
