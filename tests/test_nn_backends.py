@@ -51,7 +51,7 @@ def test_norms_and_headwise_linear():
 def test_mlstm_dispatch():
     q, k, v, i, f = cast(mlstm_inputs(6, s=9), jnp.float32)
     h, state = ops.mlstm_chunkwise(q, k, v, i, f)
-    for backend in backends.MLSTM_BACKENDS:
+    for backend in (*backends.MLSTM_XLA_FORMS, "xla", "auto"):  # auto is chunkwise on a CPU
         assert_close(backends.mlstm(q, k, v, i, f, backend=backend), h, 1e-5, backend)
         # parallel with a state runs chunkwise (the same function)
         h_b, st_b = backends.mlstm(q, k, v, i, f, backend=backend, return_state=True)
@@ -60,7 +60,9 @@ def test_mlstm_dispatch():
         h1, st1 = backends.mlstm(*(x[:, :, :1] for x in (q, k, v, i, f)), backend=backend, initial_state=None,
                                  return_state=True)  # fmt: skip
         assert_close(h1, h[:, :, :1], 1e-5, f"{backend} one token")
-    with pytest.raises(ValueError, match="unknown mLSTM backend 'triton'"):
+    with pytest.raises(ValueError, match="unknown mLSTM backend 'cuda'"):
+        backends.mlstm(q, k, v, i, f, backend="cuda")
+    with pytest.raises(ValueError, match="backend 'triton' needs a GPU; this is a cpu"):
         backends.mlstm(q, k, v, i, f, backend="triton")
     with pytest.raises(ValueError, match="unknown sLSTM backend"):
         backends.slstm(None, None, None, backend="cuda")
@@ -94,3 +96,18 @@ def test_remat_policies_give_the_same_gradients(policy):
         assert_close(a, b, 1e-6, policy)
     with pytest.raises(ValueError, match="remat_policy='everything' is not supported"):
         xLSTMLargeConfig(embedding_dim=32, num_heads=2, num_blocks=2, vocab_size=40, remat_policy="everything")
+
+
+def test_triton_backend_reports_what_it_needs():
+    """The official-TFLA backend imports jax_triton lazily and says how to get it."""
+    from pallas_kernels.mlstm import triton_tfla
+
+    try:
+        import jax_triton  # noqa: F401
+
+        pytest.skip("jax_triton is installed here (a GPU machine): the message test is for machines without it")
+    except ImportError:
+        pass
+    q, k, v, i, f = cast(mlstm_inputs(9, s=8), jnp.float32)
+    with pytest.raises(ImportError, match=r'pip install "xlstm-jax\[gpu\]" mlstm_kernels'):
+        triton_tfla.mlstm_chunkwise_tfla(q, k, v, i, f)

@@ -2,17 +2,41 @@
 
 Models call ``mlstm`` and ``slstm`` here with a backend name from their config;
 nothing else in ``xlstm_jax`` picks a cell implementation. Fused kernels plug in
-here (imported lazily, so pure-JAX use never imports GPU packages).
+here and are imported lazily, so pure-JAX use never imports kernel or GPU packages.
+
+mLSTM backends:
+  ``auto``        Pallas on TPU and GPU, the XLA chunkwise form on CPU.
+  ``xla``         the same as ``chunkwise``.
+  ``chunkwise``   ``ops.mlstm_chunkwise`` (XLA).
+  ``parallel``    ``ops.mlstm_parallel`` (XLA, quadratic; with a state it runs as ``chunkwise``).
+  ``recurrent``   ``ops.mlstm_recurrent`` (XLA ``lax.scan``).
+  ``pallas_tpu``  ``pallas_kernels.mlstm.tpu`` (Mosaic).
+  ``pallas_gpu``  ``pallas_kernels.mlstm.gpu`` (Pallas-Triton).
+  ``triton``      the official TFLA Triton kernels of ``mlstm_kernels`` through ``jax_triton`` (GPU only).
+sLSTM backends: ``auto``, ``xla`` or ``scan`` (XLA), ``pallas_tpu``, ``pallas_gpu``.
+
+A Pallas backend on a CPU runs in Pallas interpret mode (slow; for tests). A shape
+a kernel cannot tile falls back to the XLA form with a logged reason. Inside a
+mesh (``jax.set_mesh``) the kernels run under ``jax.shard_map``: batch over the
+``data``/``fsdp`` axes, heads over ``tensor``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+
 import jax
+from jax.sharding import PartitionSpec as P
 
 from xlstm_jax import ops
 
-MLSTM_BACKENDS = ("chunkwise", "parallel", "recurrent")
-SLSTM_BACKENDS = ("scan",)
+log = logging.getLogger(__name__)
+
+MLSTM_BACKENDS = ("auto", "xla", "chunkwise", "parallel", "recurrent", "pallas_tpu", "pallas_gpu", "triton")
+MLSTM_XLA_FORMS = ("chunkwise", "parallel", "recurrent")
+SLSTM_BACKENDS = ("auto", "xla", "scan", "pallas_tpu", "pallas_gpu")
+_KERNEL_PLATFORM = {"pallas_tpu": "tpu", "pallas_gpu": "gpu", "triton": "gpu"}
 
 
 def check_mlstm_backend(name: str) -> str:
@@ -25,6 +49,92 @@ def check_slstm_backend(name: str) -> str:
     if name not in SLSTM_BACKENDS:
         raise ValueError(f"unknown sLSTM backend {name!r}; choose one of {SLSTM_BACKENDS}")
     return name
+
+
+def _platform() -> str:
+    platform = jax.default_backend()
+    return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
+
+
+def resolve(name: str, *, xla: str) -> str:
+    """``auto`` -> the kernel for this platform, or the XLA form ``xla`` on CPU; ``xla`` -> ``xla``."""
+    if name == "xla":
+        return xla
+    if name != "auto":
+        return name
+    return {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(_platform(), xla)
+
+
+def _kernel_mode(backend: str):
+    """Interpret mode when a kernel meant for another platform runs here (tests on CPU)."""
+    platform = _platform()
+    if platform == _KERNEL_PLATFORM[backend]:
+        return False
+    if platform == "cpu" and backend != "triton":
+        return True
+    raise ValueError(f"backend {backend!r} needs a {_KERNEL_PLATFORM[backend].upper()}; this is a {platform}")
+
+
+def _mesh_specs(batch: int, heads: int):
+    """(batch axes, head axes) of the current mesh, or None when nothing is sharded."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return None
+    batch_axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
+    head_axes = tuple(a for a in ("tensor",) if mesh.shape.get(a, 1) > 1)
+    if batch % math.prod(mesh.shape[a] for a in batch_axes) or heads % math.prod(mesh.shape[a] for a in head_axes):
+        raise ValueError(f"batch {batch} / heads {heads} do not divide the mesh axes {dict(mesh.shape)}")
+    return (batch_axes or None), (head_axes or None)
+
+
+def _sharded(fn, args, state_in, specs):
+    """Run ``fn(*args, state)`` per shard: inputs are (B, NH, ...) arrays, the state a pytree of them."""
+    if specs is None:
+        return fn(*args, state_in)
+    b, h = specs
+
+    def spec(x):
+        return P(b, h, *([None] * (x.ndim - 2)))
+
+    in_specs = (tuple(spec(a) for a in args), jax.tree.map(spec, state_in))
+    out_shapes = jax.eval_shape(fn, *args, state_in)
+    out_specs = jax.tree.map(spec, out_shapes)
+    return jax.shard_map(lambda a, s: fn(*a, s), in_specs=in_specs, out_specs=out_specs, check_vma=False)(
+        tuple(args), state_in
+    )
+
+
+def _mlstm_kernel(backend: str, q, k, v, i, f, chunk_size: int, initial_state, eps: float):
+    """(h, state) from a kernel backend, or None when it cannot run this shape (reason logged)."""
+    b, nh, _, dhqk = q.shape
+    dhv = v.shape[-1]
+    interpret = _kernel_mode(backend)
+    try:
+        specs = _mesh_specs(b, nh)
+        if backend == "triton":
+            from pallas_kernels.mlstm.triton_tfla import mlstm_chunkwise_tfla
+
+            def run(q, k, v, i, f, state):
+                return mlstm_chunkwise_tfla(q, k, v, i, f, chunk_size=chunk_size, initial_state=state, eps=eps)
+        else:
+            from pallas_kernels.mlstm.config import default_blocks
+
+            platform = _KERNEL_PLATFORM[backend]
+            blocks = default_blocks(platform, dhqk, dhv, chunk_size)
+            if platform == "tpu":
+                from pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu as kernel
+            else:
+                from pallas_kernels.mlstm.gpu import mlstm_chunkwise_gpu as kernel
+
+            def run(q, k, v, i, f, state):
+                return kernel(q, k, v, i, f, initial_state=state, eps=eps, blocks=blocks, interpret=interpret)
+    except ValueError as err:
+        log.warning("mLSTM backend %r cannot run q %s, v %s (%s); using the XLA chunkwise form", backend,
+                    q.shape, v.shape, err)  # fmt: skip
+        return None
+    if initial_state is None:
+        initial_state = ops.MLSTMState.zeros(b, nh, dhqk, dhv, jax.numpy.promote_types(q.dtype, jax.numpy.float32))
+    return _sharded(run, (q, k, v, i, f), ops.MLSTMState(*initial_state), specs)
 
 
 def mlstm(
@@ -51,18 +161,22 @@ def mlstm(
     Returns:
       h (B, NH, S, DHV), or ``(h, state)`` if ``return_state``.
     """
-    check_mlstm_backend(backend)
+    backend = resolve(check_mlstm_backend(backend), xla="chunkwise")
     stateful = initial_state is not None or return_state
+    out = None
     if q.shape[2] == 1 and stateful:
         h, state = ops.mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], initial_state, eps=eps)
-        h = h[:, :, None]
-    elif backend == "parallel" and not stateful:
-        return ops.mlstm_parallel(q, k, v, i, f, eps=eps)
-    elif backend in ("chunkwise", "parallel"):
-        h, state = ops.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
-    else:
-        h, state = ops.mlstm_recurrent(q, k, v, i, f, initial_state=initial_state, eps=eps)
-    return (h, state) if return_state else h
+        out = (h[:, :, None], state)
+    elif backend in _KERNEL_PLATFORM:
+        out = _mlstm_kernel(backend, q, k, v, i, f, chunk_size, initial_state, eps)
+    if out is None:
+        if backend == "parallel" and not stateful:
+            return ops.mlstm_parallel(q, k, v, i, f, eps=eps)
+        if backend == "recurrent":
+            out = ops.mlstm_recurrent(q, k, v, i, f, initial_state=initial_state, eps=eps)
+        else:
+            out = ops.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+    return out if return_state else out[0]
 
 
 def slstm(
@@ -75,5 +189,12 @@ def slstm(
     resets=None,
 ) -> tuple[jax.Array, ops.SLSTMState]:
     """sLSTM over a sequence with the named backend; shapes as ``ops.slstm_scan``."""
-    check_slstm_backend(backend)
-    return ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)
+    backend = resolve(check_slstm_backend(backend), xla="scan")
+    if backend == "scan":
+        return ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)
+    interpret = _kernel_mode(backend)
+    if backend == "pallas_tpu":
+        from pallas_kernels.slstm.tpu import slstm_scan_tpu as kernel
+    else:
+        from pallas_kernels.slstm.gpu import slstm_scan_gpu as kernel
+    return kernel(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets, interpret=interpret)

@@ -1,0 +1,1 @@
+"""Chunkwise mLSTM kernels (TPU Mosaic, GPU)."""
