@@ -95,6 +95,29 @@ def test_decay_mask_follows_the_official_rule():
     assert mask["embed"]["embedding"] and mask["proj"]["bias"] and mask["norm"]["weight"]
 
 
+def test_decay_mask_on_real_model_parameters():
+    """On an nnx.State (each leaf a Variable's ``.value``), as the trainer passes it."""
+    from flax import nnx
+
+    from xlstm_jax.models.xlstm_lm import SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
+
+    cfg = xLSTMLMConfig(vocab_size=40, embedding_dim=32, num_blocks=2, slstm=SLSTMLayerConfig(num_heads=2),
+                        slstm_at=(1,))  # fmt: skip
+    params = nnx.state(xLSTMLMModel(cfg, rngs=nnx.Rngs(0)), nnx.Param)
+    mask = decay_mask(params, OptimConfig())
+    flat = {
+        "/".join(str(getattr(p, "key", getattr(p, "name", p))) for p in path[:-1]): bool(v)
+        for path, v in jax.tree_util.tree_flatten_with_path(mask)[0]
+    }
+    decayed = sorted(k for k, v in flat.items() if v)
+    assert "blocks/0/xlstm/proj_up/kernel" in decayed and "lm_head/kernel" in decayed
+    assert "blocks/0/xlstm/igate/kernel" in decayed and "blocks/0/xlstm/q_proj/weight" in decayed
+    assert "blocks/1/xlstm/igate/weight" in decayed  # the sLSTM's headwise gate projections
+    for never in ("token_embedding/embedding", "blocks/1/xlstm/recurrent_kernel", "blocks/1/xlstm/bias",
+                  "blocks/0/xlstm_norm/weight", "blocks/0/xlstm/learnable_skip"):  # fmt: skip
+        assert not flat[never], never
+
+
 def test_non_finite_steps_are_skipped_and_counted():
     params = {"w": jnp.ones((2, 2))}
     tx = make_optimizer(OptimConfig(lr=0.1, warmup_steps=0), 10, params)

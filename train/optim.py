@@ -36,7 +36,10 @@ def decay_mask(params, cfg: OptimConfig):
     """
 
     def rule(path, leaf) -> bool:
-        name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+        keys = [str(getattr(p, "key", getattr(p, "name", p))) for p in path]
+        if keys and keys[-1] == "value" and len(keys) > 1:  # an nnx.Variable's value: the name is the key above it
+            keys = keys[:-1]
+        name = keys[-1]
         if name == "embedding":
             return cfg.decay_embeddings
         if jnp.ndim(leaf) < 2:
