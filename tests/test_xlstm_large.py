@@ -321,7 +321,7 @@ def test_bad_state_and_ids_are_rejected(single):
         (dict(embedding_dim=0), r"embedding_dim=0 must be an integer >= 1"),
         (dict(num_blocks=1.5), r"num_blocks=1.5"),
         (dict(weight_mode="tied"), r"weight_mode='tied' is not supported; choose one of \('single', 'fused'\)"),
-        (dict(backend="triton"), r"backend='triton' is not supported; choose one of"),
+        (dict(backend="flash"), r"backend='flash' is not supported; choose one of \('auto', 'xla', 'chunkwise'"),
         (dict(dtype="int8"), r"dtype='int8' is not supported"),
         (dict(param_dtype="float8"), r"param_dtype='float8' is not supported"),
         (dict(gate_soft_cap=0.0), r"gate_soft_cap=0.0 must be a positive number or None"),

@@ -135,9 +135,13 @@ class HeadwiseLinear(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         nb, _, di = self.weight.shape
-        x = x.astype(self.dtype).reshape(*x.shape[:-1], nb, di)
-        y = jnp.einsum("...bi,boi->...bo", x, self.weight[...].astype(self.dtype))
-        y = y.reshape(*y.shape[:-2], -1)
+        lead = x.shape[:-1]
+        # Blocks on the leading (batch) axis of the dot: XLA's CPU dot is ~1.2x faster for the
+        # whole mLSTM layer this way than with an einsum that keeps the blocks last (measured).
+        xb = jnp.swapaxes(x.astype(self.dtype).reshape(-1, nb, di), 0, 1)  # (NB, N, DI)
+        dims = (((2,), (2,)), ((0,), (0,)))
+        y = jax.lax.dot_general(xb, self.weight[...].astype(self.dtype), dims)  # (NB, N, DO)
+        y = jnp.swapaxes(y, 0, 1).reshape(*lead, -1)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
