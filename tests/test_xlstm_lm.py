@@ -402,7 +402,7 @@ def _cfg(**kw) -> xLSTMLMConfig:
         (dict(mlstm=None), "leaves mLSTM blocks, but mlstm=None"),
         (
             dict(backend="flash"),
-            "backend='flash' is not supported; choose one of ('auto', 'xla', 'chunkwise', 'parallel', 'recurrent', 'pallas_tpu'",
+            "backend='flash' is not supported; choose one of ('auto', 'xla', 'chunkwise', 'parallel', 'recurrent'",
         ),
         (dict(chunk_size=0), "chunk_size=0"),
         (dict(dtype="int8"), "dtype='int8' is not supported"),
