@@ -87,6 +87,18 @@ def _mesh_specs(batch: int, heads: int):
     return (batch_axes or None), (head_axes or None)
 
 
+def _shard_map(fn, args: tuple, in_specs: tuple, out_specs):
+    """``jax.shard_map(fn)(*args)`` in the current mesh. With Explicit mesh axes (the default of
+    ``jax.make_mesh``) the inputs are first resharded to ``in_specs``; Auto axes reshard by themselves."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        args = tuple(
+            None if a is None else jax.tree.map(lambda x, p: jax.reshard(x, p), a, spec)
+            for a, spec in zip(args, in_specs)
+        )
+    return jax.shard_map(fn, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)
+
+
 def _sharded(fn, args, state_in, specs):
     """Run ``fn(*args, state)`` per shard: inputs are (B, NH, ...) arrays, the state a pytree of them."""
     if specs is None:
@@ -96,12 +108,9 @@ def _sharded(fn, args, state_in, specs):
     def spec(x):
         return P(b, h, *([None] * (x.ndim - 2)))
 
-    in_specs = (tuple(spec(a) for a in args), jax.tree.map(spec, state_in))
-    out_shapes = jax.eval_shape(fn, *args, state_in)
-    out_specs = jax.tree.map(spec, out_shapes)
-    return jax.shard_map(lambda a, s: fn(*a, s), in_specs=in_specs, out_specs=out_specs, check_vma=False)(
-        tuple(args), state_in
-    )
+    in_specs = (*(spec(a) for a in args), jax.tree.map(spec, state_in))
+    out_specs = jax.tree.map(spec, jax.eval_shape(fn, *args, state_in))
+    return _shard_map(fn, (*args, state_in), in_specs, out_specs)
 
 
 def _mlstm_kernel(backend: str, q, k, v, i, f, chunk_size: int, initial_state, eps: float):
@@ -179,6 +188,48 @@ def mlstm(
     return out if return_state else out[0]
 
 
+def _slstm_kernel(backend: str, gates_x, recurrent_kernel, bias, initial_state, resets):
+    """(h, state) from a fused sLSTM kernel, or None when it cannot run this shape (reason logged)."""
+    b, s, _, nh, dh = gates_x.shape
+    interpret = _kernel_mode(backend)
+    platform = _KERNEL_PLATFORM[backend]
+    try:
+        specs = _mesh_specs(b, nh)
+        from pallas_kernels.slstm.config import default_blocks
+
+        local_b = b // math.prod(jax.sharding.get_abstract_mesh().shape[a] for a in specs[0] or ()) if specs else b
+        blocks = default_blocks(platform, local_b, dh)
+        if platform == "tpu":
+            from pallas_kernels.slstm.tpu import slstm_scan_tpu as kernel
+        else:
+            from pallas_kernels.slstm.gpu import slstm_scan_gpu as kernel
+    except ValueError as err:
+        log.warning("sLSTM backend %r cannot run gates %s (%s); using the XLA scan", backend, gates_x.shape, err)
+        return None
+
+    def run(gates_x, recurrent_kernel, bias, state, resets):
+        return kernel(
+            gates_x, recurrent_kernel, bias, initial_state=state, resets=resets, blocks=blocks, interpret=interpret
+        )
+
+    if specs is None:
+        return run(gates_x, recurrent_kernel, bias, initial_state, resets)
+    if initial_state is None:
+        initial_state = ops.SLSTMState(*(jax.numpy.zeros((b, nh, dh), jax.numpy.float32) for _ in range(4)))
+    bs, hs = specs
+    in_specs = (
+        P(bs, None, None, hs, None),  # gates_x (B, S, 4, NH, DH)
+        P(hs, None, None, None),  # recurrent_kernel (NH, DH, 4, DH)
+        P(hs, None, None),  # bias (NH, 4, DH)
+        ops.SLSTMState(*(P(bs, hs, None),) * 4),
+        None if resets is None else P(bs, None),
+    )
+    out_specs = (P(bs, None, hs, None), ops.SLSTMState(*(P(bs, hs, None),) * 4))
+    return _shard_map(
+        run, (gates_x, recurrent_kernel, bias, ops.SLSTMState(*initial_state), resets), in_specs, out_specs
+    )
+
+
 def slstm(
     gates_x,
     recurrent_kernel,
@@ -188,13 +239,16 @@ def slstm(
     initial_state: ops.SLSTMState | None = None,
     resets=None,
 ) -> tuple[jax.Array, ops.SLSTMState]:
-    """sLSTM over a sequence with the named backend; shapes as ``ops.slstm_scan``."""
+    """sLSTM over a sequence with the named backend; shapes as ``ops.slstm_scan``.
+
+    A kernel backend runs ``pallas_kernels.slstm`` with its platform's default blocks (inside
+    ``jax.shard_map`` under a mesh: batch over data/fsdp, heads over tensor); a shape it cannot tile
+    (for example a head dim that is not a power of 2 >= 16 on GPU) runs the XLA scan, with the reason logged.
+    """
     backend = resolve(check_slstm_backend(backend), xla="scan")
-    if backend == "scan":
-        return ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)
-    interpret = _kernel_mode(backend)
-    if backend == "pallas_tpu":
-        from pallas_kernels.slstm.tpu import slstm_scan_tpu as kernel
-    else:
-        from pallas_kernels.slstm.gpu import slstm_scan_gpu as kernel
-    return kernel(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets, interpret=interpret)
+    out = None
+    if backend in _KERNEL_PLATFORM:
+        out = _slstm_kernel(backend, gates_x, recurrent_kernel, bias, initial_state, resets)
+    if out is None:
+        out = ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)
+    return out

@@ -14,7 +14,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from xlstm_jax.backends import MLSTM_BACKENDS
+from xlstm_jax.backends import MLSTM_BACKENDS, SLSTM_BACKENDS
 from xlstm_jax.nn import REMAT_POLICIES
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -159,6 +159,8 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
       tie_weights: the LM head reuses the token embedding.
       backend: mLSTM form for sequences, one of ``backends.MLSTM_BACKENDS``.
       chunk_size: chunk length of the chunkwise form.
+      slstm_backend: sLSTM implementation, one of ``backends.SLSTM_BACKENDS`` (``scan`` is the
+        XLA ``lax.scan``; ``auto`` picks the fused Pallas kernel on TPU and GPU).
       dtype: compute dtype of the matmuls; gates, norms, recurrent states and the
         residual stream stay float32.
       param_dtype: storage dtype of the parameters.
@@ -180,6 +182,7 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
     tie_weights: bool = False
     backend: str = "chunkwise"
     chunk_size: int = 64
+    slstm_backend: str = "scan"
     dtype: str = "float32"
     param_dtype: str = "float32"
     scan_blocks: bool = False
@@ -202,6 +205,7 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
             _bool(name, getattr(self, name))
         _choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
         _choice("backend", self.backend, MLSTM_BACKENDS)
+        _choice("slstm_backend", self.slstm_backend, SLSTM_BACKENDS)
         _int("chunk_size", self.chunk_size, 1)
         object.__setattr__(self, "dtype", _dtype_name("dtype", self.dtype))
         object.__setattr__(self, "param_dtype", _dtype_name("param_dtype", self.param_dtype))
@@ -266,7 +270,7 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
         """From the official config dict (``dataclasses.asdict(xLSTMLMModelConfig)``).
 
         Missing keys take the official defaults. ``overrides`` (and keys of ``d``) may
-        set this port's own fields: backend, chunk_size, dtype, param_dtype,
+        set this port's own fields: backend, chunk_size, slstm_backend, dtype, param_dtype,
         scan_blocks, remat. See ``_official.py`` for the keys that are checked or ignored.
         """
         from ._official import config_kwargs
@@ -277,4 +281,4 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
         return cls(**{**config_kwargs(d, own_fields=_OWN_FIELDS), **overrides})
 
 
-_OWN_FIELDS = ("backend", "chunk_size", "dtype", "param_dtype", "scan_blocks", "remat", "remat_policy")
+_OWN_FIELDS = ("backend", "chunk_size", "slstm_backend", "dtype", "param_dtype", "scan_blocks", "remat", "remat_policy")

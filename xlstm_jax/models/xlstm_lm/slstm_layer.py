@@ -74,6 +74,7 @@ class SLSTMLayer(nnx.Module):
         cfg, d = config.slstm, config.embedding_dim
         nh, dh = cfg.num_heads, d // cfg.num_heads
         dtype, pdtype = config.compute_dtype, config.parameter_dtype
+        self.backend = config.slstm_backend
         if cfg.conv1d_kernel_size > 0:
             bound = cfg.conv1d_kernel_size**-0.5  # PyTorch's Conv1d default, fan_in = K (depthwise)
             self.conv1d = nn.CausalConv1d(
@@ -133,6 +134,7 @@ class SLSTMLayer(nnx.Module):
             gates.reshape(b, s, _GATES, self.num_heads, -1),
             self.recurrent_kernel[...].astype(jnp.float32),
             self.bias[...].astype(jnp.float32),
+            backend=self.backend,
             initial_state=None if state is None else state.cell,
             resets=resets,
         )  # h (B, S, NH, DH)

@@ -1,0 +1,1 @@
+"""Fused sLSTM kernels (TPU Mosaic, GPU)."""

@@ -1,0 +1,236 @@
+"""Fused sLSTM on GPU (Pallas Triton): the whole time loop in one program per (head, batch tile).
+
+Grid (NH, B / block_b); each program walks all S tokens in a ``fori_loop`` with the state (h, c, n, m)
+in registers. Per token: four (block_b, DH) x (DH, DH) ``tl.dot``s against the head's recurrent
+weights, then the pointwise cell. With ``resident_weights`` the (4, DH, DH) weights are loaded once,
+before the loop (kept on chip as Triton allocates them: registers, spilling when they do not fit);
+without it they are re-read every step (from L2, where a head's weights stay hot).
+
+The backward program walks time in reverse: recomputes the recurrent pre-activations from the saved
+previous states, applies the exact step derivative of ``xlstm_jax.ops.slstm_scan`` (same
+``_local_jacobian``: min/max tie rules, per-element first-step rule), and back-propagates the hidden
+cotangent through the transposed weights. The weights' gradient is one matmul outside the kernel.
+
+Triton needs power-of-2 tensors and dots of at least 16 in every dim: block_b is a power of 2 >= 16
+(the batch is padded) and DH a power of 2 >= 16. Matmuls in float32 with IEEE precision
+(``Precision.HIGHEST``; not TF32).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltr
+
+from xlstm_jax.ops import SLSTMState
+from xlstm_jax.ops._slstm import _local_jacobian, _pointwise, _prepare
+
+from .config import SLSTMBlocks, default_blocks
+from .tpu import _cell_backward, _dot, _dot_t, _round_up
+
+_GATES = 4
+
+
+class _Static(NamedTuple):
+    """Hashable static arguments of the custom_vjp core."""
+
+    block_b: int
+    unroll: int
+    num_warps: int
+    resident_weights: bool
+    interpret: object
+
+
+def _weights(r_ref, resident: bool):
+    """The (DH, DH) weights of gate g: loaded now (resident) or at each use."""
+    if resident:
+        loaded = [r_ref[g] for g in range(_GATES)]
+        return lambda g: loaded[g]
+    return lambda g: r_ref[g]
+
+
+def _fwd_kernel(*refs, seq_len: int, unroll: int, has_keep: bool, save: bool, resident: bool):
+    """refs: gates (S, 4, bb, DH), weights (4, DH, DH), h0 c0 n0 m0 (bb, DH), [keep (S, bb)];
+    outputs h (S, bb, DH), [prev h c n m (S, bb, DH)], final h c n m (bb, DH)."""
+    g_ref, r_ref, *refs = refs
+    init_refs, refs = refs[:4], refs[4:]
+    keep_ref = refs.pop(0) if has_keep else None
+    h_ref, refs = refs[0], refs[1:]
+    prev_refs, final_refs = (refs[:4], refs[4:]) if save else ((), refs)
+    w = _weights(r_ref, resident)
+
+    def step(t, state):
+        if keep_ref is not None:  # reset to zeros before the token
+            keep = (keep_ref[t] > 0)[:, None]
+            state = tuple(jnp.where(keep, x, 0.0) for x in state)
+        for ref, x in zip(prev_refs, state):
+            ref[t] = x
+        raw = [g_ref[t, g] + _dot(state[0], w(g)) for g in range(_GATES)]
+        new = tuple(_pointwise(raw, SLSTMState(*state)))
+        h_ref[t] = new[0]
+        return new
+
+    final = jax.lax.fori_loop(0, seq_len, step, tuple(ref[...] for ref in init_refs), unroll=unroll)
+    for ref, x in zip(final_refs, final):
+        ref[...] = x
+
+
+def _bwd_kernel(*refs, seq_len: int, unroll: int, has_keep: bool, resident: bool):
+    """Reverse time. refs: gates (S, 4, bb, DH), weights (4, DH, DH), prev h c n m (S, bb, DH),
+    d h (S, bb, DH), d final h c n m (bb, DH), [keep (S, bb)];
+    outputs d gates (S, 4, bb, DH), d initial h c n m (bb, DH)."""
+    g_ref, r_ref, *refs = refs
+    prev_refs, dh_ref, dfinal_refs, refs = refs[:4], refs[4], refs[5:9], refs[9:]
+    keep_ref = refs.pop(0) if has_keep else None
+    dg_ref, d0_refs = refs[0], refs[1:]
+    w = _weights(r_ref, resident)
+
+    def step(tt, carry):
+        t = seq_len - 1 - tt
+        prev = SLSTMState(*(ref[t] for ref in prev_refs))
+        raw = [g_ref[t, g] + _dot(prev.h, w(g)) for g in range(_GATES)]
+        jac = _local_jacobian(raw, prev)
+        d_raw, (d_c, d_n, d_m) = _cell_backward(jac, carry[0] + dh_ref[t], *carry[1:])
+        for g in range(_GATES):
+            dg_ref[t, g] = d_raw[g]
+        d_h = _dot_t(d_raw[0], w(0))
+        for g in range(1, _GATES):
+            d_h = d_h + _dot_t(d_raw[g], w(g))
+        new = (d_h, d_c, d_n, d_m)
+        if keep_ref is not None:
+            keep = (keep_ref[t] > 0)[:, None]
+            new = tuple(jnp.where(keep, x, 0.0) for x in new)
+        return new
+
+    d0 = jax.lax.fori_loop(0, seq_len, step, tuple(ref[...] for ref in dfinal_refs), unroll=unroll)
+    for ref, x in zip(d0_refs, d0):
+        ref[...] = x
+
+
+def _specs(st: _Static, gates, keep):
+    nh, s, _, bp, dh = gates.shape
+    bb = st.block_b
+    seq = pl.BlockSpec((None, s, bb, dh), lambda h, b: (h, 0, b, 0))
+    gate = pl.BlockSpec((None, s, _GATES, bb, dh), lambda h, b: (h, 0, 0, b, 0))
+    weights = pl.BlockSpec((None, _GATES, dh, dh), lambda h, b: (h, 0, 0, 0))
+    state = pl.BlockSpec((None, bb, dh), lambda h, b: (h, b, 0))
+    keep_spec = [] if keep is None else [pl.BlockSpec((s, bb), lambda h, b: (0, b))]
+    return seq, gate, weights, state, keep_spec, (nh, bp // bb)
+
+
+def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
+    nh, s, _, bp, dh = gates.shape
+    seq, gate, weights, state, keep_spec, grid = _specs(st, gates, keep)
+    n_seq = 5 if save else 1
+    kernel = functools.partial(
+        _fwd_kernel, seq_len=s, unroll=st.unroll, has_keep=keep is not None, save=save, resident=st.resident_weights
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct((nh, s, bp, dh), gates.dtype)] * n_seq
+        + [jax.ShapeDtypeStruct((nh, bp, dh), gates.dtype)] * 4,
+        grid=grid,
+        in_specs=[gate, weights, *[state] * 4, *keep_spec],
+        out_specs=[seq] * n_seq + [state] * 4,
+        compiler_params=pltr.CompilerParams(num_warps=st.num_warps, num_stages=1),
+        interpret=st.interpret,
+        name="slstm_fwd_gpu",
+    )(gates, r, *state0, *([] if keep is None else [keep]))
+    return outs[0], tuple(outs[1:n_seq]), tuple(outs[n_seq:])
+
+
+def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
+    nh, s, _, bp, dh = gates.shape
+    seq, gate, weights, state, keep_spec, grid = _specs(st, gates, keep)
+    kernel = functools.partial(
+        _bwd_kernel, seq_len=s, unroll=st.unroll, has_keep=keep is not None, resident=st.resident_weights
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct(gates.shape, gates.dtype)]
+        + [jax.ShapeDtypeStruct((nh, bp, dh), gates.dtype)] * 4,
+        grid=grid,
+        in_specs=[gate, weights, *[seq] * 5, *[state] * 4, *keep_spec],
+        out_specs=[gate] + [state] * 4,
+        compiler_params=pltr.CompilerParams(num_warps=st.num_warps, num_stages=1),
+        interpret=st.interpret,
+        name="slstm_bwd_gpu",
+    )(gates, r, *prev, d_h, *d_final, *([] if keep is None else [keep]))
+    return outs[0], tuple(outs[1:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scan(st: _Static, gates, r, state0, keep):
+    """gates (NH, S, 4, Bp, DH) with bias; r (NH, 4, DH, DH); state0 4 x (NH, Bp, DH);
+    keep None or (S, Bp) float (0 where the state is reset before the step).
+    Returns h (NH, S, Bp, DH) and the final state 4 x (NH, Bp, DH)."""
+    h, _, final = _forward_call(st, gates, r, state0, keep, save=False)
+    return h, final
+
+
+def _scan_fwd(st, gates, r, state0, keep):
+    h, prev, final = _forward_call(st, gates, r, state0, keep, save=True)
+    return (h, final), (gates, r, prev, keep)
+
+
+def _scan_bwd(st, res, cotangents):
+    gates, r, prev, keep = res
+    d_h, d_final = cotangents
+    d_gates, d_state0 = _backward_call(st, gates, r, prev, d_h, tuple(d_final), keep)
+    d_r = jnp.einsum("hsbd,hsgbo->hgdo", prev[0], d_gates, precision=jax.lax.Precision.HIGHEST)
+    return d_gates, d_r, d_state0, None
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+@functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
+def slstm_scan_gpu(
+    gates_x,
+    recurrent_kernel,
+    bias,
+    *,
+    initial_state: SLSTMState | None = None,
+    resets=None,
+    blocks: SLSTMBlocks | None = None,
+    interpret=False,
+):
+    """sLSTM over a sequence as fused GPU (Triton) kernels; the contract of ``xlstm_jax.ops.slstm_scan``.
+
+    Args:
+      gates_x: (B, S, 4, NH, DH) input-side pre-activations, gate order i, f, z, o.
+      recurrent_kernel: (NH, DH, 4, DH); ``raw[b, g, h, o] += sum_d h_prev[b, h, d] R[h, d, g, o]``.
+      bias: (NH, 4, DH).
+      initial_state: ``SLSTMState`` (h, c, n, m), each (B, NH, DH); zeros when None.
+      resets: optional (B, S) bool; True where the state is reset to zeros before the token.
+      blocks: ``SLSTMBlocks``; ``default_blocks("gpu", B, DH)`` when None.
+      interpret: run the kernels in the Pallas interpreter.
+
+    Returns:
+      ``(h, state)``: h (B, S, NH, DH) in the dtype of gates_x, and the final state (float32).
+    """
+    gates, kernel, state = _prepare(
+        gates_x, recurrent_kernel, bias, initial_state, sequence=True, state_name="initial_state"
+    )
+    b, s, _, nh, dh = gates_x.shape
+    if resets is not None and (jnp.shape(resets) != (b, s) or jnp.asarray(resets).dtype != jnp.bool_):
+        raise ValueError(f"resets must be a (B={b}, S={s}) bool array, got {jnp.shape(resets)} {resets.dtype}")
+    blocks = (blocks or default_blocks("gpu", b, dh)).validate_for("gpu", dh)
+    bb = blocks.block_b
+    bp = _round_up(b, bb)
+    st = _Static(bb, blocks.unroll, blocks.num_warps, blocks.resident_weights, interpret)
+
+    gates = jnp.pad(jnp.transpose(gates, (3, 1, 2, 0, 4)), ((0, 0), (0, 0), (0, 0), (0, bp - b), (0, 0)))
+    r = jnp.transpose(kernel.reshape(nh, dh, _GATES, dh), (0, 2, 1, 3))  # (NH, 4, DH, DH)
+    state0 = tuple(jnp.pad(jnp.swapaxes(x, 0, 1), ((0, 0), (0, bp - b), (0, 0))) for x in state)
+    keep = None
+    if resets is not None:
+        keep = jnp.pad(jnp.logical_not(resets).T.astype(gates.dtype), ((0, 0), (0, bp - b)), constant_values=1.0)
+
+    h, final = _scan(st, gates, r, state0, keep)
+    h = jnp.transpose(h[:, :, :b], (2, 1, 0, 3)).astype(gates_x.dtype)
+    return h, SLSTMState(*(jnp.swapaxes(x[:, :b], 0, 1) for x in final))

@@ -1,0 +1,335 @@
+"""Fused sLSTM on TPU (Mosaic): the whole time loop in one kernel per (head, batch tile).
+
+Forward grid (NH, B / block_b, S / block_t), the last axis sequential ("arbitrary"):
+
+* the head's recurrent weights, (4, DH, DH), have a block index that is constant over the batch and
+  time axes, so they are copied into VMEM once per head and stay there for the whole sequence;
+* the state (h, c, n, m) lives in the final-state output blocks, which are revisited by every time
+  step of the grid and so stay in VMEM from the first token to the last;
+* gate tiles (block_t, 4, block_b, DH) and output tiles stream through VMEM (double-buffered by
+  the Pallas pipeline) while an inner ``fori_loop`` walks the block_t tokens of a tile: per token
+  four (block_b, DH) x (DH, DH) matmuls plus the pointwise cell.
+
+The backward kernel walks the same grid with time reversed, the weights again resident, and
+recomputes the recurrent pre-activations from the saved previous states (one matmul per gate and
+step), then applies the exact step derivative of ``xlstm_jax.ops.slstm_scan`` (its min/max tie rules
+and the per-element first-step rule n == 0 -> m = i come from the same ``_local_jacobian``), and
+back-propagates the hidden-state cotangent through the weights. The weights' gradient is one
+matmul outside the kernel, as in the reference.
+
+Numerics: gates, states and matmuls in float32 (``Precision.HIGHEST``); bfloat16 inputs are cast
+up (the contract of the reference). Padded batch rows and padded time steps (S rounded up to a
+multiple of block_t) never touch the real rows, and padded steps leave the state unchanged.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from xlstm_jax.ops import SLSTMState
+from xlstm_jax.ops._slstm import _local_jacobian, _pointwise, _prepare
+
+from .config import SLSTMBlocks, default_blocks
+
+_GATES = 4
+_DIMS = ("parallel", "parallel", "arbitrary")
+
+
+class _Static(NamedTuple):
+    """Hashable static arguments of the custom_vjp core."""
+
+    block_b: int
+    block_t: int
+    seq_len: int  # the real (unpadded) sequence length
+    unroll: int
+    interpret: object
+
+
+def _dot(x, w):
+    """(M, K) x (K, N) in float32."""
+    return jax.lax.dot_general(
+        x, w, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST, preferred_element_type=x.dtype
+    )
+
+
+def _dot_t(x, w):
+    """(M, N) x (K, N)^T in float32."""
+    return jax.lax.dot_general(
+        x, w, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST, preferred_element_type=x.dtype
+    )
+
+
+def _cell_backward(jac, d_h, d_c, d_n, d_m):
+    """Cotangents of the pre-activations (i, f, z, o) and of the previous (c, n, m) from those of the
+    new state; the formulas of ``xlstm_jax.ops._slstm._pointwise_backward``, one gate at a time."""
+    dc = d_c + d_h * jac.so_n
+    dn = d_n - d_h * jac.h_n
+    dx_i = (dc * jac.tanh_z + dn) * jac.a_i
+    dx_f = (dc * jac.c_prev + dn * jac.n_prev) * jac.a_f
+    dm = d_m - dx_i - dx_f
+    dlogfm = dx_f + dm * (1.0 - jac.w_i)
+    d_raw = (dx_i + dm * jac.w_i, dlogfm * jac.sig_neg_f, dc * jac.a_z, d_h * jac.a_o)
+    return d_raw, (dc * jac.gate_f, dn * jac.gate_f, dlogfm)
+
+
+# ----------------------------------------------------------------------------------------------- kernels
+
+
+def _fwd_kernel(*refs, block_t: int, seq_len: int, unroll: int, has_keep: bool, save: bool):
+    """refs: gates (T, 4, bb, DH), weights (4, DH, DH), h0 c0 n0 m0 (bb, DH), [keep (T, bb, 1)];
+    outputs h (T, bb, DH), [prev h c n m (T, bb, DH)], final h c n m (bb, DH) (the carried state)."""
+    g_ref, r_ref, *refs = refs
+    init_refs, refs = refs[:4], refs[4:]
+    keep_ref = refs.pop(0) if has_keep else None
+    h_ref, refs = refs[0], refs[1:]
+    prev_refs, final_refs = (refs[:4], refs[4:]) if save else ((), refs)
+    t_blk = pl.program_id(2)
+
+    @pl.when(t_blk == 0)
+    def _init():
+        for dst, src in zip(final_refs, init_refs):
+            dst[...] = src[...]
+
+    def step(j, carry):
+        state = carry
+        if keep_ref is not None:  # reset to zeros before the token
+            keep = keep_ref[j] > 0
+            state = tuple(jnp.where(keep, x, 0.0) for x in state)
+        for ref, x in zip(prev_refs, state):
+            ref[j] = x
+        raw = [g_ref[j, g] + _dot(state[0], r_ref[g]) for g in range(_GATES)]
+        new = tuple(_pointwise(raw, SLSTMState(*state)))
+        h_ref[j] = new[0]
+        if seq_len % block_t:  # padded steps at the end leave the state unchanged
+            valid = t_blk * block_t + j < seq_len
+            new = tuple(jnp.where(valid, a, b) for a, b in zip(new, carry))
+        return new
+
+    carry = jax.lax.fori_loop(0, block_t, step, tuple(ref[...] for ref in final_refs), unroll=unroll)
+    for ref, x in zip(final_refs, carry):
+        ref[...] = x
+
+
+def _bwd_kernel(*refs, block_t: int, seq_len: int, num_t: int, unroll: int, has_keep: bool):
+    """Reverse time. refs: gates (T, 4, bb, DH), weights (4, DH, DH), prev h c n m (T, bb, DH),
+    d h (T, bb, DH), d final h c n m (bb, DH), [keep (T, bb, 1)];
+    outputs d gates (T, 4, bb, DH), d initial h c n m (bb, DH) (the carried cotangent)."""
+    g_ref, r_ref, *refs = refs
+    prev_refs, dh_ref, dfinal_refs, refs = refs[:4], refs[4], refs[5:9], refs[9:]
+    keep_ref = refs.pop(0) if has_keep else None
+    dg_ref, d0_refs = refs[0], refs[1:]
+    t_blk = pl.program_id(2)
+    t_base = (num_t - 1 - t_blk) * block_t
+
+    @pl.when(t_blk == 0)
+    def _init():
+        for dst, src in zip(d0_refs, dfinal_refs):
+            dst[...] = src[...]
+
+    def step(jj, carry):
+        j = block_t - 1 - jj
+        prev = SLSTMState(*(ref[j] for ref in prev_refs))
+        raw = [g_ref[j, g] + _dot(prev.h, r_ref[g]) for g in range(_GATES)]
+        jac = _local_jacobian(raw, prev)
+        d_raw, (d_c, d_n, d_m) = _cell_backward(jac, carry[0] + dh_ref[j], *carry[1:])
+        d_h = _dot_t(d_raw[0], r_ref[0])
+        for g in range(1, _GATES):
+            d_h = d_h + _dot_t(d_raw[g], r_ref[g])
+        new = (d_h, d_c, d_n, d_m)
+        if keep_ref is not None:
+            keep = keep_ref[j] > 0
+            new = tuple(jnp.where(keep, x, 0.0) for x in new)
+        if seq_len % block_t:
+            valid = t_base + j < seq_len
+            new = tuple(jnp.where(valid, a, b) for a, b in zip(new, carry))
+            d_raw = tuple(jnp.where(valid, x, 0.0) for x in d_raw)
+        for g in range(_GATES):
+            dg_ref[j, g] = d_raw[g]
+        return new
+
+    carry = jax.lax.fori_loop(0, block_t, step, tuple(ref[...] for ref in d0_refs), unroll=unroll)
+    for ref, x in zip(d0_refs, carry):
+        ref[...] = x
+
+
+# ------------------------------------------------------------------------------------------ pallas_calls
+
+
+def _vmem_limit(block_bytes: int) -> int | None:
+    """Double-buffered blocks plus headroom; None (Mosaic's default scoped limit) when small."""
+    need = 2 * block_bytes + (4 << 20)
+    return None if need <= (16 << 20) else min(need, 100 << 20)
+
+
+def _tile_bytes(rows: int, cols: int, itemsize: int = 4) -> int:
+    """VMEM bytes of a (rows, cols) float32 tile after (8, 128) padding."""
+    return -(-rows // 8) * 8 * (-(-cols // 128) * 128) * itemsize
+
+
+def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
+    nh, sp, _, bp, dh = gates.shape
+    bb, bt = st.block_b, st.block_t
+    num_t = sp // bt
+    dtype = gates.dtype
+    seq_spec = pl.BlockSpec((None, bt, bb, dh), lambda h, b, t: (h, t, b, 0))
+    state_spec = pl.BlockSpec((None, bb, dh), lambda h, b, t: (h, b, 0))
+    in_specs = [
+        pl.BlockSpec((None, bt, _GATES, bb, dh), lambda h, b, t: (h, t, 0, b, 0)),
+        pl.BlockSpec((None, _GATES, dh, dh), lambda h, b, t: (h, 0, 0, 0)),
+        *[state_spec] * 4,
+    ]
+    args = [gates, r, *state0]
+    if keep is not None:
+        in_specs.append(pl.BlockSpec((bt, bb, 1), lambda h, b, t: (t, b, 0)))
+        args.append(keep)
+    n_seq = 5 if save else 1
+    out_shape = [jax.ShapeDtypeStruct((nh, sp, bp, dh), dtype)] * n_seq + [
+        jax.ShapeDtypeStruct((nh, bp, dh), dtype)
+    ] * 4
+    out_specs = [seq_spec] * n_seq + [state_spec] * 4
+    tile = _tile_bytes(bb, dh)
+    block_bytes = bt * tile * (_GATES + n_seq + (keep is not None)) + _GATES * _tile_bytes(dh, dh) + 8 * tile
+    kernel = functools.partial(
+        _fwd_kernel, block_t=bt, seq_len=st.seq_len, unroll=st.unroll, has_keep=keep is not None, save=save
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=(nh, bp // bb, num_t),
+        in_specs=in_specs,
+        out_specs=out_specs,
+        compiler_params=pltpu.CompilerParams(dimension_semantics=_DIMS, vmem_limit_bytes=_vmem_limit(block_bytes)),
+        cost_estimate=pl.CostEstimate(
+            flops=2 * nh * sp * bp * _GATES * dh * dh,
+            transcendentals=7 * nh * sp * bp * dh,
+            bytes_accessed=4 * nh * sp * bp * dh * (_GATES + n_seq),
+        ),
+        interpret=st.interpret,
+        name="slstm_fwd_tpu",
+    )(*args)
+    return outs[0], tuple(outs[1:n_seq]), tuple(outs[n_seq:])
+
+
+def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
+    nh, sp, _, bp, dh = gates.shape
+    bb, bt = st.block_b, st.block_t
+    num_t = sp // bt
+    rev = lambda t: num_t - 1 - t  # noqa: E731
+    seq_spec = pl.BlockSpec((None, bt, bb, dh), lambda h, b, t: (h, rev(t), b, 0))
+    gate_spec = pl.BlockSpec((None, bt, _GATES, bb, dh), lambda h, b, t: (h, rev(t), 0, b, 0))
+    state_spec = pl.BlockSpec((None, bb, dh), lambda h, b, t: (h, b, 0))
+    in_specs = [gate_spec, pl.BlockSpec((None, _GATES, dh, dh), lambda h, b, t: (h, 0, 0, 0))]
+    in_specs += [seq_spec] * 5 + [state_spec] * 4
+    args = [gates, r, *prev, d_h, *d_final]
+    if keep is not None:
+        in_specs.append(pl.BlockSpec((bt, bb, 1), lambda h, b, t: (rev(t), b, 0)))
+        args.append(keep)
+    tile = _tile_bytes(bb, dh)
+    block_bytes = bt * tile * (3 * _GATES + 1 + (keep is not None)) + _GATES * _tile_bytes(dh, dh) + 8 * tile
+    kernel = functools.partial(
+        _bwd_kernel, block_t=bt, seq_len=st.seq_len, num_t=num_t, unroll=st.unroll, has_keep=keep is not None
+    )
+    outs = pl.pallas_call(
+        kernel,
+        out_shape=[jax.ShapeDtypeStruct(gates.shape, gates.dtype)]
+        + [jax.ShapeDtypeStruct((nh, bp, dh), gates.dtype)] * 4,
+        grid=(nh, bp // bb, num_t),
+        in_specs=in_specs,
+        out_specs=[gate_spec] + [state_spec] * 4,
+        compiler_params=pltpu.CompilerParams(dimension_semantics=_DIMS, vmem_limit_bytes=_vmem_limit(block_bytes)),
+        cost_estimate=pl.CostEstimate(
+            flops=4 * nh * sp * bp * _GATES * dh * dh,
+            transcendentals=9 * nh * sp * bp * dh,
+            bytes_accessed=4 * nh * sp * bp * dh * (3 * _GATES + 1),
+        ),
+        interpret=st.interpret,
+        name="slstm_bwd_tpu",
+    )(*args)
+    return outs[0], tuple(outs[1:])
+
+
+# ---------------------------------------------------------------------------------------------- custom_vjp
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _scan(st: _Static, gates, r, state0, keep):
+    """gates (NH, Sp, 4, Bp, DH) with bias; r (NH, 4, DH, DH); state0 4 x (NH, Bp, DH);
+    keep None or (Sp, Bp, 1) float (0 where the state is reset before the step).
+    Returns h (NH, Sp, Bp, DH) and the final state 4 x (NH, Bp, DH)."""
+    h, _, final = _forward_call(st, gates, r, state0, keep, save=False)
+    return h, final
+
+
+def _scan_fwd(st, gates, r, state0, keep):
+    h, prev, final = _forward_call(st, gates, r, state0, keep, save=True)
+    return (h, final), (gates, r, prev, keep)
+
+
+def _scan_bwd(st, res, cotangents):
+    gates, r, prev, keep = res
+    d_h, d_final = cotangents
+    d_gates, d_state0 = _backward_call(st, gates, r, prev, d_h, tuple(d_final), keep)
+    d_r = jnp.einsum("hsbd,hsgbo->hgdo", prev[0], d_gates, precision=jax.lax.Precision.HIGHEST)
+    return d_gates, d_r, d_state0, None
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+@functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
+def slstm_scan_tpu(
+    gates_x,
+    recurrent_kernel,
+    bias,
+    *,
+    initial_state: SLSTMState | None = None,
+    resets=None,
+    blocks: SLSTMBlocks | None = None,
+    interpret=False,
+):
+    """sLSTM over a sequence as fused TPU kernels; the contract of ``xlstm_jax.ops.slstm_scan``.
+
+    Args:
+      gates_x: (B, S, 4, NH, DH) input-side pre-activations, gate order i, f, z, o.
+      recurrent_kernel: (NH, DH, 4, DH); ``raw[b, g, h, o] += sum_d h_prev[b, h, d] R[h, d, g, o]``.
+      bias: (NH, 4, DH).
+      initial_state: ``SLSTMState`` (h, c, n, m), each (B, NH, DH); zeros when None.
+      resets: optional (B, S) bool; True where the state is reset to zeros before the token.
+      blocks: ``SLSTMBlocks``; ``default_blocks("tpu", B, DH)`` when None.
+      interpret: run the kernels in the Pallas interpreter (True or ``pltpu.InterpretParams()``).
+
+    Returns:
+      ``(h, state)``: h (B, S, NH, DH) in the dtype of gates_x, and the final state (float32).
+    """
+    gates, kernel, state = _prepare(
+        gates_x, recurrent_kernel, bias, initial_state, sequence=True, state_name="initial_state"
+    )
+    b, s, _, nh, dh = gates_x.shape
+    if resets is not None and (jnp.shape(resets) != (b, s) or jnp.asarray(resets).dtype != jnp.bool_):
+        raise ValueError(f"resets must be a (B={b}, S={s}) bool array, got {jnp.shape(resets)} {resets.dtype}")
+    blocks = (blocks or default_blocks("tpu", b, dh)).validate_for("tpu", dh)
+    bb, bt = blocks.block_b, min(blocks.block_t, s)
+    bp, sp = _round_up(b, bb), _round_up(s, bt)
+    st = _Static(bb, bt, s, blocks.unroll, interpret)
+
+    gates = jnp.pad(jnp.transpose(gates, (3, 1, 2, 0, 4)), ((0, 0), (0, sp - s), (0, 0), (0, bp - b), (0, 0)))
+    r = jnp.transpose(kernel.reshape(nh, dh, _GATES, dh), (0, 2, 1, 3))  # (NH, 4, DH, DH)
+    state0 = tuple(jnp.pad(jnp.swapaxes(x, 0, 1), ((0, 0), (0, bp - b), (0, 0))) for x in state)
+    keep = None
+    if resets is not None:
+        keep = jnp.logical_not(resets).T.astype(gates.dtype)  # (S, B)
+        keep = jnp.pad(keep, ((0, sp - s), (0, bp - b)), constant_values=1.0)[..., None]
+
+    h, final = _scan(st, gates, r, state0, keep)
+    h = jnp.transpose(h[:, :s, :b], (2, 1, 0, 3)).astype(gates_x.dtype)
+    return h, SLSTMState(*(jnp.swapaxes(x[:, :b], 0, 1) for x in final))
