@@ -126,14 +126,16 @@ def _mlstm_kernel(backend: str, q, k, v, i, f, chunk_size: int, initial_state, e
             def run(q, k, v, i, f, state):
                 return mlstm_chunkwise_tfla(q, k, v, i, f, chunk_size=chunk_size, initial_state=state, eps=eps)
         else:
-            from pallas_kernels.mlstm.config import default_blocks
-
-            platform = _KERNEL_PLATFORM[backend]
-            blocks = default_blocks(platform, dhqk, dhv, chunk_size)
-            if platform == "tpu":
+            if _KERNEL_PLATFORM[backend] == "tpu":
+                from pallas_kernels.mlstm.config import default_blocks
                 from pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu as kernel
+
+                blocks = default_blocks("tpu", dhqk, dhv, chunk_size)
             else:
+                from pallas_kernels.mlstm.gpu import gpu_blocks
                 from pallas_kernels.mlstm.gpu import mlstm_chunkwise_gpu as kernel
+
+                blocks = gpu_blocks(dhqk, dhv, chunk_size, interpret=interpret)
 
             def run(q, k, v, i, f, state):
                 return kernel(q, k, v, i, f, initial_state=state, eps=eps, blocks=blocks, interpret=interpret)
