@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 from xlstm_jax.ops import MLSTMState
 from xlstm_jax.ops._checks import check_eps
+from xlstm_jax.ops._chunkwise_bwd import gate_grads, normalizer_cotangents, stabilizer_grads
 from xlstm_jax.ops._chunkwise_fwd import Stabilizers, stabilizers
 from xlstm_jax.ops._decay import cumulative_forget
 from xlstm_jax.ops._mlstm_inputs import prepare
@@ -121,7 +122,7 @@ def _backward(blocks: MLSTMBlocks, eps: float, interpret: bool, res, cotangents)
     chunked = lambda x: x.reshape(b, nh, nc, length)  # noqa: E731
     flat = lambda x: x.reshape(b * nh, *x.shape[2:])  # noqa: E731
     logf_c = chunked(logf)
-    st, stabilizers_pullback = jax.vjp(stabilizers, logf_c, chunked(i), m0)
+    st = stabilizers(logf_c, chunked(i), m0)
     tok, decay = _token_table(logf_c, chunked(i), st)
     qf, kf, vf, dhf = flat(q), flat(k), flat(v), flat(dh).astype(v.dtype)
 
@@ -131,10 +132,8 @@ def _backward(blocks: MLSTMBlocks, eps: float, interpret: bool, res, cotangents)
     )
 
     # Normalizer, stabilizers fixed: h = num / den, den = max(|d|, exp(-m)) + eps.
-    floor = jnp.exp(-st.m.reshape(b * nh, s))
-    den = jnp.maximum(jnp.abs(d), floor) + eps
     h_dh = jnp.sum(dhf.astype(jnp.float32) * h.astype(jnp.float32), axis=-1)  # (BH, S)
-    dd = jnp.where(jnp.abs(d) > floor, -h_dh / den * jnp.sign(d), 0.0)
+    den, dd = normalizer_cotangents(d, h_dh, st.m.reshape(b * nh, s), eps)
     tokb = jnp.stack([1.0 / den, dd], axis=1)  # rows gpu_bwd.RDEN, gpu_bwd.DD
 
     dc_after, dn_after, dc0, dn0 = gpu_bwd.memory_cotangents(
@@ -149,25 +148,19 @@ def _backward(blocks: MLSTMBlocks, eps: float, interpret: bool, res, cotangents)
     col_sum, da = chunked(gates_k[:, gpu_bwd.COL_SUM]), chunked(gates_k[:, gpu_bwd.DA])
     dlog_decay = decay * (jnp.sum(dc_after * c_before, axis=(-2, -1)) + jnp.sum(dn_after * n_before, axis=-1))
     dlog_decay = dlog_decay.reshape(b, nh, nc)
-    di = col_sum + da  # logD[t, s] and a_s both hold +i_s
-    db = row_sum - col_sum + dlog_alpha - da  # d/d b, b = cumsum(logf) within the chunk
-    dg = jnp.sum(da, axis=-1) + dlog_decay  # g = b[L-1]
-    dm0 = jnp.sum(dlog_alpha[:, :, 0], axis=-1) + dlog_decay[:, :, 0]
-    dlogf = jnp.flip(jnp.cumsum(jnp.flip(db, -1), axis=-1), -1) + dg[..., None]
-    dlogf = jnp.where(jnp.isneginf(logf_c), 0.0, dlogf)  # a reset's gate has no gradient
+    dlogf, di, dm0 = gate_grads(row_sum, col_sum, dlog_alpha, da, dlog_decay, logf_c)
 
     # Stabilizer terms: eps path of every m_t, and the final state's scale.
-    c_final, n_final = c_final.reshape(dc_final.shape), n_final.reshape(dn_final.shape)
-    dm_final_scale = dm_final - jnp.sum(dc_final * c_final, axis=(-2, -1)) - jnp.sum(dn_final * n_final, axis=-1)
-    zeros_nc = jnp.zeros_like(st.m_after)
-    st_cot = Stabilizers(
-        a=jnp.zeros_like(st.a),
-        g=zeros_nc,
-        m_before=zeros_nc,
-        m_after=zeros_nc.at[..., -1].set(dm_final_scale),
-        m=chunked(-eps * h_dh / den),
+    dlogf_m, di_m, dm0_m = stabilizer_grads(
+        logf_c,
+        chunked(i),
+        m0,
+        eps=eps,
+        h_dh=chunked(h_dh),
+        den=chunked(den),
+        final=(c_final.reshape(dc_final.shape), n_final.reshape(dn_final.shape)),
+        final_cotangents=(dc_final, dn_final, dm_final),
     )
-    dlogf_m, di_m, dm0_m = stabilizers_pullback(st_cot)
 
     seq = lambda x: x.reshape(b, nh, s)  # noqa: E731
     return (

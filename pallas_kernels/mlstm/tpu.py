@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from xlstm_jax.ops import MLSTMState
 from xlstm_jax.ops._checks import check_eps, check_positive_int
+from xlstm_jax.ops._chunkwise_bwd import gate_grads, normalizer_cotangents, stabilizer_grads
 from xlstm_jax.ops._chunkwise_fwd import Stabilizers, stabilizers
 from xlstm_jax.ops._decay import cumulative_forget
 from xlstm_jax.ops._mlstm_inputs import prepare
@@ -143,16 +144,14 @@ def _chunkwise_bwd(static: _Static, residuals, cotangents):
     nc = s // chunk
     kw = dict(blocks=blocks, mm_dtype=static.mm_dtype, interpret=static.interpret)
     logf_c, i_c = _split(logf, chunk), _split(i, chunk)
-    st, pullback = jax.vjp(stabilizers, logf_c, i_c, m0)
+    st = stabilizers(logf_c, i_c, m0)
     gcols, grows = _gate_arrays(logf_c, i_c, st, chunk)  # one key tile per chunk in the backward
     c_states, n_states = _states(k, v, gcols, c0, n0, static)  # recomputed
 
     # Per-token cotangent terms of h = num / den (O(S) elementwise).
     d = _split(d, chunk)
-    floor = jnp.exp(-st.m)
-    den = jnp.maximum(jnp.abs(d), floor) + eps
     h_dh = _split(jnp.sum(dh.astype(jnp.float32) * h.astype(jnp.float32), axis=-1), chunk).astype(d.dtype)
-    dd = jnp.where(jnp.abs(d) > floor, -h_dh / den * jnp.sign(d), 0.0)
+    den, dd = normalizer_cotangents(d, h_dh, st.m, eps)
     dcols = tpu_fwd.gate_columns([den, dd])
 
     # Kernels: reverse walk for the memory cotangents, then the per-chunk gradients.
@@ -169,28 +168,13 @@ def _chunkwise_bwd(static: _Static, residuals, cotangents):
     tsums, ssums = unmerge(tsums[..., 0]), unmerge(ssums)
     rows_dlogd, dlog_alpha, da = (tsums[:, :, :, j] for j in range(3))
     cols_dlogd, dlog_decay = ssums[:, :, :, tpu_bwd.SUM_COLS_OF_DLOGD], ssums[:, :, :, tpu_bwd.DLOG_DECAY, 0]
-    di = cols_dlogd + da
-    db = rows_dlogd - cols_dlogd + dlog_alpha - da
-    dg = jnp.sum(da, axis=-1) + dlog_decay
-    dm0 = jnp.sum(dlog_alpha[:, :, 0], axis=-1) + dlog_decay[:, :, 0]
-    dlogf = jnp.flip(jnp.cumsum(jnp.flip(db, -1), axis=-1), -1) + dg[..., None]
-    dlogf = jnp.where(jnp.isneginf(logf_c), 0.0, dlogf)  # a reset's gate has no gradient
+    dlogf, di, dm0 = gate_grads(rows_dlogd, cols_dlogd, dlog_alpha, da, dlog_decay, logf_c)
 
     # Stabilizer terms: eps path of every m_t, and the final state's scale.
-    c_final = c_states[:, -1].reshape(b, nh, dhqk, dhv)
-    n_final = n_states[:, -1, 0].reshape(b, nh, dhqk)
-    dm_final_scale = (
-        dm_final - jnp.sum(dc_final * c_final, axis=(-2, -1)) - jnp.sum(dn_final * n_final, axis=-1)
-    ).astype(logf.dtype)
-    zeros_nc = jnp.zeros_like(st.m_after)
-    st_cot = Stabilizers(
-        a=jnp.zeros_like(st.a),
-        g=zeros_nc,
-        m_before=zeros_nc,
-        m_after=zeros_nc.at[..., -1].set(dm_final_scale),
-        m=-eps * h_dh / den,
+    final = (c_states[:, -1].reshape(b, nh, dhqk, dhv), n_states[:, -1, 0].reshape(b, nh, dhqk))
+    dlogf_m, di_m, dm0_m = stabilizer_grads(
+        logf_c, i_c, m0, eps=eps, h_dh=h_dh, den=den, final=final, final_cotangents=(dc_final, dn_final, dm_final)
     )
-    dlogf_m, di_m, dm0_m = pullback(st_cot)
 
     seq = lambda x: x.reshape(b, nh, s, *x.shape[4:])  # noqa: E731
     return (

@@ -53,6 +53,60 @@ def _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final):
     return jnp.moveaxis(dc_after, 0, 2), jnp.moveaxis(dn_after, 0, 2), dc0, dn0
 
 
+def normalizer_cotangents(d, h_dh, m, eps: float):
+    """``den`` and the cotangent of the normalizer d, stabilizers fixed.
+
+    h = num / den with den = max(|d|, exp(-m)) + eps. ``h_dh`` is sum_e h * dh per token.
+    All (..., L) per token. Returns (den, dd).
+    """
+    floor = jnp.exp(-m)
+    den = jnp.maximum(jnp.abs(d), floor) + eps
+    dd = jnp.where(jnp.abs(d) > floor, -h_dh / den * jnp.sign(d), 0.0)
+    return den, dd
+
+
+def gate_grads(rows_dlogd, cols_dlogd, dlog_alpha, da, dlog_decay, logf):
+    """Gate gradients with the stabilizers fixed, from per-token sums of the heavy pass.
+
+    Args (all (B, NH, NC, L) except dlog_decay (B, NH, NC)):
+      rows_dlogd, cols_dlogd: row and column sums of d/d logD, logD[t, s] = b_t - b_s + i_s.
+      dlog_alpha: d/d log alpha_t (the entering memory's weight of token t).
+      da: d/d a_t, a_t = g - b_t + i_t (the inter-chunk write weight of token t).
+      dlog_decay: d/d log of each chunk's memory decay.
+      logf: log forget gates (f = -inf resets get no gradient).
+
+    Returns (dlogf (B, NH, NC, L), di (B, NH, NC, L), dm0 (B, NH)).
+    """
+    di = cols_dlogd + da  # logD[t, s] and a_s both hold +i_s
+    db = rows_dlogd - cols_dlogd + dlog_alpha - da  # d/d b, b = cumsum(logf) within the chunk
+    dg = jnp.sum(da, axis=-1) + dlog_decay  # g = b[L-1] (when finite)
+    dm0 = jnp.sum(dlog_alpha[:, :, 0], axis=-1) + dlog_decay[:, :, 0]
+    dlogf = jnp.flip(jnp.cumsum(jnp.flip(db, -1), axis=-1), -1) + dg[..., None]
+    dlogf = jnp.where(jnp.isneginf(logf), 0.0, dlogf)  # a reset's gate has no gradient
+    return dlogf, di, dm0
+
+
+def stabilizer_grads(logf, i, m0, *, eps: float, h_dh, den, final, final_cotangents):
+    """Step 2 of the module docstring: gradients through the stabilizers themselves.
+
+    logf, i, h_dh, den (B, NH, NC, L); m0 (B, NH); ``final`` = (c_final, n_final) and
+    ``final_cotangents`` = (dc_final, dn_final, dm_final) of the returned state.
+    Returns (dlogf, di, dm0) to add to those of ``gate_grads``.
+    """
+    (c_final, n_final), (dc_final, dn_final, dm_final) = final, final_cotangents
+    st, pullback = jax.vjp(stabilizers, logf, i, m0)
+    dm_final_scale = dm_final - jnp.sum(dc_final * c_final, axis=(-2, -1)) - jnp.sum(dn_final * n_final, -1)
+    zeros_nc = jnp.zeros_like(st.m_after)
+    cotangent = Stabilizers(
+        a=jnp.zeros_like(st.a),
+        g=zeros_nc,
+        m_before=zeros_nc,
+        m_after=zeros_nc.at[..., -1].set(dm_final_scale.astype(zeros_nc.dtype)),
+        m=(-eps * h_dh / den).astype(st.m.dtype),
+    )
+    return pullback(cotangent)
+
+
 def backward(res: Residuals, cotangents, eps: float):
     """Gradients wrt (q, k, v, logf, i, c0, n0, m0), q..i in (B, NH, S, ...) layout."""
     dh, dc_final, dn_final, dm_final = cotangents
@@ -62,11 +116,9 @@ def backward(res: Residuals, cotangents, eps: float):
 
     # Intra-chunk outputs, stabilizers fixed.
     intra = intra_chunk(q, k, logf, i, st)
-    floor = jnp.exp(-st.m)
-    den = jnp.maximum(jnp.abs(res.d), floor) + eps
-    dnum = dh / den[..., None]
     h_dh = jnp.sum(dh * res.h, axis=-1)  # (B, NH, NC, L)
-    dd = jnp.where(jnp.abs(res.d) > floor, -h_dh / den * jnp.sign(res.d), 0.0)
+    den, dd = normalizer_cotangents(res.d, h_dh, st.m, eps)
+    dnum = dh / den[..., None]
     dp = jnp.einsum("bhcte,bhcse->bhcts", dnum, v) + dd[..., None]
     q_in = intra.q_scaled * intra.alpha[..., None]
     dv = jnp.einsum("bhcts,bhcte->bhcse", intra.p, dnum)
@@ -78,9 +130,6 @@ def backward(res: Residuals, cotangents, eps: float):
     dq_scaled = dq_in * intra.alpha[..., None] + jnp.einsum("bhcts,bhcsd->bhctd", ds, k)
     dk = jnp.einsum("bhcts,bhctd->bhcsd", ds, intra.q_scaled)
     dlog_d = dp * intra.p  # d/d logD[t, s], logD = b_t - b_s + i_s
-    di = jnp.sum(dlog_d, axis=-2)
-    db = jnp.sum(dlog_d, axis=-1) - di + dlog_alpha  # d/d b, b = cumsum(logf) within the chunk
-    dm0 = jnp.sum(dlog_alpha[:, :, 0], axis=-1)
 
     # Inter-chunk memory, stabilizers fixed.
     decay = jnp.exp(st.g + st.m_before - st.m_after)
@@ -91,25 +140,19 @@ def backward(res: Residuals, cotangents, eps: float):
     dv = dv + w[..., None] * jnp.einsum("bhcld,bhcde->bhcle", k, dc_after)
     dk = dk + dk_write
     da = jnp.sum(dk_write * k, axis=-1)  # a_t = g - b_t + i_t
-    di = di + da
-    db = db - da
-    dg = jnp.sum(da, axis=-1) + dlog_decay  # g = b[L-1] (when finite)
-    dm0 = dm0 + dlog_decay[:, :, 0]
-    dlogf = jnp.flip(jnp.cumsum(jnp.flip(db, -1), axis=-1), -1) + dg[..., None]
-    dlogf = jnp.where(jnp.isneginf(logf), 0.0, dlogf)  # a reset's gate has no gradient
+    dlogf, di, dm0 = gate_grads(jnp.sum(dlog_d, axis=-1), jnp.sum(dlog_d, axis=-2), dlog_alpha, da, dlog_decay, logf)
 
     # Stabilizer terms: eps path of every m_t, and the final state's scale.
-    dm_final_scale = dm_final - jnp.sum(dc_final * res.c_final, axis=(-2, -1)) - jnp.sum(dn_final * res.n_final, -1)
-    zeros_nc = jnp.zeros_like(st.m_after)
-    st_cot = Stabilizers(
-        a=jnp.zeros_like(st.a),
-        g=zeros_nc,
-        m_before=zeros_nc,
-        m_after=zeros_nc.at[..., -1].set(dm_final_scale),
-        m=-eps * h_dh / den,
+    dlogf_m, di_m, dm0_m = stabilizer_grads(
+        logf,
+        i,
+        res.m0,
+        eps=eps,
+        h_dh=h_dh,
+        den=den,
+        final=(res.c_final, res.n_final),
+        final_cotangents=(dc_final, dn_final, dm_final),
     )
-    _, pullback = jax.vjp(stabilizers, logf, i, res.m0)
-    dlogf_m, di_m, dm0_m = pullback(st_cot)
 
     seq = lambda x: x.reshape(b, nh, nc * length, *x.shape[4:])  # noqa: E731
     dq = dq_scaled * (q.shape[-1] ** -0.5)
