@@ -27,12 +27,10 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
 from xlstm_jax.ops import SLSTMState
-from xlstm_jax.ops._slstm import _local_jacobian, _pointwise, _prepare
+from xlstm_jax.ops._slstm import _local_jacobian, _pointwise
 
+from .common import GATES, cell_backward, dot, dot_t, from_kernel_layout, prepare, to_kernel_layout
 from .config import SLSTMBlocks, default_blocks
-from .tpu import _cell_backward, _dot, _dot_t, _round_up
-
-_GATES = 4
 
 
 class _Static(NamedTuple):
@@ -48,7 +46,7 @@ class _Static(NamedTuple):
 def _weights(r_ref, resident: bool):
     """The (DH, DH) weights of gate g: loaded now (resident) or at each use."""
     if resident:
-        loaded = [r_ref[g] for g in range(_GATES)]
+        loaded = [r_ref[g] for g in range(GATES)]
         return lambda g: loaded[g]
     return lambda g: r_ref[g]
 
@@ -69,7 +67,7 @@ def _fwd_kernel(*refs, seq_len: int, unroll: int, has_keep: bool, save: bool, re
             state = tuple(jnp.where(keep, x, 0.0) for x in state)
         for ref, x in zip(prev_refs, state):
             ref[t] = x
-        raw = [g_ref[t, g] + _dot(state[0], w(g)) for g in range(_GATES)]
+        raw = [g_ref[t, g] + dot(state[0], w(g)) for g in range(GATES)]
         new = tuple(_pointwise(raw, SLSTMState(*state)))
         h_ref[t] = new[0]
         return new
@@ -92,14 +90,14 @@ def _bwd_kernel(*refs, seq_len: int, unroll: int, has_keep: bool, resident: bool
     def step(tt, carry):
         t = seq_len - 1 - tt
         prev = SLSTMState(*(ref[t] for ref in prev_refs))
-        raw = [g_ref[t, g] + _dot(prev.h, w(g)) for g in range(_GATES)]
+        raw = [g_ref[t, g] + dot(prev.h, w(g)) for g in range(GATES)]
         jac = _local_jacobian(raw, prev)
-        d_raw, (d_c, d_n, d_m) = _cell_backward(jac, carry[0] + dh_ref[t], *carry[1:])
-        for g in range(_GATES):
+        d_raw, (d_c, d_n, d_m) = cell_backward(jac, carry[0] + dh_ref[t], *carry[1:])
+        for g in range(GATES):
             dg_ref[t, g] = d_raw[g]
-        d_h = _dot_t(d_raw[0], w(0))
-        for g in range(1, _GATES):
-            d_h = d_h + _dot_t(d_raw[g], w(g))
+        d_h = dot_t(d_raw[0], w(0))
+        for g in range(1, GATES):
+            d_h = d_h + dot_t(d_raw[g], w(g))
         new = (d_h, d_c, d_n, d_m)
         if keep_ref is not None:
             keep = (keep_ref[t] > 0)[:, None]
@@ -115,8 +113,8 @@ def _specs(st: _Static, gates, keep):
     nh, s, _, bp, dh = gates.shape
     bb = st.block_b
     seq = pl.BlockSpec((None, s, bb, dh), lambda h, b: (h, 0, b, 0))
-    gate = pl.BlockSpec((None, s, _GATES, bb, dh), lambda h, b: (h, 0, 0, b, 0))
-    weights = pl.BlockSpec((None, _GATES, dh, dh), lambda h, b: (h, 0, 0, 0))
+    gate = pl.BlockSpec((None, s, GATES, bb, dh), lambda h, b: (h, 0, 0, b, 0))
+    weights = pl.BlockSpec((None, GATES, dh, dh), lambda h, b: (h, 0, 0, 0))
     state = pl.BlockSpec((None, bb, dh), lambda h, b: (h, b, 0))
     keep_spec = [] if keep is None else [pl.BlockSpec((s, bb), lambda h, b: (0, b))]
     return seq, gate, weights, state, keep_spec, (nh, bp // bb)
@@ -213,24 +211,11 @@ def slstm_scan_gpu(
     Returns:
       ``(h, state)``: h (B, S, NH, DH) in the dtype of gates_x, and the final state (float32).
     """
-    gates, kernel, state = _prepare(
-        gates_x, recurrent_kernel, bias, initial_state, sequence=True, state_name="initial_state"
-    )
+    inputs = prepare(gates_x, recurrent_kernel, bias, initial_state, resets)
     b, s, _, nh, dh = gates_x.shape
-    if resets is not None and (jnp.shape(resets) != (b, s) or jnp.asarray(resets).dtype != jnp.bool_):
-        raise ValueError(f"resets must be a (B={b}, S={s}) bool array, got {jnp.shape(resets)} {resets.dtype}")
     blocks = (blocks or default_blocks("gpu", b, dh)).validate_for("gpu", dh)
-    bb = blocks.block_b
-    bp = _round_up(b, bb)
-    st = _Static(bb, blocks.unroll, blocks.num_warps, blocks.resident_weights, interpret)
-
-    gates = jnp.pad(jnp.transpose(gates, (3, 1, 2, 0, 4)), ((0, 0), (0, 0), (0, 0), (0, bp - b), (0, 0)))
-    r = jnp.transpose(kernel.reshape(nh, dh, _GATES, dh), (0, 2, 1, 3))  # (NH, 4, DH, DH)
-    state0 = tuple(jnp.pad(jnp.swapaxes(x, 0, 1), ((0, 0), (0, bp - b), (0, 0))) for x in state)
-    keep = None
-    if resets is not None:
-        keep = jnp.pad(jnp.logical_not(resets).T.astype(gates.dtype), ((0, 0), (0, bp - b)), constant_values=1.0)
+    st = _Static(blocks.block_b, blocks.unroll, blocks.num_warps, blocks.resident_weights, interpret)
+    gates, r, state0, keep = to_kernel_layout(*inputs, resets, block_b=blocks.block_b, block_t=1)
 
     h, final = _scan(st, gates, r, state0, keep)
-    h = jnp.transpose(h[:, :, :b], (2, 1, 0, 3)).astype(gates_x.dtype)
-    return h, SLSTMState(*(jnp.swapaxes(x[:, :b], 0, 1) for x in final))
+    return from_kernel_layout(h, final, b, s, gates_x.dtype)

@@ -33,11 +33,11 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from xlstm_jax.ops import SLSTMState
-from xlstm_jax.ops._slstm import _local_jacobian, _pointwise, _prepare
+from xlstm_jax.ops._slstm import _local_jacobian, _pointwise
 
+from .common import GATES, cell_backward, dot, dot_t, from_kernel_layout, prepare, to_kernel_layout
 from .config import SLSTMBlocks, default_blocks
 
-_GATES = 4
 _DIMS = ("parallel", "parallel", "arbitrary")
 
 
@@ -49,33 +49,6 @@ class _Static(NamedTuple):
     seq_len: int  # the real (unpadded) sequence length
     unroll: int
     interpret: object
-
-
-def _dot(x, w):
-    """(M, K) x (K, N) in float32."""
-    return jax.lax.dot_general(
-        x, w, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST, preferred_element_type=x.dtype
-    )
-
-
-def _dot_t(x, w):
-    """(M, N) x (K, N)^T in float32."""
-    return jax.lax.dot_general(
-        x, w, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST, preferred_element_type=x.dtype
-    )
-
-
-def _cell_backward(jac, d_h, d_c, d_n, d_m):
-    """Cotangents of the pre-activations (i, f, z, o) and of the previous (c, n, m) from those of the
-    new state; the formulas of ``xlstm_jax.ops._slstm._pointwise_backward``, one gate at a time."""
-    dc = d_c + d_h * jac.so_n
-    dn = d_n - d_h * jac.h_n
-    dx_i = (dc * jac.tanh_z + dn) * jac.a_i
-    dx_f = (dc * jac.c_prev + dn * jac.n_prev) * jac.a_f
-    dm = d_m - dx_i - dx_f
-    dlogfm = dx_f + dm * (1.0 - jac.w_i)
-    d_raw = (dx_i + dm * jac.w_i, dlogfm * jac.sig_neg_f, dc * jac.a_z, d_h * jac.a_o)
-    return d_raw, (dc * jac.gate_f, dn * jac.gate_f, dlogfm)
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -103,7 +76,7 @@ def _fwd_kernel(*refs, block_t: int, seq_len: int, unroll: int, has_keep: bool, 
             state = tuple(jnp.where(keep, x, 0.0) for x in state)
         for ref, x in zip(prev_refs, state):
             ref[j] = x
-        raw = [g_ref[j, g] + _dot(state[0], r_ref[g]) for g in range(_GATES)]
+        raw = [g_ref[j, g] + dot(state[0], r_ref[g]) for g in range(GATES)]
         new = tuple(_pointwise(raw, SLSTMState(*state)))
         h_ref[j] = new[0]
         if seq_len % block_t:  # padded steps at the end leave the state unchanged
@@ -135,12 +108,12 @@ def _bwd_kernel(*refs, block_t: int, seq_len: int, num_t: int, unroll: int, has_
     def step(jj, carry):
         j = block_t - 1 - jj
         prev = SLSTMState(*(ref[j] for ref in prev_refs))
-        raw = [g_ref[j, g] + _dot(prev.h, r_ref[g]) for g in range(_GATES)]
+        raw = [g_ref[j, g] + dot(prev.h, r_ref[g]) for g in range(GATES)]
         jac = _local_jacobian(raw, prev)
-        d_raw, (d_c, d_n, d_m) = _cell_backward(jac, carry[0] + dh_ref[j], *carry[1:])
-        d_h = _dot_t(d_raw[0], r_ref[0])
-        for g in range(1, _GATES):
-            d_h = d_h + _dot_t(d_raw[g], r_ref[g])
+        d_raw, (d_c, d_n, d_m) = cell_backward(jac, carry[0] + dh_ref[j], *carry[1:])
+        d_h = dot_t(d_raw[0], r_ref[0])
+        for g in range(1, GATES):
+            d_h = d_h + dot_t(d_raw[g], r_ref[g])
         new = (d_h, d_c, d_n, d_m)
         if keep_ref is not None:
             keep = keep_ref[j] > 0
@@ -149,7 +122,7 @@ def _bwd_kernel(*refs, block_t: int, seq_len: int, num_t: int, unroll: int, has_
             valid = t_base + j < seq_len
             new = tuple(jnp.where(valid, a, b) for a, b in zip(new, carry))
             d_raw = tuple(jnp.where(valid, x, 0.0) for x in d_raw)
-        for g in range(_GATES):
+        for g in range(GATES):
             dg_ref[j, g] = d_raw[g]
         return new
 
@@ -180,8 +153,8 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
     seq_spec = pl.BlockSpec((None, bt, bb, dh), lambda h, b, t: (h, t, b, 0))
     state_spec = pl.BlockSpec((None, bb, dh), lambda h, b, t: (h, b, 0))
     in_specs = [
-        pl.BlockSpec((None, bt, _GATES, bb, dh), lambda h, b, t: (h, t, 0, b, 0)),
-        pl.BlockSpec((None, _GATES, dh, dh), lambda h, b, t: (h, 0, 0, 0)),
+        pl.BlockSpec((None, bt, GATES, bb, dh), lambda h, b, t: (h, t, 0, b, 0)),
+        pl.BlockSpec((None, GATES, dh, dh), lambda h, b, t: (h, 0, 0, 0)),
         *[state_spec] * 4,
     ]
     args = [gates, r, *state0]
@@ -194,7 +167,7 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
     ] * 4
     out_specs = [seq_spec] * n_seq + [state_spec] * 4
     tile = _tile_bytes(bb, dh)
-    block_bytes = bt * tile * (_GATES + n_seq + (keep is not None)) + _GATES * _tile_bytes(dh, dh) + 8 * tile
+    block_bytes = bt * tile * (GATES + n_seq + (keep is not None)) + GATES * _tile_bytes(dh, dh) + 8 * tile
     kernel = functools.partial(
         _fwd_kernel, block_t=bt, seq_len=st.seq_len, unroll=st.unroll, has_keep=keep is not None, save=save
     )
@@ -206,9 +179,9 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
         out_specs=out_specs,
         compiler_params=pltpu.CompilerParams(dimension_semantics=_DIMS, vmem_limit_bytes=_vmem_limit(block_bytes)),
         cost_estimate=pl.CostEstimate(
-            flops=2 * nh * sp * bp * _GATES * dh * dh,
+            flops=2 * nh * sp * bp * GATES * dh * dh,
             transcendentals=7 * nh * sp * bp * dh,
-            bytes_accessed=4 * nh * sp * bp * dh * (_GATES + n_seq),
+            bytes_accessed=4 * nh * sp * bp * dh * (GATES + n_seq),
         ),
         interpret=st.interpret,
         name="slstm_fwd_tpu",
@@ -222,16 +195,16 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
     num_t = sp // bt
     rev = lambda t: num_t - 1 - t  # noqa: E731
     seq_spec = pl.BlockSpec((None, bt, bb, dh), lambda h, b, t: (h, rev(t), b, 0))
-    gate_spec = pl.BlockSpec((None, bt, _GATES, bb, dh), lambda h, b, t: (h, rev(t), 0, b, 0))
+    gate_spec = pl.BlockSpec((None, bt, GATES, bb, dh), lambda h, b, t: (h, rev(t), 0, b, 0))
     state_spec = pl.BlockSpec((None, bb, dh), lambda h, b, t: (h, b, 0))
-    in_specs = [gate_spec, pl.BlockSpec((None, _GATES, dh, dh), lambda h, b, t: (h, 0, 0, 0))]
+    in_specs = [gate_spec, pl.BlockSpec((None, GATES, dh, dh), lambda h, b, t: (h, 0, 0, 0))]
     in_specs += [seq_spec] * 5 + [state_spec] * 4
     args = [gates, r, *prev, d_h, *d_final]
     if keep is not None:
         in_specs.append(pl.BlockSpec((bt, bb, 1), lambda h, b, t: (rev(t), b, 0)))
         args.append(keep)
     tile = _tile_bytes(bb, dh)
-    block_bytes = bt * tile * (3 * _GATES + 1 + (keep is not None)) + _GATES * _tile_bytes(dh, dh) + 8 * tile
+    block_bytes = bt * tile * (3 * GATES + 1 + (keep is not None)) + GATES * _tile_bytes(dh, dh) + 8 * tile
     kernel = functools.partial(
         _bwd_kernel, block_t=bt, seq_len=st.seq_len, num_t=num_t, unroll=st.unroll, has_keep=keep is not None
     )
@@ -244,9 +217,9 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
         out_specs=[gate_spec] + [state_spec] * 4,
         compiler_params=pltpu.CompilerParams(dimension_semantics=_DIMS, vmem_limit_bytes=_vmem_limit(block_bytes)),
         cost_estimate=pl.CostEstimate(
-            flops=4 * nh * sp * bp * _GATES * dh * dh,
+            flops=4 * nh * sp * bp * GATES * dh * dh,
             transcendentals=9 * nh * sp * bp * dh,
-            bytes_accessed=4 * nh * sp * bp * dh * (3 * _GATES + 1),
+            bytes_accessed=4 * nh * sp * bp * dh * (3 * GATES + 1),
         ),
         interpret=st.interpret,
         name="slstm_bwd_tpu",
@@ -282,10 +255,6 @@ def _scan_bwd(st, res, cotangents):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def _round_up(x: int, m: int) -> int:
-    return -(-x // m) * m
-
-
 @functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
 def slstm_scan_tpu(
     gates_x,
@@ -311,25 +280,13 @@ def slstm_scan_tpu(
     Returns:
       ``(h, state)``: h (B, S, NH, DH) in the dtype of gates_x, and the final state (float32).
     """
-    gates, kernel, state = _prepare(
-        gates_x, recurrent_kernel, bias, initial_state, sequence=True, state_name="initial_state"
-    )
+    inputs = prepare(gates_x, recurrent_kernel, bias, initial_state, resets)
     b, s, _, nh, dh = gates_x.shape
-    if resets is not None and (jnp.shape(resets) != (b, s) or jnp.asarray(resets).dtype != jnp.bool_):
-        raise ValueError(f"resets must be a (B={b}, S={s}) bool array, got {jnp.shape(resets)} {resets.dtype}")
     blocks = (blocks or default_blocks("tpu", b, dh)).validate_for("tpu", dh)
     bb, bt = blocks.block_b, min(blocks.block_t, s)
-    bp, sp = _round_up(b, bb), _round_up(s, bt)
     st = _Static(bb, bt, s, blocks.unroll, interpret)
-
-    gates = jnp.pad(jnp.transpose(gates, (3, 1, 2, 0, 4)), ((0, 0), (0, sp - s), (0, 0), (0, bp - b), (0, 0)))
-    r = jnp.transpose(kernel.reshape(nh, dh, _GATES, dh), (0, 2, 1, 3))  # (NH, 4, DH, DH)
-    state0 = tuple(jnp.pad(jnp.swapaxes(x, 0, 1), ((0, 0), (0, bp - b), (0, 0))) for x in state)
-    keep = None
-    if resets is not None:
-        keep = jnp.logical_not(resets).T.astype(gates.dtype)  # (S, B)
-        keep = jnp.pad(keep, ((0, sp - s), (0, bp - b)), constant_values=1.0)[..., None]
+    gates, r, state0, keep = to_kernel_layout(*inputs, resets, block_b=bb, block_t=bt)
+    keep = None if keep is None else keep[..., None]  # (Sp, Bp, 1): the batch on sublanes
 
     h, final = _scan(st, gates, r, state0, keep)
-    h = jnp.transpose(h[:, :s, :b], (2, 1, 0, 3)).astype(gates_x.dtype)
-    return h, SLSTMState(*(jnp.swapaxes(x[:, :b], 0, 1) for x in final))
+    return from_kernel_layout(h, final, b, s, gates_x.dtype)
