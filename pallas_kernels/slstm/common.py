@@ -8,6 +8,8 @@ reset mask as ``keep`` (S, B) float (0 where the state is zeroed before the toke
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -87,3 +89,34 @@ def from_kernel_layout(h, final, b: int, s: int, dtype):
     """h (NH, Sp, Bp, DH) and the final state (4 x (NH, Bp, DH)) -> ``ops.slstm_scan``'s outputs."""
     h = jnp.transpose(h[:, :s, :b], (2, 1, 0, 3)).astype(dtype)
     return h, SLSTMState(*(jnp.swapaxes(x[:, :b], 0, 1) for x in final))
+
+
+def custom_vjp_scan(forward_call, backward_call):
+    """The kernels' ``jax.custom_vjp`` core from a platform's two kernel launchers.
+
+    ``forward_call(st, gates, r, state0, keep, save)`` -> (h, prev, final), where ``prev`` holds the
+    state entering each step when ``save``; ``backward_call(st, gates, r, prev, d_h, d_final, keep)``
+    -> (d_gates, d_state0). The weights' gradient is one matmul outside the kernels.
+
+    The returned ``scan(st, gates, r, state0, keep)`` takes the kernel layout (``to_kernel_layout``)
+    and returns h (NH, Sp, Bp, DH) and the final state 4 x (NH, Bp, DH); ``st`` is static.
+    """
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def scan(st, gates, r, state0, keep):
+        h, _, final = forward_call(st, gates, r, state0, keep, save=False)
+        return h, final
+
+    def scan_fwd(st, gates, r, state0, keep):
+        h, prev, final = forward_call(st, gates, r, state0, keep, save=True)
+        return (h, final), (gates, r, prev, keep)
+
+    def scan_bwd(st, res, cotangents):
+        gates, r, prev, keep = res
+        d_h, d_final = cotangents
+        d_gates, d_state0 = backward_call(st, gates, r, prev, d_h, tuple(d_final), keep)
+        d_r = jnp.einsum("hsbd,hsgbo->hgdo", prev[0], d_gates, precision=jax.lax.Precision.HIGHEST)
+        return d_gates, d_r, d_state0, None
+
+    scan.defvjp(scan_fwd, scan_bwd)
+    return scan

@@ -29,7 +29,7 @@ from jax.experimental.pallas import triton as pltr
 from xlstm_jax.ops import SLSTMState
 from xlstm_jax.ops._slstm import _local_jacobian, _pointwise
 
-from .common import GATES, cell_backward, dot, dot_t, from_kernel_layout, prepare, to_kernel_layout
+from .common import GATES, cell_backward, custom_vjp_scan, dot, dot_t, from_kernel_layout, prepare, to_kernel_layout
 from .config import SLSTMBlocks, default_blocks
 
 
@@ -161,29 +161,7 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
     return outs[0], tuple(outs[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _scan(st: _Static, gates, r, state0, keep):
-    """gates (NH, S, 4, Bp, DH) with bias; r (NH, 4, DH, DH); state0 4 x (NH, Bp, DH);
-    keep None or (S, Bp) float (0 where the state is reset before the step).
-    Returns h (NH, S, Bp, DH) and the final state 4 x (NH, Bp, DH)."""
-    h, _, final = _forward_call(st, gates, r, state0, keep, save=False)
-    return h, final
-
-
-def _scan_fwd(st, gates, r, state0, keep):
-    h, prev, final = _forward_call(st, gates, r, state0, keep, save=True)
-    return (h, final), (gates, r, prev, keep)
-
-
-def _scan_bwd(st, res, cotangents):
-    gates, r, prev, keep = res
-    d_h, d_final = cotangents
-    d_gates, d_state0 = _backward_call(st, gates, r, prev, d_h, tuple(d_final), keep)
-    d_r = jnp.einsum("hsbd,hsgbo->hgdo", prev[0], d_gates, precision=jax.lax.Precision.HIGHEST)
-    return d_gates, d_r, d_state0, None
-
-
-_scan.defvjp(_scan_fwd, _scan_bwd)
+_scan = custom_vjp_scan(_forward_call, _backward_call)
 
 
 @functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
