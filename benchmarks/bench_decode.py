@@ -191,38 +191,14 @@ class Runner:
         log(f"  ERROR {base['impl']} {base['mode']} B={base['batch']} P={base['prompt_len']}:\n{text}")
 
     def _hygiene(self, idle, other):
-        return {
-            "cpu_busy_before": idle["cpu_busy_before"],
-            "idle_wait_s": idle["idle_wait_s"],
-            "was_idle": idle["idle"],
-            "cpu_other_during": round(other, 4) if other is not None else None,
-            "contaminated": bool((other is not None and other > self.args.contam_threshold) or not idle["idle"]),
-        }
+        return T.hygiene_fields(idle, other, self.args.contam_threshold)
 
     def _attempts(self, measure, est_s):
-        """Idle-wait + ``measure()`` under a CpuMonitor, re-run while contaminated.
+        """Idle-wait + ``measure()`` under a CpuMonitor, re-run while contaminated (cleanest kept).
 
-        ``measure`` returns a dict; the cleanest attempt is kept. ``est_s``: rough duration of one
-        attempt (no re-runs above ``--no-retry-above-s``)."""
+        ``est_s``: rough duration of one attempt (no re-runs above ``--no-retry-above-s``)."""
         a = self.args
-        best = None
-        for attempt in range(a.retries + 1):
-            idle = self.wait_idle()
-            with T.CpuMonitor() as mon:
-                res = measure()
-            other = mon.other if mon.other is not None else (0.0 if idle["idle"] else 1.0)
-            cand = (other, res, idle, attempt + 1, mon.other)
-            if best is None or cand[0] < best[0]:
-                best = cand
-            if other <= a.contam_threshold:
-                break
-            if est_s() > a.no_retry_above_s:
-                log(f"    other load {other:.2f}, but the case takes > {a.no_retry_above_s} s: not re-running")
-                break
-            if attempt < a.retries:
-                log(f"    contaminated (other load {other:.2f}); retrying")
-        _, res, idle, attempts, other = best
-        return res, idle, other, attempts
+        return T.measure_clean(measure, a, lambda _: est_s() > a.no_retry_above_s, log=log)
 
     # --------------------------------------------------------------- decode
     def decode_case(self, impl, batch, prompt, n, call, block=None, first_call_timed=False):
@@ -602,16 +578,7 @@ class Runner:
             )
         cont = [f"{r['impl']}/{r['mode']}/B={r['batch']}/P={r['prompt_len']}" for r in ok if r.get("contaminated")]
         errs = [f"{r.get('impl')}/{r.get('mode', r.get('metric'))}" for r in self.rows if r.get("error")]
-        out.append(
-            {
-                "bench": "summary",
-                "metric": "hygiene",
-                "contaminated_cases": cont,
-                "error_cases": errs,
-                "busy_threshold": a.busy_threshold,
-                "contam_threshold": a.contam_threshold,
-            }
-        )
+        out.append(T.hygiene_summary(cont, errs, a))
         for r in out:
             self.emit(r)
 
@@ -632,13 +599,7 @@ def parse_args(argv=None):
     )
     p.add_argument("--batches", default="1,8", help="batch sizes of the decode comparison (default 1,8)")
     p.add_argument("--skip-hf", action="store_true", help="leave out the Hugging Face baseline")
-    p.add_argument("--busy-threshold", type=float, default=0.10, help="wait for a busy fraction below this")
-    p.add_argument("--contam-threshold", type=float, default=0.15, help="other processes' CPU fraction = contaminated")
-    p.add_argument(
-        "--max-idle-wait", type=float, default=None, help="max seconds to wait for idle (default 60; quick 10)"
-    )
-    p.add_argument("--retries", type=int, default=None, help="re-runs of a contaminated case (default 2; quick 0)")
-    p.add_argument("--no-retry-above-s", type=float, default=20.0, help="do not re-run cases longer than this (s)")
+    T.add_hygiene_args(p, idle_wait=60.0, quick_idle_wait=10.0, no_retry_above_s=20.0)
     a = p.parse_args(argv)
     if a.reps is None:
         a.reps = 1 if a.quick else 5
@@ -654,10 +615,7 @@ def parse_args(argv=None):
         a.long_prompts = "64,256" if a.quick else "1024,8192"
     a.long_prompts = [int(x) for x in a.long_prompts.split(",") if x.strip()]
     a.batches = [int(x) for x in a.batches.split(",") if x.strip()]
-    if a.max_idle_wait is None:
-        a.max_idle_wait = 10.0 if a.quick else 60.0
-    if a.retries is None:
-        a.retries = 0 if a.quick else 2
+    T.fill_hygiene_defaults(a)
     return a
 
 
@@ -669,11 +627,7 @@ def main(argv=None):
     import xlstm
 
     torch.set_num_threads(THREADS)
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except Exception:
-        cpu = None
+    cpu = T.cpu_model()
     T.emit(
         {
             "bench": "env",

@@ -238,32 +238,13 @@ class Runner:
     def _timed(self, call, block):
         """Idle-wait + timed reps with contamination retries. Returns (timing, idle, other, attempts)."""
         a = self.args
-        best = None
-        for attempt in range(a.retries + 1):
-            idle = self.wait_idle()
-            with T.CpuMonitor() as mon:
-                tm = T.median_time(
-                    call, warmup=0, reps=a.reps, block=block, time_budget_s=a.max_case_s, min_time_s=a.min_case_s
-                )
-            # unknown (window too short to measure) -> judge by the idle check alone
-            other = mon.other if mon.other is not None else (0.0 if idle["idle"] else 1.0)
-            cand = (other, tm, idle, attempt + 1, mon.other)
-            if best is None or cand[0] < best[0]:
-                best = cand
-            if other <= a.contam_threshold:
-                break
-            if tm["median_s"] > a.no_retry_above_s:
-                # long, memory-heavy calls: the "other" load is often the kernel's own memory threads
-                # (page zeroing / reclaim / DAMON) working for this very process; a re-run costs minutes
-                log(
-                    f"    other load {other:.2f}, but calls take {tm['median_s']:.1f} s > "
-                    f"--no-retry-above-s {a.no_retry_above_s}: not re-running"
-                )
-                break
-            if attempt < a.retries:
-                log(f"    contaminated (other load {other:.2f}); retrying")
-        _, tm, idle, attempts, other = best
-        return tm, idle, other, attempts
+
+        def measure():
+            return T.median_time(
+                call, warmup=0, reps=a.reps, block=block, time_budget_s=a.max_case_s, min_time_s=a.min_case_s
+            )
+
+        return T.measure_clean(measure, a, lambda tm: tm["median_s"] > a.no_retry_above_s, log=log)
 
     def finish_row(
         self,
@@ -294,11 +275,7 @@ class Runner:
                 "gflops": gflop,
                 "gflop_per_s": gps,
                 "frac_of_matmul_peak": (gps / self.matmul_peak) if (gps is not None and self.matmul_peak) else None,
-                "cpu_busy_before": idle["cpu_busy_before"],
-                "idle_wait_s": idle["idle_wait_s"],
-                "was_idle": idle["idle"],
-                "cpu_other_during": round(other, 4) if other is not None else None,
-                "contaminated": bool((other is not None and other > self.args.contam_threshold) or not idle["idle"]),
+                **T.hygiene_fields(idle, other, self.args.contam_threshold),
                 "attempts": attempts,
                 "compile_s": compile_s,
                 "first_run_s": first_run_s,
@@ -865,16 +842,7 @@ class Runner:
             if r.get("contaminated")
         ]
         errs = [f"{r['bench']}/{r['impl']}/S={r['S']}/{r['mode']}" for r in self.rows if r.get("error")]
-        out.append(
-            {
-                "bench": "summary",
-                "metric": "hygiene",
-                "contaminated_cases": cont,
-                "error_cases": errs,
-                "busy_threshold": a.busy_threshold,
-                "contam_threshold": a.contam_threshold,
-            }
-        )
+        out.append(T.hygiene_summary(cont, errs, a))
         for r in out:
             T.emit(r)
 
@@ -904,34 +872,13 @@ def parse_args(argv=None):
         default="parallel,recurrent",
         help="our slower mLSTM forms to run besides chunkwise and the official kernels (comma list; '' for none)",
     )
-    p.add_argument(
-        "--busy-threshold",
-        type=float,
-        default=0.10,
-        help="wait before each case until the machine's busy fraction (0..1 of all cores) is below this",
-    )
-    p.add_argument(
-        "--contam-threshold",
-        type=float,
-        default=0.15,
-        help="other processes' CPU fraction during a case above which it is contaminated and re-run",
-    )
-    p.add_argument(
-        "--max-idle-wait", type=float, default=None, help="max seconds to wait for idle (default 120; quick 15)"
-    )
-    p.add_argument("--retries", type=int, default=None, help="re-runs of a contaminated case (default 2; quick 0)")
+    T.add_hygiene_args(p, idle_wait=120.0, quick_idle_wait=15.0, no_retry_above_s=5.0)
     p.add_argument("--max-case-s", type=float, default=60.0, help="stop timing a case after this many seconds of reps")
     p.add_argument(
         "--min-case-s",
         type=float,
         default=None,
         help="fast cases get extra reps (up to 200) until the timed calls add up to this (default 1.0; quick 0)",
-    )
-    p.add_argument(
-        "--no-retry-above-s",
-        type=float,
-        default=5.0,
-        help="do not re-run a contaminated case whose calls take longer than this (s)",
     )
     p.add_argument(
         "--max-call-s",
@@ -955,12 +902,9 @@ def parse_args(argv=None):
     a.chunk_sizes = [int(x) for x in str(a.chunk_size).split(",") if x.strip()]
     if a.reps is None:
         a.reps = 1 if a.quick else 7
-    if a.max_idle_wait is None:
-        a.max_idle_wait = 15.0 if a.quick else 120.0
+    T.fill_hygiene_defaults(a)
     if a.min_case_s is None:
         a.min_case_s = 0.0 if a.quick else 1.0
-    if a.retries is None:
-        a.retries = 0 if a.quick else 2
     if a.seq_lens:
         a.mlstm_S = [int(x) for x in a.seq_lens.split(",")]
     else:
@@ -987,11 +931,7 @@ def main(argv=None):
     import mlstm_kernels
     import xlstm
 
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name"))
-    except Exception:
-        cpu = None
+    cpu = T.cpu_model()
     T.emit(
         {
             "bench": "env",
