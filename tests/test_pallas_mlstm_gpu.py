@@ -31,80 +31,50 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractDevice, AbstractMesh
 
-from helpers import assert_close, cast, mlstm_inputs, mlstm_state
+from helpers import assert_close, cast, mlstm_inputs
+from mlstm_kernel_cases import (
+    BF16_FWD_TOL,
+    BF16_GRAD_TOL,
+    DHQK,
+    DHV,
+    FWD_TOL,
+    GRAD_TOL,
+    case,
+    check,
+    reference,
+    value_and_vjp,
+)
 from pallas_kernels.mlstm.config import MLSTMBlocks
 from pallas_kernels.mlstm.gpu import gpu_blocks, mlstm_chunkwise_gpu
 from xlstm_jax.ops import MLSTMState, mlstm_chunkwise
 
-FWD_TOL, GRAD_TOL = 1e-4, 1e-3
-BF16_FWD_TOL, BF16_GRAD_TOL = 1e-2, 2e-2
-DHQK, DHV = 16, 32
 # Chunks of 16 tokens in query / key tiles of 8; DHQK in 2 tiles of 8, DHV in 2 tiles of 16.
 SMALL_TILES = MLSTMBlocks(chunk_size=16, block_q=8, block_kv=8, block_dqk=8, block_dv=16)
-
-
-def _value_and_vjp(fn, args, state, cot):
-    (h, final), pullback = jax.vjp(lambda a, s: fn(*a, initial_state=s), args, state)
-    return (h, final), pullback(cot)
 
 
 @partial(jax.jit, static_argnames=("blocks", "chunk_size"))
 def _kernel(args, state, cot, blocks=None, chunk_size=None):
     fn = partial(mlstm_chunkwise_gpu, blocks=blocks, chunk_size=chunk_size, interpret=True)
-    return _value_and_vjp(fn, args, state, cot)
-
-
-@partial(jax.jit, static_argnames=("chunk_size",))
-def _reference(args, state, cot, chunk_size):
-    return _value_and_vjp(partial(mlstm_chunkwise, chunk_size=chunk_size), args, state, cot)
-
-
-@functools.cache
-def _case(gates: str, s: int, dtype=jnp.float32):
-    """Inputs (b=1, nh=2), an initial state and output cotangents, cast to ``dtype`` (state float32)."""
-    args = cast(mlstm_inputs(1, b=1, nh=2, s=s, dhqk=DHQK, dhv=DHV, gates=gates), jnp.float32)
-    args = (*cast(args[:3], dtype), *args[3:])
-    state = cast(mlstm_state(2, b=1, nh=2, dhqk=DHQK, dhv=DHV), jnp.float32)
-    rng = np.random.default_rng(3)
-    cot = (
-        jnp.asarray(rng.normal(size=(1, 2, s, DHV)), dtype),
-        MLSTMState(*(jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in state)),
-    )
-    return args, state, cot
+    return value_and_vjp(fn, args, state, cot)
 
 
 @functools.cache
 def _float64_truth(gates: str, s: int, chunk_size: int):
-    """``mlstm_chunkwise`` in float64 on the float32 inputs of ``_case`` (equal to the recurrent form to 1e-10)."""
-    args, state, cot = _case(gates, s)
+    """``mlstm_chunkwise`` in float64 on the float32 inputs of ``case`` (equal to the recurrent form to 1e-10)."""
+    args, state, cot = case(gates, s)
     with jax.enable_x64(True):
         f64 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), t)  # noqa: E731
-        out = _value_and_vjp(partial(mlstm_chunkwise, chunk_size=chunk_size), f64(args), f64(state), f64(cot))
+        out = value_and_vjp(partial(mlstm_chunkwise, chunk_size=chunk_size), f64(args), f64(state), f64(cot))
         return jax.tree.map(np.asarray, out)
-
-
-def _check(out, grads, out_ref, grads_ref, fwd_tol, grad_tol, label):
-    (h, final), (h_ref, final_ref) = out, out_ref
-    assert h.dtype == h_ref.dtype and h.shape == h_ref.shape
-    assert_close(h, h_ref, fwd_tol, f"{label} h")
-    for name, x, x_ref in zip("cnm", final, final_ref):
-        assert x.dtype == jnp.float32
-        assert_close(x, x_ref, fwd_tol, f"{label} final {name}")
-    (grads_args, grads_state), (ref_args, ref_state) = grads, grads_ref
-    for name, g, g_ref in zip("qkvif", grads_args, ref_args):
-        assert g.dtype == g_ref.dtype
-        assert_close(g, g_ref, grad_tol, f"{label} d{name}")
-    for name, g, g_ref in zip("cnm", grads_state, ref_state):
-        assert_close(g, g_ref, grad_tol, f"{label} d initial {name}")
 
 
 @pytest.mark.parametrize("gates", ["normal", "extreme", "resets"])
 def test_forward_and_gradients_match_reference(gates):
     """S = 40: three chunks of 16, the last one padded; an initial state; all gradients."""
-    args, state, cot = _case(gates, 40)
+    args, state, cot = case(gates, 40)
     out, grads = _kernel(args, state, cot, blocks=SMALL_TILES)
-    out_ref, grads_ref = _reference(args, state, cot, chunk_size=16)
-    _check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, gates)
+    out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
+    check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, gates)
 
 
 @pytest.mark.parametrize("block_q,block_kv,s", [(16, 8, 32), (8, 16, 37)])
@@ -113,10 +83,10 @@ def test_unequal_query_and_key_tiles(block_q, block_kv, s, gates):
     """Causal tile bounds with block_q != block_kv (query-tile loop start, key-tile loop end), and resets
     whose segments cross tile boundaries. DHQK and DHV in one and two tiles of 16."""
     blocks = MLSTMBlocks(16, block_q, block_kv, 16, 16)
-    args, state, cot = _case(gates, s)
+    args, state, cot = case(gates, s)
     out, grads = _kernel(args, state, cot, blocks=blocks)
-    out_ref, grads_ref = _reference(args, state, cot, chunk_size=16)
-    _check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, f"{gates} bq={block_q} bkv={block_kv}")
+    out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
+    check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, f"{gates} bq={block_q} bkv={block_kv}")
 
 
 def test_ill_conditioned_case_as_accurate_as_the_reference():
@@ -125,9 +95,9 @@ def test_ill_conditioned_case_as_accurate_as_the_reference():
     the float32 reference is 1.9e-2 x max|dq| off float64 truth, the kernel 1.2e-2. Every output must be
     within the usual tolerance of float64 truth, or no further from it than twice the reference."""
     blocks = MLSTMBlocks(16, 16, 8, 16, 16)
-    args, state, cot = _case("extreme", 32)
+    args, state, cot = case("extreme", 32)
     kernel = jax.tree.leaves(_kernel(args, state, cot, blocks=blocks))
-    ref = jax.tree.leaves(_reference(args, state, cot, chunk_size=16))
+    ref = jax.tree.leaves(reference(args, state, cot, chunk_size=16))
     truth = jax.tree.leaves(_float64_truth("extreme", 32, 16))
     names = ["h", "final c", "final n", "final m", *(f"d{x}" for x in "qkvif"), *(f"d initial {x}" for x in "cnm")]
     for idx, (name, x, x_ref, x_true) in enumerate(zip(names, kernel, ref, truth, strict=True)):
@@ -138,14 +108,14 @@ def test_ill_conditioned_case_as_accurate_as_the_reference():
 def test_default_blocks_and_sequence_shorter_than_chunk():
     """blocks=None takes ``default_blocks("gpu", ...)``; S = 5 runs as one chunk of 16, 11 of them padding."""
     assert gpu_blocks(DHQK, DHV, 16) == MLSTMBlocks(16, 16, 16, 16, 32)
-    args, state, cot = _case("normal", 5)
+    args, state, cot = case("normal", 5)
     out, grads = _kernel(args, state, cot, chunk_size=16)
-    out_ref, grads_ref = _reference(args, state, cot, chunk_size=16)
-    _check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, "short")
+    out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
+    check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, "short")
 
 
 def test_zero_initial_state_by_default():
-    args, _, _ = _case("normal", 40)
+    args, _, _ = case("normal", 40)
     h, final = mlstm_chunkwise_gpu(*args, blocks=SMALL_TILES, interpret=True)
     h_ref, final_ref = mlstm_chunkwise(*args, chunk_size=16)
     assert_close(h, h_ref, FWD_TOL, "h")
@@ -157,11 +127,11 @@ def test_zero_initial_state_by_default():
 def test_bfloat16_inputs(gates):
     """bf16 q, k, v: bf16 h and dq, dk, dv; float32 gates and states (tolerance in the module doc;
     "extreme" gates are left out: their ill-conditioned dq, see the module doc, is 9e-2 off in bf16)."""
-    args, state, cot = _case(gates, 40, jnp.bfloat16)
+    args, state, cot = case(gates, 40, jnp.bfloat16)
     out, grads = _kernel(args, state, cot, blocks=SMALL_TILES)
-    out_ref, grads_ref = _reference(args, state, cot, chunk_size=16)
+    out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
     assert out[0].dtype == jnp.bfloat16
-    _check(out, grads, out_ref, grads_ref, BF16_FWD_TOL, BF16_GRAD_TOL, f"bf16 {gates}")
+    check(out, grads, out_ref, grads_ref, BF16_FWD_TOL, BF16_GRAD_TOL, f"bf16 {gates}")
 
 
 def test_rejects_what_triton_cannot_tile():

@@ -15,7 +15,6 @@ XLA chunkwise form meets (``test_mlstm_forms.test_bfloat16_inputs``).
 
 from __future__ import annotations
 
-import functools
 import re
 from functools import partial
 
@@ -25,73 +24,40 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from helpers import assert_close, cast, mlstm_inputs, mlstm_state
+from helpers import assert_close, cast, mlstm_inputs
+from mlstm_kernel_cases import (
+    BF16_FWD_TOL,
+    BF16_GRAD_TOL,
+    DHQK,
+    DHV,
+    FWD_TOL,
+    GRAD_TOL,
+    case,
+    check,
+    reference,
+    value_and_vjp,
+)
 from pallas_kernels.mlstm.config import MLSTMBlocks, default_blocks
 from pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu
 from xlstm_jax.ops import MLSTMState, mlstm_chunkwise
 
-FWD_TOL, GRAD_TOL = 1e-4, 1e-3
-BF16_FWD_TOL, BF16_GRAD_TOL = 1e-2, 2e-2
-DHQK, DHV = 16, 32
 # Chunks of 16 tokens in query / key tiles of 8, whole head dims.
 SMALL_TILES = MLSTMBlocks(chunk_size=16, block_q=8, block_kv=8, block_dqk=16, block_dv=32)
-
-
-def _value_and_vjp(fn, args, state, cot):
-    (h, final), pullback = jax.vjp(lambda a, s: fn(*a, initial_state=s), args, state)
-    return (h, final), pullback(cot)
 
 
 @partial(jax.jit, static_argnames=("blocks", "chunk_size", "interpret"))
 def _kernel(args, state, cot, blocks=None, chunk_size=None, interpret=True):
     fn = partial(mlstm_chunkwise_tpu, blocks=blocks, chunk_size=chunk_size, interpret=interpret)
-    return _value_and_vjp(fn, args, state, cot)
-
-
-@partial(jax.jit, static_argnames=("chunk_size",))
-def _reference(args, state, cot, chunk_size):
-    return _value_and_vjp(partial(mlstm_chunkwise, chunk_size=chunk_size), args, state, cot)
-
-
-@functools.cache
-def _case(gates: str, s: int, dtype=jnp.float32, nh: int = 2):
-    """Inputs (b=1), an initial state and output cotangents, cast to ``dtype`` (state float32)."""
-    args = cast(mlstm_inputs(1, b=1, nh=nh, s=s, dhqk=DHQK, dhv=DHV, gates=gates), jnp.float32)
-    args = (*cast(args[:3], dtype), *args[3:])
-    state = cast(mlstm_state(2, b=1, nh=nh, dhqk=DHQK, dhv=DHV), jnp.float32)
-    rng = np.random.default_rng(3)
-    cot = (
-        jnp.asarray(rng.normal(size=(1, nh, s, DHV)), dtype),
-        MLSTMState(*(jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in state)),
-    )
-    return args, state, cot
-
-
-def _check(out, grads, out_ref, grads_ref, fwd_tol, grad_tol, label):
-    """Assert every output and gradient is close; return the largest relative errors (fwd, grad)."""
-    (h, final), (h_ref, final_ref) = out, out_ref
-    assert h.dtype == h_ref.dtype and h.shape == h_ref.shape
-    fwd = [assert_close(h, h_ref, fwd_tol, f"{label} h")]
-    for name, x, x_ref in zip("cnm", final, final_ref):
-        assert x.dtype == jnp.float32 and x.shape == x_ref.shape
-        fwd.append(assert_close(x, x_ref, fwd_tol, f"{label} final {name}"))
-    (grads_args, grads_state), (ref_args, ref_state) = grads, grads_ref
-    grad = []
-    for name, g, g_ref in zip("qkvif", grads_args, ref_args):
-        assert g.dtype == g_ref.dtype
-        grad.append(assert_close(g, g_ref, grad_tol, f"{label} d{name}"))
-    for name, g, g_ref in zip("cnm", grads_state, ref_state):
-        grad.append(assert_close(g, g_ref, grad_tol, f"{label} d initial {name}"))
-    return max(fwd), max(grad)
+    return value_and_vjp(fn, args, state, cot)
 
 
 @pytest.mark.parametrize("gates", ["normal", "extreme", "resets"])
 def test_forward_and_gradients_match_reference(gates):
     """S = 40: three chunks of 16, the last one padded; an initial state; all gradients."""
-    args, state, cot = _case(gates, 40)
+    args, state, cot = case(gates, 40)
     out, grads = _kernel(args, state, cot, blocks=SMALL_TILES)
-    out_ref, grads_ref = _reference(args, state, cot, chunk_size=16)
-    _check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, gates)
+    out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
+    check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, gates)
 
 
 @pytest.mark.parametrize(
@@ -106,23 +72,23 @@ def test_split_head_dims_and_unequal_tiles(blocks, s):
 
     Not S = 32 with these gates: there d_t nearly cancels at one token, and dq of the float32 reference
     itself is 2e-2 x max|dq| off float64 truth."""
-    args, state, cot = _case("extreme", s)
+    args, state, cot = case("extreme", s)
     out, grads = _kernel(args, state, cot, blocks=blocks)
-    out_ref, grads_ref = _reference(args, state, cot, chunk_size=16)
-    _check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, str(blocks))
+    out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
+    check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, str(blocks))
 
 
 def test_default_blocks_and_sequence_shorter_than_chunk():
     """blocks=None takes ``default_blocks("tpu", ...)``; S = 5 runs as one chunk of 16, 11 of them padding."""
     assert default_blocks("tpu", DHQK, DHV, 16) == MLSTMBlocks(16, 16, 16, 16, 32)
-    args, state, cot = _case("resets", 5)
+    args, state, cot = case("resets", 5)
     out, grads = _kernel(args, state, cot, chunk_size=16)
-    out_ref, grads_ref = _reference(args, state, cot, chunk_size=16)
-    _check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, "short")
+    out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
+    check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, "short")
 
 
 def test_zero_initial_state_by_default():
-    args, _, _ = _case("normal", 40)
+    args, _, _ = case("normal", 40)
     h, final = mlstm_chunkwise_tpu(*args, blocks=SMALL_TILES, interpret=True)
     h_ref, final_ref = mlstm_chunkwise(*args, chunk_size=16)
     assert_close(h, h_ref, FWD_TOL, "h")
@@ -132,12 +98,12 @@ def test_zero_initial_state_by_default():
 
 def test_bfloat16_inputs_against_float64_truth():
     """bf16 q, k, v: bf16 h and dq, dk, dv; float32 gates and states (tolerance in the module doc)."""
-    args, state, cot = _case("normal", 40, jnp.bfloat16)
+    args, state, cot = case("normal", 40, jnp.bfloat16)
     out, grads = _kernel(args, state, cot, blocks=SMALL_TILES)
     assert out[0].dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads[0][:3])
     with jax.enable_x64(True):
         f64 = lambda t: cast(t, jnp.float64)  # noqa: E731
-        out_ref, grads_ref = jax.tree.map(np.asarray, _reference(f64(args), f64(state), f64(cot), chunk_size=16))
+        out_ref, grads_ref = jax.tree.map(np.asarray, reference(f64(args), f64(state), f64(cot), chunk_size=16))
     (h, final), (h_ref, final_ref) = out, out_ref
     assert_close(h, h_ref, BF16_FWD_TOL, "bf16 h")
     for name, x, x_ref in zip("cnm", final, final_ref):
@@ -154,7 +120,7 @@ def test_tpu_interpreter_two_cores_no_races(capfd):
 
     params = pltpu.InterpretParams(detect_races=True, uninitialized_memory="nan", num_cores_or_threads=2)
     blocks = MLSTMBlocks(16, 8, 8, 8, 16)
-    args, state, cot = _case("resets", 24, nh=1)
+    args, state, cot = case("resets", 24, nh=1)
     pltpu.reset_tpu_interpret_mode_state()
     try:
         out, grads = jax.block_until_ready(_kernel(args, state, cot, blocks=blocks, interpret=params))
@@ -163,8 +129,8 @@ def test_tpu_interpreter_two_cores_no_races(capfd):
         pltpu.reset_tpu_interpret_mode_state()
     assert races is None or not races.races_found
     assert "RACE DETECTED" not in capfd.readouterr().out
-    out_ref, grads_ref = _reference(args, state, cot, chunk_size=16)
-    _check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, "tpu interpret")
+    out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
+    check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, "tpu interpret")
 
 
 def test_rejects_bad_blocks():
