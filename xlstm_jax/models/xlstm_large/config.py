@@ -11,12 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-import jax.numpy as jnp
-
 from xlstm_jax.backends import MLSTM_BACKENDS
 from xlstm_jax.nn import REMAT_POLICIES
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+from .._validate import check_bool, check_choice, check_int, check_positive, dtype_name
+
 WEIGHT_MODES = ("single", "fused")
 
 # Official keys that choose *how* the official code runs, not *what* it computes.
@@ -51,39 +50,6 @@ OFFICIAL_RUNTIME_KEYS = {
     "inference_state_dtype": ("float32", "bfloat16", "float16"),
     "norm_reduction_force_float32": (True, False),
 }
-
-
-def _int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
-def _bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be True or False")
-
-
-def _positive(name: str, value, *, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        accepted = "a positive number or None" if allow_none else "a positive number"
-        raise ValueError(f"{name}={value!r} must be {accepted}")
-
-
-def _choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {choices}")
-
-
-def _dtype_name(name: str, value) -> str:
-    try:
-        dtype = jnp.dtype(value).name
-    except TypeError:
-        dtype = None
-    if dtype not in DTYPES:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {DTYPES}")
-    return dtype
 
 
 def round_up(x: float, multiple_of: int) -> int:
@@ -141,15 +107,15 @@ class xLSTMLargeConfig:
     remat_policy: str = "full"  # with remat: full | dots | dots_no_batch (xlstm_jax.nn.REMAT_POLICIES)
 
     def __post_init__(self):
-        _int("embedding_dim", self.embedding_dim, 1)
-        _int("num_heads", self.num_heads, 1)
-        _int("num_blocks", self.num_blocks, 1)
-        _int("vocab_size", self.vocab_size, 1)
-        _bool("use_bias", self.use_bias)
-        _positive("norm_eps", self.norm_eps)
-        _bool("add_out_norm", self.add_out_norm)
-        _positive("qk_dim_factor", self.qk_dim_factor)
-        _positive("v_dim_factor", self.v_dim_factor)
+        check_int("embedding_dim", self.embedding_dim, 1)
+        check_int("num_heads", self.num_heads, 1)
+        check_int("num_blocks", self.num_blocks, 1)
+        check_int("vocab_size", self.vocab_size, 1)
+        check_bool("use_bias", self.use_bias)
+        check_positive("norm_eps", self.norm_eps)
+        check_bool("add_out_norm", self.add_out_norm)
+        check_positive("qk_dim_factor", self.qk_dim_factor)
+        check_positive("v_dim_factor", self.v_dim_factor)
         for name, dim in (("qk_dim", self.qk_dim), ("v_dim", self.v_dim)):
             if dim < 1 or dim % self.num_heads:
                 factor = f"{name[:-4]}_dim_factor"
@@ -157,19 +123,19 @@ class xLSTMLargeConfig:
                     f"num_heads={self.num_heads} must divide {name}=int(embedding_dim * {factor})="
                     f"int({self.embedding_dim} * {getattr(self, factor)})={dim} (and {name} must be >= 1)"
                 )
-        _positive("ffn_proj_factor", self.ffn_proj_factor)
-        _int("ffn_round_up_to_multiple_of", self.ffn_round_up_to_multiple_of, 1)
-        _positive("gate_soft_cap", self.gate_soft_cap, allow_none=True)
-        _positive("output_logit_soft_cap", self.output_logit_soft_cap, allow_none=True)
-        _choice("weight_mode", self.weight_mode, WEIGHT_MODES)
-        _positive("eps", self.eps)
-        _choice("backend", self.backend, MLSTM_BACKENDS)
-        _int("chunk_size", self.chunk_size, 1)
-        object.__setattr__(self, "dtype", _dtype_name("dtype", self.dtype))
-        object.__setattr__(self, "param_dtype", _dtype_name("param_dtype", self.param_dtype))
-        _bool("scan_blocks", self.scan_blocks)
-        _bool("remat", self.remat)
-        _choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
+        check_positive("ffn_proj_factor", self.ffn_proj_factor)
+        check_int("ffn_round_up_to_multiple_of", self.ffn_round_up_to_multiple_of, 1)
+        check_positive("gate_soft_cap", self.gate_soft_cap, allow_none=True)
+        check_positive("output_logit_soft_cap", self.output_logit_soft_cap, allow_none=True)
+        check_choice("weight_mode", self.weight_mode, WEIGHT_MODES)
+        check_positive("eps", self.eps)
+        check_choice("backend", self.backend, MLSTM_BACKENDS)
+        check_int("chunk_size", self.chunk_size, 1)
+        object.__setattr__(self, "dtype", dtype_name("dtype", self.dtype))
+        object.__setattr__(self, "param_dtype", dtype_name("param_dtype", self.param_dtype))
+        check_bool("scan_blocks", self.scan_blocks)
+        check_bool("remat", self.remat)
+        check_choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
 
     @property
     def qk_dim(self) -> int:
@@ -213,5 +179,5 @@ class xLSTMLargeConfig:
                         f"chunkwise_kernel={d[key]!r} is the mLSTMsig cell (sigmoid input gate), which this "
                         f"model does not implement; choose one of {accepted}"
                     )
-                _choice(key, d[key], accepted)
+                check_choice(key, d[key], accepted)
         return cls(**{k: v for k, v in d.items() if k in own})

@@ -17,40 +17,11 @@ import jax.numpy as jnp
 from xlstm_jax.backends import MLSTM_BACKENDS, SLSTM_BACKENDS
 from xlstm_jax.nn import REMAT_POLICIES
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
+from .._validate import check_bool, check_choice, check_int, check_positive, dtype_name
+
 ACT_FNS = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
 SLSTM_BIAS_INITS = ("powerlaw_blockdependent", "small_init", "standard", "zeros")
 SLSTM_RECURRENT_INITS = ("zeros", "standard")
-
-
-def _int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
-def _bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be True or False")
-
-
-def _positive(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}={value!r} must be a positive number")
-
-
-def _choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {choices}")
-
-
-def _dtype_name(name: str, value) -> str:
-    try:
-        dtype = None if value is None else jnp.dtype(value).name
-    except TypeError:
-        dtype = None
-    if dtype not in DTYPES:
-        raise ValueError(f"{name}={value!r} is not supported; choose one of {DTYPES}")
-    return dtype
 
 
 def up_projection_dim(factor: float, dim: int, multiple_of: int, round_up: bool) -> int:
@@ -79,12 +50,12 @@ class MLSTMLayerConfig:
     round_proj_up_to_multiple_of: int = 64
 
     def __post_init__(self):
-        _int("mlstm.num_heads", self.num_heads, 1)
-        _int("mlstm.conv1d_kernel_size", self.conv1d_kernel_size, 1)
-        _int("mlstm.qkv_proj_blocksize", self.qkv_proj_blocksize, 1)
-        _positive("mlstm.proj_factor", self.proj_factor)
-        _bool("mlstm.round_proj_up_dim_up", self.round_proj_up_dim_up)
-        _int("mlstm.round_proj_up_to_multiple_of", self.round_proj_up_to_multiple_of, 1)
+        check_int("mlstm.num_heads", self.num_heads, 1)
+        check_int("mlstm.conv1d_kernel_size", self.conv1d_kernel_size, 1)
+        check_int("mlstm.qkv_proj_blocksize", self.qkv_proj_blocksize, 1)
+        check_positive("mlstm.proj_factor", self.proj_factor)
+        check_bool("mlstm.round_proj_up_dim_up", self.round_proj_up_dim_up)
+        check_int("mlstm.round_proj_up_to_multiple_of", self.round_proj_up_to_multiple_of, 1)
 
     def inner_dim(self, embedding_dim: int) -> int:
         return up_projection_dim(
@@ -111,11 +82,11 @@ class SLSTMLayerConfig:
     recurrent_weight_init: str = "zeros"
 
     def __post_init__(self):
-        _int("slstm.num_heads", self.num_heads, 1)
-        _int("slstm.conv1d_kernel_size", self.conv1d_kernel_size, 0)
-        _bool("slstm.group_norm_weight", self.group_norm_weight)
-        _choice("slstm.bias_init", self.bias_init, SLSTM_BIAS_INITS)
-        _choice("slstm.recurrent_weight_init", self.recurrent_weight_init, SLSTM_RECURRENT_INITS)
+        check_int("slstm.num_heads", self.num_heads, 1)
+        check_int("slstm.conv1d_kernel_size", self.conv1d_kernel_size, 0)
+        check_bool("slstm.group_norm_weight", self.group_norm_weight)
+        check_choice("slstm.bias_init", self.bias_init, SLSTM_BIAS_INITS)
+        check_choice("slstm.recurrent_weight_init", self.recurrent_weight_init, SLSTM_RECURRENT_INITS)
 
 
 @dataclass(frozen=True)
@@ -129,11 +100,11 @@ class FeedForwardConfig:
     round_proj_up_to_multiple_of: int = 64
 
     def __post_init__(self):
-        _positive("feedforward.proj_factor", self.proj_factor)
-        _choice("feedforward.act_fn", self.act_fn, ACT_FNS)
-        _bool("feedforward.bias", self.bias)
-        _bool("feedforward.round_proj_up_dim_up", self.round_proj_up_dim_up)
-        _int("feedforward.round_proj_up_to_multiple_of", self.round_proj_up_to_multiple_of, 1)
+        check_positive("feedforward.proj_factor", self.proj_factor)
+        check_choice("feedforward.act_fn", self.act_fn, ACT_FNS)
+        check_bool("feedforward.bias", self.bias)
+        check_bool("feedforward.round_proj_up_dim_up", self.round_proj_up_dim_up)
+        check_int("feedforward.round_proj_up_to_multiple_of", self.round_proj_up_to_multiple_of, 1)
 
     def hidden_dim(self, embedding_dim: int) -> int:
         return up_projection_dim(
@@ -190,9 +161,9 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
     remat_policy: str = "full"  # with remat: full | dots | dots_no_batch (xlstm_jax.nn.REMAT_POLICIES)
 
     def __post_init__(self):
-        _int("vocab_size", self.vocab_size, 1)
-        _int("embedding_dim", self.embedding_dim, 1)
-        _int("num_blocks", self.num_blocks, 1)
+        check_int("vocab_size", self.vocab_size, 1)
+        check_int("embedding_dim", self.embedding_dim, 1)
+        check_int("num_blocks", self.num_blocks, 1)
         for name, kind in (
             ("mlstm", MLSTMLayerConfig),
             ("slstm", SLSTMLayerConfig),
@@ -202,13 +173,13 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
             if value is not None and not isinstance(value, kind):
                 raise ValueError(f"{name} must be a {kind.__name__} or None, got {type(value).__name__}")
         for name in ("add_post_blocks_norm", "bias", "tie_weights", "scan_blocks", "remat"):
-            _bool(name, getattr(self, name))
-        _choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
-        _choice("backend", self.backend, MLSTM_BACKENDS)
-        _choice("slstm_backend", self.slstm_backend, SLSTM_BACKENDS)
-        _int("chunk_size", self.chunk_size, 1)
-        object.__setattr__(self, "dtype", _dtype_name("dtype", self.dtype))
-        object.__setattr__(self, "param_dtype", _dtype_name("param_dtype", self.param_dtype))
+            check_bool(name, getattr(self, name))
+        check_choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
+        check_choice("backend", self.backend, MLSTM_BACKENDS)
+        check_choice("slstm_backend", self.slstm_backend, SLSTM_BACKENDS)
+        check_int("chunk_size", self.chunk_size, 1)
+        object.__setattr__(self, "dtype", dtype_name("dtype", self.dtype))
+        object.__setattr__(self, "param_dtype", dtype_name("param_dtype", self.param_dtype))
         object.__setattr__(self, "slstm_at", self._normalized_slstm_at())
         self._check_layers()
 
