@@ -196,43 +196,20 @@ class Runner:
         self.rows.append(row)
         T.emit(row)
 
-    def skip(self, base, reason):
+    def _no_result(self, base, **fields):
+        """Emit ``base`` with every result column None (a skipped or failed case)."""
         row = dict(base)
-        row.update(
-            {
-                "skipped": True,
-                "reason": reason,
-                "median_s": None,
-                "min_s": None,
-                "reps": 0,
-                "tokens_per_s": None,
-                "peak_mem_bytes": None,
-                "gflops": None,
-                "frac_of_matmul_peak": None,
-                "cpu_busy_before": None,
-                "compile_s": None,
-            }
-        )
+        for key in ("median_s", "min_s", "tokens_per_s", "peak_mem_bytes", "gflops", "frac_of_matmul_peak"):
+            row[key] = None
+        row.update(reps=0, cpu_busy_before=None, compile_s=None, **fields)
         self.emit(row)
+
+    def skip(self, base, reason):
+        self._no_result(base, skipped=True, reason=reason)
         log(f"  SKIP {base['bench']} {base['impl']} S={base['S']} {base['mode']}: {reason}")
 
     def error(self, base, exc_text):
-        row = dict(base)
-        row.update(
-            {
-                "error": exc_text[-2000:],
-                "median_s": None,
-                "min_s": None,
-                "reps": 0,
-                "tokens_per_s": None,
-                "peak_mem_bytes": None,
-                "gflops": None,
-                "frac_of_matmul_peak": None,
-                "cpu_busy_before": None,
-                "compile_s": None,
-            }
-        )
-        self.emit(row)
+        self._no_result(base, error=exc_text[-2000:])
         log(f"  ERROR {base['bench']} {base['impl']} S={base['S']} {base['mode']}:\n{exc_text}")
 
     def _timed(self, call, block):
