@@ -122,7 +122,7 @@ def _backward(blocks: MLSTMBlocks, eps: float, interpret: bool, res, cotangents)
     chunked = lambda x: x.reshape(b, nh, nc, length)  # noqa: E731
     flat = lambda x: x.reshape(b * nh, *x.shape[2:])  # noqa: E731
     logf_c = chunked(logf)
-    st = stabilizers(logf_c, chunked(i), m0)
+    st, pullback = jax.vjp(stabilizers, logf_c, chunked(i), m0)
     tok, decay = _token_table(logf_c, chunked(i), st)
     qf, kf, vf, dhf = flat(q), flat(k), flat(v), flat(dh).astype(v.dtype)
 
@@ -152,9 +152,8 @@ def _backward(blocks: MLSTMBlocks, eps: float, interpret: bool, res, cotangents)
 
     # Stabilizer terms: eps path of every m_t, and the final state's scale.
     dlogf_m, di_m, dm0_m = stabilizer_grads(
-        logf_c,
-        chunked(i),
-        m0,
+        pullback,
+        st,
         eps=eps,
         h_dh=chunked(h_dh),
         den=chunked(den),

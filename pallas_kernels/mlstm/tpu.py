@@ -144,7 +144,7 @@ def _chunkwise_bwd(static: _Static, residuals, cotangents):
     nc = s // chunk
     kw = dict(blocks=blocks, mm_dtype=static.mm_dtype, interpret=static.interpret)
     logf_c, i_c = _split(logf, chunk), _split(i, chunk)
-    st = stabilizers(logf_c, i_c, m0)
+    st, pullback = jax.vjp(stabilizers, logf_c, i_c, m0)
     gcols, grows = _gate_arrays(logf_c, i_c, st, chunk)  # one key tile per chunk in the backward
     c_states, n_states = _states(k, v, gcols, c0, n0, static)  # recomputed
 
@@ -173,7 +173,7 @@ def _chunkwise_bwd(static: _Static, residuals, cotangents):
     # Stabilizer terms: eps path of every m_t, and the final state's scale.
     final = (c_states[:, -1].reshape(b, nh, dhqk, dhv), n_states[:, -1, 0].reshape(b, nh, dhqk))
     dlogf_m, di_m, dm0_m = stabilizer_grads(
-        logf_c, i_c, m0, eps=eps, h_dh=h_dh, den=den, final=final, final_cotangents=(dc_final, dn_final, dm_final)
+        pullback, st, eps=eps, h_dh=h_dh, den=den, final=final, final_cotangents=(dc_final, dn_final, dm_final)
     )
 
     seq = lambda x: x.reshape(b, nh, s, *x.shape[4:])  # noqa: E731

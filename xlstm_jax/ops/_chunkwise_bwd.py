@@ -86,15 +86,14 @@ def gate_grads(rows_dlogd, cols_dlogd, dlog_alpha, da, dlog_decay, logf):
     return dlogf, di, dm0
 
 
-def stabilizer_grads(logf, i, m0, *, eps: float, h_dh, den, final, final_cotangents):
+def stabilizer_grads(pullback, st: Stabilizers, *, eps: float, h_dh, den, final, final_cotangents):
     """Step 2 of the module docstring: gradients through the stabilizers themselves.
 
-    logf, i, h_dh, den (B, NH, NC, L); m0 (B, NH); ``final`` = (c_final, n_final) and
-    ``final_cotangents`` = (dc_final, dn_final, dm_final) of the returned state.
+    ``st, pullback = jax.vjp(stabilizers, logf, i, m0)``; h_dh, den (B, NH, NC, L); ``final`` =
+    (c_final, n_final) and ``final_cotangents`` = (dc_final, dn_final, dm_final) of the returned state.
     Returns (dlogf, di, dm0) to add to those of ``gate_grads``.
     """
     (c_final, n_final), (dc_final, dn_final, dm_final) = final, final_cotangents
-    st, pullback = jax.vjp(stabilizers, logf, i, m0)
     dm_final_scale = dm_final - jnp.sum(dc_final * c_final, axis=(-2, -1)) - jnp.sum(dn_final * n_final, -1)
     zeros_nc = jnp.zeros_like(st.m_after)
     cotangent = Stabilizers(
@@ -143,10 +142,10 @@ def backward(res: Residuals, cotangents, eps: float):
     dlogf, di, dm0 = gate_grads(jnp.sum(dlog_d, axis=-1), jnp.sum(dlog_d, axis=-2), dlog_alpha, da, dlog_decay, logf)
 
     # Stabilizer terms: eps path of every m_t, and the final state's scale.
+    _, pullback = jax.vjp(stabilizers, logf, i, res.m0)
     dlogf_m, di_m, dm0_m = stabilizer_grads(
-        logf,
-        i,
-        res.m0,
+        pullback,
+        st,
         eps=eps,
         h_dh=h_dh,
         den=den,
