@@ -100,7 +100,7 @@ def _shard_map(fn, args: tuple, in_specs: tuple, out_specs):
 
 
 def _sharded(fn, args, state_in, specs):
-    """Run ``fn(*args, state)`` per shard: inputs are (B, NH, ...) arrays, the state a pytree of them."""
+    """Run ``fn(*args, state) -> (h, state)`` per shard: inputs, h and the state are (B, NH, ...) arrays."""
     if specs is None:
         return fn(*args, state_in)
     b, h = specs
@@ -109,7 +109,7 @@ def _sharded(fn, args, state_in, specs):
         return P(b, h, *([None] * (x.ndim - 2)))
 
     in_specs = (*(spec(a) for a in args), jax.tree.map(spec, state_in))
-    out_specs = jax.tree.map(spec, jax.eval_shape(fn, *args, state_in))
+    out_specs = (P(b, h, None, None), jax.tree.map(spec, state_in))  # h (B, NH, S, DHV); the state as it came in
     return _shard_map(fn, (*args, state_in), in_specs, out_specs)
 
 
