@@ -174,6 +174,8 @@ def test_blocks_validation():
         SLSTMBlocks(block_b=8).validate_for("gpu", 128)
     with pytest.raises(ValueError, match="DH=96"):
         SLSTMBlocks(block_b=16).validate_for("gpu", 96)
+    with pytest.raises(ValueError, match="DH=256 is above 128"):
+        SLSTMBlocks(block_b=16).validate_for("gpu", 256)
     with pytest.raises(ValueError, match="platform"):
         default_blocks("cpu", 8, 128)
     assert default_blocks("tpu", 8, 128) == SLSTMBlocks(block_b=8, block_t=64)
@@ -181,6 +183,7 @@ def test_blocks_validation():
     gpu = default_blocks("gpu", 8, 128)
     assert (gpu.block_b, gpu.num_warps, gpu.resident_weights) == (16, 8, False)
     assert default_blocks("gpu", 8, 64).resident_weights
+    assert default_blocks("gpu", 8, 64).num_warps == 8
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 PLATFORMS = ("tpu", "gpu")
+# Triton stages each gate's (DH, DH) float32 weight tile in shared memory: DH=256 compiles to 272 KiB
+# per program for sm_90, over the H100's 227 KiB; DH=128 to 72 KiB (benchmarks/gpu_compile_report.py).
+GPU_MAX_DH = 128
 
 
 def _pow2(x: int) -> bool:
@@ -57,6 +60,11 @@ class SLSTMBlocks:
                 raise ValueError(f"SLSTMBlocks.block_b={self.block_b} must be a power of 2 >= 16 on GPU (Triton)")
             if not _pow2(dh) or dh < 16:
                 raise ValueError(f"the head dim DH={dh} must be a power of 2 >= 16 for the GPU (Triton) sLSTM kernel")
+            if dh > GPU_MAX_DH:
+                raise ValueError(
+                    f"the head dim DH={dh} is above {GPU_MAX_DH} for the GPU (Triton) sLSTM kernel: a gate's "
+                    f"({dh}, {dh}) float32 weight tile does not fit in an H100's shared memory"
+                )
             if not _pow2(self.num_warps):
                 raise ValueError(f"SLSTMBlocks.num_warps={self.num_warps} must be a power of 2")
         return self
@@ -68,16 +76,18 @@ def default_blocks(platform: str, batch: int, dh: int) -> SLSTMBlocks:
     TPU: batch tiles of up to 64 rows (a multiple of 8: more rows per step cost the MXU almost nothing,
     the recurrence is latency-bound), and time tiles of 8 to 128 tokens such that a (block_t, block_b, DH)
     float32 tile is at most 256 KiB (the backward kernel double-buffers 13 of them: ~7 MiB of VMEM).
-    GPU: batch tiles of 16 rows (Triton's smallest dot; more programs run on more SMs), 4 warps up to
-    DH=64 and 8 above; the weights are hoisted out of the time loop while they fit in the register
-    file (4 * DH * DH float32 <= 64 KiB, i.e. DH <= 64), else re-read from L2 every step.
+    GPU: batch tiles of 16 rows (Triton's smallest dot; more programs run on more SMs) and 8 warps
+    (compiled for sm_90, 4 warps spill 384-468 bytes per thread at DH=64, 8 warps none:
+    benchmarks/gpu_compile_report.py); the weights are hoisted out of the time loop while they fit
+    in the register file (4 * DH * DH float32 <= 64 KiB, i.e. DH <= 64), else re-read from L2 every
+    step. DH is at most ``GPU_MAX_DH``.
     """
     if platform == "tpu":
         block_b = min(-(-batch // 8) * 8, 64)
         block_t = max(8, min(128, (64 * 1024) // (block_b * max(dh, 128))))
         blocks = SLSTMBlocks(block_b=block_b, block_t=block_t)
     elif platform == "gpu":
-        blocks = SLSTMBlocks(block_b=16, num_warps=4 if dh <= 64 else 8, resident_weights=4 * dh * dh * 4 <= 64 * 1024)
+        blocks = SLSTMBlocks(block_b=16, num_warps=8, resident_weights=4 * dh * dh * 4 <= 64 * 1024)
     else:
         raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")
     return blocks.validate_for(platform, dh)
