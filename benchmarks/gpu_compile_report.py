@@ -127,12 +127,12 @@ def _compile(triton, ptxas: str, name: str, ttir: str, num_warps: int, num_stage
         src = Path(tmp) / "kernel.ttir"
         src.write_text(ttir)
         capability = int(re.fullmatch(r"sm_(\d+)a?", arch).group(1))
-        kernel = triton.compile(
-            str(src), target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps, "num_stages": num_stages}
-        )
+        options = {"num_warps": num_warps, "num_stages": num_stages}
+        kernel = triton.compile(str(src), target=GPUTarget("cuda", capability, 32), options=options)
         ptx = Path(tmp) / "kernel.ptx"
         ptx.write_text(kernel.asm["ptx"])
-        out = subprocess.run([ptxas, "-v", f"--gpu-name={arch}", str(ptx), "-o", os.devnull], capture_output=True, text=True)
+        cmd = [ptxas, "-v", f"--gpu-name={arch}", str(ptx), "-o", os.devnull]
+        out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"ptxas failed: {out.stderr.strip()[-500:]}")
     props = {m.group(1): m.groups()[1:] for m in _PTXAS.finditer(out.stderr)}
@@ -200,7 +200,8 @@ def main() -> None:
         for name, k in sorted(kernels.items()):
             for warps in _ints(args.warps) or [k["num_warps"]]:
                 for stages in _ints(args.stages) or [k["num_stages"]]:
-                    row = {"family": family, "kernel": name, "dtype": args.dtype, "num_warps": warps, "num_stages": stages}
+                    row = {"family": family, "kernel": name, "dtype": args.dtype}
+                    row.update(num_warps=warps, num_stages=stages)
                     row["default"] = (warps, stages) == (k["num_warps"], k["num_stages"])
                     try:
                         row.update(_compile(triton, ptxas, name, k["ttir"], warps, stages, args.arch))
