@@ -8,6 +8,7 @@ it with the ``triton`` package for ``sm_90a`` (no GPU or driver needed) and read
     python benchmarks/gpu_compile_report.py
     python benchmarks/gpu_compile_report.py --warps 4,8 --stages 1,2,3   # sweep launch parameters
     python benchmarks/gpu_compile_report.py --mlstm-blocks 64,64,64,64,64 --warps 4,8
+    python benchmarks/gpu_compile_report.py --skip-mlstm --slstm-dh 128,512 --slstm-recurrent-dtype bfloat16
 
 Prints one JSON line per (kernel, num_warps, num_stages): registers per thread, spill stores/loads
 and stack frame (bytes per thread), static + dynamic shared memory (bytes per program), and
@@ -23,6 +24,7 @@ nothing about speed; ``bench_kernels.py`` on a GPU does.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -101,12 +103,12 @@ def _mlstm_kernels(dtype, s: int, dhqk: int, dhv: int, blocks: MLSTMBlocks | Non
     return _capture_triton_modules(vjp, *args)
 
 
-def _slstm_kernels(dtype, batch: int, s: int, nh: int, dh: int):
+def _slstm_kernels(dtype, batch: int, s: int, nh: int, dh: int, blocks=None):
     sds = jax.ShapeDtypeStruct
     args = (sds((batch, s, 4, nh, dh), dtype), sds((nh, dh, 4, dh), jnp.float32), sds((nh, 4, dh), jnp.float32))
 
     def vjp(*a):
-        out, pullback = jax.vjp(lambda *x: slstm_scan_gpu(*x)[0], *a)
+        out, pullback = jax.vjp(lambda *x: slstm_scan_gpu(*x, blocks=blocks)[0], *a)
         return pullback(jnp.ones_like(out))
 
     return _capture_triton_modules(vjp, *args)
@@ -166,9 +168,10 @@ def main() -> None:
     parser.add_argument(
         "--mlstm-blocks", default="", help="chunk,block_q,block_kv,block_dqk,block_dv (default: gpu_blocks())"
     )
-    parser.add_argument(
-        "--slstm-dh", default="64,128", help="sLSTM head dims to compile ('' skips sLSTM; 256 takes minutes)"
-    )
+    parser.add_argument("--skip-mlstm", action="store_true", help="compile only the sLSTM kernels")
+    parser.add_argument("--slstm-dh", default="64,128", help="sLSTM head dims to compile ('' skips sLSTM)")
+    parser.add_argument("--slstm-block-dh", type=int, default=0, help="sLSTM head-dim tile (default: default_blocks)")
+    parser.add_argument("--slstm-recurrent-dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--warps", default="", help="num_warps to sweep (default: each kernel's own)")
     parser.add_argument("--stages", default="", help="num_stages to sweep (default: each kernel's own)")
     args = parser.parse_args()
@@ -184,16 +187,18 @@ def main() -> None:
     if args.mlstm_blocks:
         blocks = gpu_blocks(args.dhqk, args.dhv, blocks=MLSTMBlocks(*_ints(args.mlstm_blocks)))
     shown = blocks or gpu_blocks(args.dhqk, args.dhv)
-    families = [
-        (
-            f"mlstm DHQK={args.dhqk} DHV={args.dhv} tiles={shown.chunk_size},{shown.block_q},{shown.block_kv},"
-            f"{shown.block_dqk},{shown.block_dv}",
-            _mlstm_kernels(dtype, args.seq, args.dhqk, args.dhv, blocks),
-        )
-    ]
+    families = []
+    if not args.skip_mlstm:
+        tiles = f"{shown.chunk_size},{shown.block_q},{shown.block_kv},{shown.block_dqk},{shown.block_dv}"
+        family = f"mlstm DHQK={args.dhqk} DHV={args.dhv} tiles={tiles}"
+        families.append((family, _mlstm_kernels(dtype, args.seq, args.dhqk, args.dhv, blocks)))
     for dh in _ints(args.slstm_dh):
         bb = slstm_default_blocks("gpu", 16, dh)
-        families.append((f"slstm DH={dh} block_b={bb.block_b}", _slstm_kernels(dtype, 16, 64, 2, dh)))
+        if args.slstm_block_dh:
+            bb = dataclasses.replace(bb, block_dh=args.slstm_block_dh).validate_for("gpu", dh)
+        bb = dataclasses.replace(bb, recurrent_dtype=args.slstm_recurrent_dtype)
+        family = f"slstm DH={dh} block_b={bb.block_b} block_dh={bb.block_dh} recurrent {bb.recurrent_dtype}"
+        families.append((family, _slstm_kernels(dtype, 16, 64, 2, dh, bb)))
 
     rows = []
     for family, kernels in families:

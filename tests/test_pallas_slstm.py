@@ -25,9 +25,11 @@ from xlstm_jax.ops import SLSTMState, slstm_scan
 # padded to 12 and the state crosses tiles of the sequential grid axis; the batch (3) is padded to a tile.
 BACKENDS = {
     "tpu": (slstm_scan_tpu, SLSTMBlocks(block_b=8, block_t=4)),
-    "gpu": (slstm_scan_gpu, SLSTMBlocks(block_b=16, resident_weights=False)),
+    "gpu": (slstm_scan_gpu, SLSTMBlocks(block_b=16, block_dh=16, resident_weights=False)),
 }
-DH = 16  # Triton needs a power of 2 >= 16; on TPU a block dim equal to the whole (non-128) array dim
+# Two GPU head-dim tiles of 16 (Triton's smallest dot), so that the tiled recurrent matmul mixes
+# tiles; on TPU a block dim equal to the whole (non-128) array dim.
+DH = 32
 
 
 def _resets(b, s):
@@ -135,7 +137,22 @@ def test_default_blocks_and_resident_weights():
     """From a zero state without resets, with the production defaults (one time tile on TPU)
     and with the weights hoisted out of the time loop on GPU."""
     _check("tpu", "plain", 2, 6, blocks=default_blocks("tpu", 2, DH))
-    _check("gpu", "plain", 2, 6, blocks=SLSTMBlocks(block_b=16, resident_weights=True))
+    _check("gpu", "plain", 2, 6, blocks=SLSTMBlocks(block_b=16, block_dh=16, resident_weights=True))
+
+
+def test_gpu_head_dim_in_three_tiles():
+    """DH=48, not a power of 2, in three GPU tiles of 16: outputs and gradients against the scan."""
+    args, state, resets = _case("resets", 2, 7, nh=1, dh=48)
+    blocks = SLSTMBlocks(block_b=16, block_dh=16, resident_weights=False)
+    (h, final), (g_args, g_state) = _vjp(slstm_scan_gpu, args, state, resets, blocks=blocks, interpret=True)
+    (h_ref, final_ref), (r_args, r_state) = _vjp(slstm_scan, args, state, resets)
+    assert_close(h, h_ref, 1e-4, "h")
+    for name, x, r in zip("hcnm", final, final_ref):
+        assert_close(x, r, 1e-4, f"final {name}")
+    for name, g, r in zip(("gates_x", "recurrent_kernel", "bias"), g_args, r_args):
+        assert_close(g, r, 1e-3, f"d{name}")
+    for name, g, r in zip("hcnm", g_state, r_state):
+        assert_close(g, r, 1e-3, f"d initial {name}")
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))
@@ -149,6 +166,20 @@ def test_ties_and_first_steps_are_exact(backend):
 def test_bfloat16_inputs(backend):
     """bf16 gates in: bf16 h out and a bf16 d gates_x, float32 state."""
     _check(backend, "bf16", 2, 6, fwd_rel=1e-2, grad_rel=1e-2)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_bfloat16_recurrent_matmuls(backend):
+    """recurrent_dtype="bfloat16": h and R enter the recurrent matmuls as bfloat16 (float32
+    accumulation), so outputs and gradients match the float32 scan at the bfloat16 level, and
+    they do differ from the float32 kernel's (the option is not ignored)."""
+    blocks = dataclasses.replace(BACKENDS[backend][1], recurrent_dtype="bfloat16")
+    _check(backend, "resets", blocks=blocks, fwd_rel=1e-2, grad_rel=1e-2)  # observed: 2e-3 / 4.3e-3
+    fn, default = BACKENDS[backend]
+    args, state, resets = _case("resets")
+    h16 = fn(*args, initial_state=state, resets=resets, blocks=blocks, interpret=True)[0]
+    h32 = fn(*args, initial_state=state, resets=resets, blocks=default, interpret=True)[0]
+    assert np.max(np.abs(np.asarray(h16) - np.asarray(h32))) > 1e-4
 
 
 def test_tpu_interpreter_with_memory_checks():
@@ -168,14 +199,18 @@ def test_blocks_validation():
         SLSTMBlocks(block_b=0)
     with pytest.raises(ValueError, match="resident_weights"):
         SLSTMBlocks(resident_weights=1)
+    with pytest.raises(ValueError, match="recurrent_dtype"):
+        SLSTMBlocks(recurrent_dtype="float16")
     with pytest.raises(ValueError, match="multiple of 8 on TPU"):
         SLSTMBlocks(block_b=12).validate_for("tpu", 128)
     with pytest.raises(ValueError, match="power of 2 >= 16 on GPU"):
         SLSTMBlocks(block_b=8).validate_for("gpu", 128)
-    with pytest.raises(ValueError, match="DH=96"):
+    with pytest.raises(ValueError, match="DH=96 must be a multiple of SLSTMBlocks.block_dh=64"):
         SLSTMBlocks(block_b=16).validate_for("gpu", 96)
-    with pytest.raises(ValueError, match="DH=256 is above 128"):
-        SLSTMBlocks(block_b=16).validate_for("gpu", 256)
+    with pytest.raises(ValueError, match="DH=24 must be a multiple of 16"):
+        SLSTMBlocks(block_b=16, block_dh=16).validate_for("gpu", 24)
+    with pytest.raises(ValueError, match="block_dh=8 must be a power of 2 >= 16"):
+        SLSTMBlocks(block_b=16, block_dh=8).validate_for("gpu", 64)
     with pytest.raises(ValueError, match="platform"):
         default_blocks("cpu", 8, 128)
     assert default_blocks("tpu", 8, 128) == SLSTMBlocks(block_b=8, block_t=64)
@@ -184,6 +219,7 @@ def test_blocks_validation():
     assert (gpu.block_b, gpu.num_warps, gpu.resident_weights) == (16, 8, False)
     assert default_blocks("gpu", 8, 64).resident_weights
     assert default_blocks("gpu", 8, 64).num_warps == 8
+    assert [default_blocks("gpu", 8, dh).block_dh for dh in (16, 96, 128, 192, 512)] == [16, 32, 64, 64, 64]
 
 
 @pytest.mark.parametrize("backend", sorted(BACKENDS))

@@ -245,7 +245,7 @@ def slstm(
 
     A kernel backend runs ``pallas_kernels.slstm`` with its platform's default blocks (inside
     ``jax.shard_map`` under a mesh: batch over data/fsdp, heads over tensor); a shape it cannot tile
-    (for example a head dim that is not a power of 2 >= 16 on GPU) runs the XLA scan, with the reason logged.
+    (for example a head dim that is not a multiple of 16 on GPU) runs the XLA scan, with the reason logged.
     """
     backend = resolve(check_slstm_backend(backend), xla="scan")
     out = None

@@ -19,18 +19,23 @@ from xlstm_jax.ops._slstm import _prepare
 GATES = 4
 
 
-def dot(x, w):
-    """(M, K) x (K, N) in float32."""
+def _mm(x, w, dims, dtype):
+    """Operands cast to ``dtype`` (float32: IEEE, ``Precision.HIGHEST``, not TF32; bfloat16: the
+    tensor cores / MXU's native input), float32 accumulation and result."""
+    precision = jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else None
     return jax.lax.dot_general(
-        x, w, (((1,), (0,)), ((), ())), precision=jax.lax.Precision.HIGHEST, preferred_element_type=x.dtype
+        x.astype(dtype), w.astype(dtype), (dims, ((), ())), precision=precision, preferred_element_type=jnp.float32
     )
 
 
-def dot_t(x, w):
-    """(M, N) x (K, N)^T in float32."""
-    return jax.lax.dot_general(
-        x, w, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST, preferred_element_type=x.dtype
-    )
+def dot(x, w, dtype=jnp.float32):
+    """(M, K) x (K, N), operands in ``dtype``, float32 result."""
+    return _mm(x, w, ((1,), (0,)), dtype)
+
+
+def dot_t(x, w, dtype=jnp.float32):
+    """(M, N) x (K, N)^T, operands in ``dtype``, float32 result."""
+    return _mm(x, w, ((1,), (1,)), dtype)
 
 
 def cell_backward(jac, d_h, d_c, d_n, d_m):

@@ -1,19 +1,23 @@
 """Fused sLSTM on GPU (Pallas Triton): the whole time loop in one program per (head, batch tile).
 
 Grid (NH, B / block_b); each program walks all S tokens in a ``fori_loop`` with the state (h, c, n, m)
-in registers. Per token: four (block_b, DH) x (DH, DH) ``tl.dot``s against the head's recurrent
-weights, then the pointwise cell. With ``resident_weights`` the (4, DH, DH) weights are loaded once,
-before the loop (kept on chip as Triton allocates them: registers, spilling when they do not fit);
-without it they are re-read every step (from L2, where a head's weights stay hot).
+in registers as DH / block_dh column tiles of (block_b, block_dh). Per token and gate, output tile j
+of the recurrent pre-activation is sum_k h[k] @ R[g, tile k, tile j]: (block_b, block_dh) x
+(block_dh, block_dh) ``tl.dot``s, then the pointwise cell per tile (it is elementwise in the head dim).
+Tiling bounds the registers and shared memory of each dot at any DH; whole (DH, DH) float32 weight
+tiles did not fit an H100 (benchmarks/RESULTS.md). With ``resident_weights`` the weight tiles are
+loaded once, before the loop (kept on chip as Triton allocates them: registers, spilling when they
+do not fit); without it they are re-read every step (from L2, where a head's weights stay hot).
 
 The backward program walks time in reverse: recomputes the recurrent pre-activations from the saved
 previous states, applies the exact step derivative of ``xlstm_jax.ops.slstm_scan`` (same
 ``_local_jacobian``: min/max tie rules, per-element first-step rule), and back-propagates the hidden
-cotangent through the transposed weights. The weights' gradient is one matmul outside the kernel.
+cotangent through the transposed weight tiles. The weights' gradient is one matmul outside the kernel.
 
-Triton needs power-of-2 tensors and dots of at least 16 in every dim: block_b is a power of 2 >= 16
-(the batch is padded) and DH a power of 2 >= 16. Matmuls in float32 with IEEE precision
-(``Precision.HIGHEST``; not TF32).
+Triton needs power-of-2 tensors and dots of at least 16 in every dim: block_b and block_dh are powers
+of 2 >= 16 (the batch is padded) and DH a multiple of block_dh. Matmuls in float32 with IEEE
+precision (``Precision.HIGHEST``; not TF32), or with ``recurrent_dtype="bfloat16"`` bfloat16
+operands on the tensor cores with float32 accumulation.
 """
 
 from __future__ import annotations
@@ -37,76 +41,129 @@ class _Static(NamedTuple):
     """Hashable static arguments of the custom_vjp core."""
 
     block_b: int
+    block_dh: int
     unroll: int
     num_warps: int
     resident_weights: bool
+    recurrent_dtype: str
     interpret: object
 
 
-def _weights(r_ref, resident: bool):
-    """The (DH, DH) weights of gate g: loaded now (resident) or at each use."""
+def _tiles(dh: int, block_dh: int) -> list:
+    """The column slices of the head dim, ``block_dh`` wide."""
+    return [pl.ds(j * block_dh, block_dh) for j in range(dh // block_dh)]
+
+
+def _weights(r_ref, tiles, resident: bool, dtype):
+    """``w(g, k, j)``: the (block_dh, block_dh) weight tile of gate g from input tile k to output tile j
+    in ``dtype``, loaded now (resident) or at each use."""
+    index = [(g, k, j) for g in range(GATES) for k in range(len(tiles)) for j in range(len(tiles))]
     if resident:
-        loaded = [r_ref[g] for g in range(GATES)]
-        return lambda g: loaded[g]
-    return lambda g: r_ref[g]
+        loaded = {(g, k, j): r_ref[g, tiles[k], tiles[j]].astype(dtype) for g, k, j in index}
+        return lambda g, k, j: loaded[g, k, j]
+    return lambda g, k, j: r_ref[g, tiles[k], tiles[j]].astype(dtype)
 
 
-def _fwd_kernel(*refs, seq_len: int, unroll: int, has_keep: bool, save: bool, resident: bool):
+def _recurrent(g_ref, t, h, w, tiles, dtype):
+    """raw[g][j] = gates[t, g, :, tile j] + sum_k h[k] @ R[g, tile k, tile j]; h: tuple of (bb, bd) tiles."""
+    raw = []
+    for g in range(GATES):
+        row = []
+        for j, cols in enumerate(tiles):
+            acc = g_ref[t, g, :, cols]
+            for k in range(len(tiles)):
+                acc = acc + dot(h[k], w(g, k, j), dtype)
+            row.append(acc)
+        raw.append(row)
+    return raw
+
+
+def _split(x_ref, index, tiles):
+    return tuple(x_ref[(*index, slice(None), cols)] for cols in tiles)
+
+
+def _fwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool, save: bool, resident: bool, dtype):
     """refs: gates (S, 4, bb, DH), weights (4, DH, DH), h0 c0 n0 m0 (bb, DH), [keep (S, bb)];
-    outputs h (S, bb, DH), [prev h c n m (S, bb, DH)], final h c n m (bb, DH)."""
+    outputs h (S, bb, DH), [prev h c n m (S, bb, DH)], final h c n m (bb, DH).
+
+    The carried state is four tuples of (bb, block_dh) column tiles."""
     g_ref, r_ref, *refs = refs
     init_refs, refs = refs[:4], refs[4:]
     keep_ref = refs.pop(0) if has_keep else None
     h_ref, refs = refs[0], refs[1:]
     prev_refs, final_refs = (refs[:4], refs[4:]) if save else ((), refs)
-    w = _weights(r_ref, resident)
+    tiles = _tiles(h_ref.shape[-1], block_dh)
+    w = _weights(r_ref, tiles, resident, dtype)
 
     def step(t, state):
         if keep_ref is not None:  # reset to zeros before the token
             keep = (keep_ref[t] > 0)[:, None]
-            state = tuple(jnp.where(keep, x, 0.0) for x in state)
-        for ref, x in zip(prev_refs, state):
-            ref[t] = x
-        raw = [g_ref[t, g] + dot(state[0], w(g)) for g in range(GATES)]
-        new = tuple(_pointwise(raw, SLSTMState(*state)))
-        h_ref[t] = new[0]
-        return new
+            state = tuple(tuple(jnp.where(keep, x, 0.0) for x in field) for field in state)
+        for ref, field in zip(prev_refs, state):
+            for cols, x in zip(tiles, field):
+                ref[t, :, cols] = x
+        raw = _recurrent(g_ref, t, state[0], w, tiles, dtype)
+        new = [
+            _pointwise([raw[g][j] for g in range(GATES)], SLSTMState(*(f[j] for f in state))) for j in range(len(tiles))
+        ]
+        for cols, x in zip(tiles, new):
+            h_ref[t, :, cols] = x.h
+        return tuple(tuple(x[f] for x in new) for f in range(4))
 
-    final = jax.lax.fori_loop(0, seq_len, step, tuple(ref[...] for ref in init_refs), unroll=unroll)
-    for ref, x in zip(final_refs, final):
-        ref[...] = x
+    init = tuple(_split(ref, (), tiles) for ref in init_refs)
+    final = jax.lax.fori_loop(0, seq_len, step, init, unroll=unroll)
+    for ref, field in zip(final_refs, final):
+        for cols, x in zip(tiles, field):
+            ref[:, cols] = x
 
 
-def _bwd_kernel(*refs, seq_len: int, unroll: int, has_keep: bool, resident: bool):
+def _bwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool, resident: bool, dtype):
     """Reverse time. refs: gates (S, 4, bb, DH), weights (4, DH, DH), prev h c n m (S, bb, DH),
     d h (S, bb, DH), d final h c n m (bb, DH), [keep (S, bb)];
-    outputs d gates (S, 4, bb, DH), d initial h c n m (bb, DH)."""
+    outputs d gates (S, 4, bb, DH), d initial h c n m (bb, DH). The carried cotangents are four
+    tuples of (bb, block_dh) column tiles."""
     g_ref, r_ref, *refs = refs
     prev_refs, dh_ref, dfinal_refs, refs = refs[:4], refs[4], refs[5:9], refs[9:]
     keep_ref = refs.pop(0) if has_keep else None
     dg_ref, d0_refs = refs[0], refs[1:]
-    w = _weights(r_ref, resident)
+    tiles = _tiles(dh_ref.shape[-1], block_dh)
+    n_tiles = len(tiles)
+    w = _weights(r_ref, tiles, resident, dtype)
 
     def step(tt, carry):
         t = seq_len - 1 - tt
-        prev = SLSTMState(*(ref[t] for ref in prev_refs))
-        raw = [g_ref[t, g] + dot(prev.h, w(g)) for g in range(GATES)]
-        jac = _local_jacobian(raw, prev)
-        d_raw, (d_c, d_n, d_m) = cell_backward(jac, carry[0] + dh_ref[t], *carry[1:])
-        for g in range(GATES):
-            dg_ref[t, g] = d_raw[g]
-        d_h = dot_t(d_raw[0], w(0))
-        for g in range(1, GATES):
-            d_h = d_h + dot_t(d_raw[g], w(g))
-        new = (d_h, d_c, d_n, d_m)
+        prev = [_split(ref, (t,), tiles) for ref in prev_refs]
+        raw = _recurrent(g_ref, t, prev[0], w, tiles, dtype)
+        d_raw, d_c, d_n, d_m = [], [], [], []
+        for j, cols in enumerate(tiles):
+            jac = _local_jacobian([raw[g][j] for g in range(GATES)], SLSTMState(*(f[j] for f in prev)))
+            d_new_h = carry[0][j] + dh_ref[t, :, cols]
+            dr, (dc, dn, dm) = cell_backward(jac, d_new_h, carry[1][j], carry[2][j], carry[3][j])
+            for g in range(GATES):
+                dg_ref[t, g, :, cols] = dr[g]
+            d_raw.append(dr)
+            d_c.append(dc)
+            d_n.append(dn)
+            d_m.append(dm)
+        d_h = []
+        for k in range(n_tiles):
+            acc = None
+            for g in range(GATES):
+                for j in range(n_tiles):
+                    part = dot_t(d_raw[j][g], w(g, k, j), dtype)
+                    acc = part if acc is None else acc + part
+            d_h.append(acc)
+        new = (tuple(d_h), tuple(d_c), tuple(d_n), tuple(d_m))
         if keep_ref is not None:
             keep = (keep_ref[t] > 0)[:, None]
-            new = tuple(jnp.where(keep, x, 0.0) for x in new)
+            new = tuple(tuple(jnp.where(keep, x, 0.0) for x in field) for field in new)
         return new
 
-    d0 = jax.lax.fori_loop(0, seq_len, step, tuple(ref[...] for ref in dfinal_refs), unroll=unroll)
-    for ref, x in zip(d0_refs, d0):
-        ref[...] = x
+    init = tuple(_split(ref, (), tiles) for ref in dfinal_refs)
+    d0 = jax.lax.fori_loop(0, seq_len, step, init, unroll=unroll)
+    for ref, field in zip(d0_refs, d0):
+        for cols, x in zip(tiles, field):
+            ref[:, cols] = x
 
 
 def _specs(st: _Static, gates, keep):
@@ -125,7 +182,14 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
     seq, gate, weights, state, keep_spec, grid = _specs(st, gates, keep)
     n_seq = 5 if save else 1
     kernel = functools.partial(
-        _fwd_kernel, seq_len=s, unroll=st.unroll, has_keep=keep is not None, save=save, resident=st.resident_weights
+        _fwd_kernel,
+        seq_len=s,
+        block_dh=st.block_dh,
+        unroll=st.unroll,
+        has_keep=keep is not None,
+        save=save,
+        resident=st.resident_weights,
+        dtype=jnp.dtype(st.recurrent_dtype),
     )
     outs = pl.pallas_call(
         kernel,
@@ -145,7 +209,13 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
     nh, s, _, bp, dh = gates.shape
     seq, gate, weights, state, keep_spec, grid = _specs(st, gates, keep)
     kernel = functools.partial(
-        _bwd_kernel, seq_len=s, unroll=st.unroll, has_keep=keep is not None, resident=st.resident_weights
+        _bwd_kernel,
+        seq_len=s,
+        block_dh=st.block_dh,
+        unroll=st.unroll,
+        has_keep=keep is not None,
+        resident=st.resident_weights,
+        dtype=jnp.dtype(st.recurrent_dtype),
     )
     outs = pl.pallas_call(
         kernel,
@@ -192,7 +262,15 @@ def slstm_scan_gpu(
     inputs = prepare(gates_x, recurrent_kernel, bias, initial_state, resets)
     b, s, _, nh, dh = gates_x.shape
     blocks = (blocks or default_blocks("gpu", b, dh)).validate_for("gpu", dh)
-    st = _Static(blocks.block_b, blocks.unroll, blocks.num_warps, blocks.resident_weights, interpret)
+    st = _Static(
+        blocks.block_b,
+        blocks.block_dh,
+        blocks.unroll,
+        blocks.num_warps,
+        blocks.resident_weights,
+        blocks.recurrent_dtype,
+        interpret,
+    )
     gates, r, state0, keep = to_kernel_layout(*inputs, resets, block_b=blocks.block_b, block_t=1)
 
     h, final = _scan(st, gates, r, state0, keep)

@@ -48,13 +48,14 @@ class _Static(NamedTuple):
     block_t: int
     seq_len: int  # the real (unpadded) sequence length
     unroll: int
+    recurrent_dtype: str
     interpret: object
 
 
 # ----------------------------------------------------------------------------------------------- kernels
 
 
-def _fwd_kernel(*refs, block_t: int, seq_len: int, unroll: int, has_keep: bool, save: bool):
+def _fwd_kernel(*refs, block_t: int, seq_len: int, unroll: int, has_keep: bool, save: bool, dtype):
     """refs: gates (T, 4, bb, DH), weights (4, DH, DH), h0 c0 n0 m0 (bb, DH), [keep (T, bb, 1)];
     outputs h (T, bb, DH), [prev h c n m (T, bb, DH)], final h c n m (bb, DH) (the carried state)."""
     g_ref, r_ref, *refs = refs
@@ -76,7 +77,7 @@ def _fwd_kernel(*refs, block_t: int, seq_len: int, unroll: int, has_keep: bool, 
             state = tuple(jnp.where(keep, x, 0.0) for x in state)
         for ref, x in zip(prev_refs, state):
             ref[j] = x
-        raw = [g_ref[j, g] + dot(state[0], r_ref[g]) for g in range(GATES)]
+        raw = [g_ref[j, g] + dot(state[0], r_ref[g], dtype) for g in range(GATES)]
         new = tuple(_pointwise(raw, SLSTMState(*state)))
         h_ref[j] = new[0]
         if seq_len % block_t:  # padded steps at the end leave the state unchanged
@@ -89,7 +90,7 @@ def _fwd_kernel(*refs, block_t: int, seq_len: int, unroll: int, has_keep: bool, 
         ref[...] = x
 
 
-def _bwd_kernel(*refs, block_t: int, seq_len: int, num_t: int, unroll: int, has_keep: bool):
+def _bwd_kernel(*refs, block_t: int, seq_len: int, num_t: int, unroll: int, has_keep: bool, dtype):
     """Reverse time. refs: gates (T, 4, bb, DH), weights (4, DH, DH), prev h c n m (T, bb, DH),
     d h (T, bb, DH), d final h c n m (bb, DH), [keep (T, bb, 1)];
     outputs d gates (T, 4, bb, DH), d initial h c n m (bb, DH) (the carried cotangent)."""
@@ -108,12 +109,12 @@ def _bwd_kernel(*refs, block_t: int, seq_len: int, num_t: int, unroll: int, has_
     def step(jj, carry):
         j = block_t - 1 - jj
         prev = SLSTMState(*(ref[j] for ref in prev_refs))
-        raw = [g_ref[j, g] + dot(prev.h, r_ref[g]) for g in range(GATES)]
+        raw = [g_ref[j, g] + dot(prev.h, r_ref[g], dtype) for g in range(GATES)]
         jac = _local_jacobian(raw, prev)
         d_raw, (d_c, d_n, d_m) = cell_backward(jac, carry[0] + dh_ref[j], *carry[1:])
-        d_h = dot_t(d_raw[0], r_ref[0])
+        d_h = dot_t(d_raw[0], r_ref[0], dtype)
         for g in range(1, GATES):
-            d_h = d_h + dot_t(d_raw[g], r_ref[g])
+            d_h = d_h + dot_t(d_raw[g], r_ref[g], dtype)
         new = (d_h, d_c, d_n, d_m)
         if keep_ref is not None:
             keep = keep_ref[j] > 0
@@ -169,7 +170,13 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
     tile = _tile_bytes(bb, dh)
     block_bytes = bt * tile * (GATES + n_seq + (keep is not None)) + GATES * _tile_bytes(dh, dh) + 8 * tile
     kernel = functools.partial(
-        _fwd_kernel, block_t=bt, seq_len=st.seq_len, unroll=st.unroll, has_keep=keep is not None, save=save
+        _fwd_kernel,
+        block_t=bt,
+        seq_len=st.seq_len,
+        unroll=st.unroll,
+        has_keep=keep is not None,
+        save=save,
+        dtype=jnp.dtype(st.recurrent_dtype),
     )
     outs = pl.pallas_call(
         kernel,
@@ -206,7 +213,13 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
     tile = _tile_bytes(bb, dh)
     block_bytes = bt * tile * (3 * GATES + 1 + (keep is not None)) + GATES * _tile_bytes(dh, dh) + 8 * tile
     kernel = functools.partial(
-        _bwd_kernel, block_t=bt, seq_len=st.seq_len, num_t=num_t, unroll=st.unroll, has_keep=keep is not None
+        _bwd_kernel,
+        block_t=bt,
+        seq_len=st.seq_len,
+        num_t=num_t,
+        unroll=st.unroll,
+        has_keep=keep is not None,
+        dtype=jnp.dtype(st.recurrent_dtype),
     )
     outs = pl.pallas_call(
         kernel,
@@ -262,7 +275,7 @@ def slstm_scan_tpu(
     b, s, _, nh, dh = gates_x.shape
     blocks = (blocks or default_blocks("tpu", b, dh)).validate_for("tpu", dh)
     bb, bt = blocks.block_b, min(blocks.block_t, s)
-    st = _Static(bb, bt, s, blocks.unroll, interpret)
+    st = _Static(bb, bt, s, blocks.unroll, blocks.recurrent_dtype, interpret)
     gates, r, state0, keep = to_kernel_layout(*inputs, resets, block_b=bb, block_t=bt)
     keep = None if keep is None else keep[..., None]  # (Sp, Bp, 1): the batch on sublanes
 
