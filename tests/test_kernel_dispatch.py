@@ -83,6 +83,16 @@ def test_untileable_shapes_fall_back_to_xla_with_a_reason(caplog):
     assert "sLSTM backend 'pallas_gpu' cannot run" in text and "DH=6 must be a multiple of 16" in text, text
 
 
+def test_auto_keeps_wide_slstm_heads_on_the_scan_on_gpu(monkeypatch, caplog):
+    """On a GPU, ``auto`` runs the XLA scan above GPU_AUTO_MAX_DH (the float32 kernel spills there)."""
+    monkeypatch.setattr(backends, "_platform", lambda: "gpu")
+    gates_x, kernel, bias = cast(slstm_inputs(28, b=1, s=3, nh=1, dh=128), jnp.float32)
+    with caplog.at_level(logging.INFO, logger="xlstm_jax.backends"):
+        h, _ = backends.slstm(gates_x, kernel, bias, backend="auto")
+    assert_close(h, ops.slstm_scan(gates_x, kernel, bias)[0], 1e-6, "scan")
+    assert "'auto' runs the XLA scan for DH=128 on GPU" in caplog.text, caplog.text
+
+
 def test_kernels_for_another_accelerator_are_refused_on_it(monkeypatch):
     q, k, v, i, f = cast(mlstm_inputs(27, s=8), jnp.float32)
     monkeypatch.setattr(backends, "_platform", lambda: "tpu")

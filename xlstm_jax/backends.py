@@ -13,7 +13,8 @@ mLSTM backends:
   ``pallas_tpu``  ``pallas_kernels.mlstm.tpu`` (Mosaic).
   ``pallas_gpu``  ``pallas_kernels.mlstm.gpu`` (Pallas-Triton).
   ``triton``      the official TFLA Triton kernels of ``mlstm_kernels`` through ``jax_triton`` (GPU only).
-sLSTM backends: ``auto``, ``xla`` or ``scan`` (XLA), ``pallas_tpu``, ``pallas_gpu``.
+sLSTM backends: ``auto``, ``xla`` or ``scan`` (XLA), ``pallas_tpu``, ``pallas_gpu``; on GPU ``auto``
+  takes the kernel up to head dim ``pallas_kernels.slstm.config.GPU_AUTO_MAX_DH`` and the scan above.
 
 A Pallas backend on a CPU runs in Pallas interpret mode (slow; for tests). A shape
 a kernel cannot tile falls back to the XLA form with a logged reason. Inside a
@@ -247,7 +248,19 @@ def slstm(
     ``jax.shard_map`` under a mesh: batch over data/fsdp, heads over tensor); a shape it cannot tile
     (for example a head dim that is not a multiple of 16 on GPU) runs the XLA scan, with the reason logged.
     """
-    backend = resolve(check_slstm_backend(backend), xla="scan")
+    asked = check_slstm_backend(backend)
+    backend = resolve(asked, xla="scan")
+    if asked == "auto" and backend == "pallas_gpu":
+        from pallas_kernels.slstm.config import GPU_AUTO_MAX_DH
+
+        if gates_x.shape[-1] > GPU_AUTO_MAX_DH:
+            log.info(
+                "sLSTM backend 'auto' runs the XLA scan for DH=%d on GPU: the kernel's float32 recurrent matmuls "
+                "spill registers above DH=%d; backend='pallas_gpu' runs the kernel anyway",
+                gates_x.shape[-1],
+                GPU_AUTO_MAX_DH,
+            )
+            backend = "scan"
     out = None
     if backend in _KERNEL_PLATFORM:
         out = _slstm_kernel(backend, gates_x, recurrent_kernel, bias, initial_state, resets)
