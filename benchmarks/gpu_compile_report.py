@@ -31,7 +31,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import jax
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pallas_kernels.cuda_lowering import triton_kernels  # noqa: E402
 from pallas_kernels.mlstm.config import MLSTMBlocks  # noqa: E402
 from pallas_kernels.mlstm.gpu import gpu_blocks, mlstm_chunkwise_gpu  # noqa: E402
 from pallas_kernels.slstm.config import default_blocks as slstm_default_blocks  # noqa: E402
@@ -50,39 +50,6 @@ _PTXAS = re.compile(
     r"Function properties for (\w+)\s+(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
     r"\s+ptxas[\w-]* info\s+: Used (\d+) registers"
 )
-
-
-def _capture_triton_modules(fn, *args) -> dict[str, dict]:
-    """Lower ``fn(*args)`` for CUDA; {kernel name: {"ttir", "num_warps", "num_stages"}} per Triton call."""
-    # Private JAX modules: an upgrade that moves them makes this script fail loudly, not lie.
-    from jax._src.pallas.triton import pallas_call_registration as registration
-
-    modules: dict[str, str] = {}
-    lower = registration.lowering.lower_jaxpr_to_triton_module
-
-    def recording_lower(*a, **kw):
-        result = lower(*a, **kw)
-        asm = result.module.operation.get_asm()
-        modules[re.search(r"tt\.func (?:public )?@(\w+)", asm).group(1)] = asm
-        return result
-
-    registration.lowering.lower_jaxpr_to_triton_module = recording_lower
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    finally:
-        registration.lowering.lower_jaxpr_to_triton_module = lower
-    launch = {}
-    for line in text.splitlines():
-        if "__gpu$xla.gpu.triton" not in line:
-            continue
-        name = re.search(r'name = "(\w+)"', line).group(1)
-        launch[name] = {
-            "num_warps": int(re.search(r"num_warps = (\d+)", line).group(1)),
-            "num_stages": int(re.search(r"num_stages = (\d+)", line).group(1)),
-        }
-    return {name: {"ttir": modules[name], **launch[name]} for name in launch}
 
 
 def _mlstm_kernels(dtype, s: int, dhqk: int, dhv: int, blocks: MLSTMBlocks | None):
@@ -100,7 +67,7 @@ def _mlstm_kernels(dtype, s: int, dhqk: int, dhv: int, blocks: MLSTMBlocks | Non
         out, pullback = jax.vjp(lambda *x: mlstm_chunkwise_gpu(*x, blocks=blocks)[0], *a)
         return pullback(jnp.ones_like(out))
 
-    return _capture_triton_modules(vjp, *args)
+    return triton_kernels(vjp, *args)
 
 
 def _slstm_kernels(dtype, batch: int, s: int, nh: int, dh: int, blocks=None):
@@ -111,7 +78,7 @@ def _slstm_kernels(dtype, batch: int, s: int, nh: int, dh: int, blocks=None):
         out, pullback = jax.vjp(lambda *x: slstm_scan_gpu(*x, blocks=blocks)[0], *a)
         return pullback(jnp.ones_like(out))
 
-    return _capture_triton_modules(vjp, *args)
+    return triton_kernels(vjp, *args)
 
 
 def _ptxas(triton_module) -> str:
@@ -203,13 +170,13 @@ def main() -> None:
     rows = []
     for family, kernels in families:
         for name, k in sorted(kernels.items()):
-            for warps in _ints(args.warps) or [k["num_warps"]]:
-                for stages in _ints(args.stages) or [k["num_stages"]]:
+            for warps in _ints(args.warps) or [k.num_warps]:
+                for stages in _ints(args.stages) or [k.num_stages]:
                     row = {"family": family, "kernel": name, "dtype": args.dtype}
                     row.update(num_warps=warps, num_stages=stages)
-                    row["default"] = (warps, stages) == (k["num_warps"], k["num_stages"])
+                    row["default"] = (warps, stages) == (k.num_warps, k.num_stages)
                     try:
-                        row.update(_compile(triton, ptxas, name, k["ttir"], warps, stages, args.arch))
+                        row.update(_compile(triton, ptxas, name, k.ttir, warps, stages, args.arch))
                     except Exception as e:  # a config that does not compile is a result, not a crash
                         row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
                     rows.append(row)

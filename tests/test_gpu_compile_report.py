@@ -36,8 +36,8 @@ def test_kernels_and_launch_parameters_are_collected():
     mlstm = report._mlstm_kernels(jnp.bfloat16, 256, 64, 128, None)
     names = {"mlstm_chunk_states", "mlstm_chunk_outputs", "mlstm_memory_cotangents", "mlstm_grad_q"}
     assert names | {"mlstm_grad_k", "mlstm_grad_v"} == set(mlstm)
-    assert all((k["num_warps"], k["num_stages"]) == (4, 2) for k in mlstm.values())
-    assert all(f"tt.func public @{name}" in k["ttir"] for name, k in mlstm.items())
+    assert all((k.num_warps, k.num_stages) == (4, 2) for k in mlstm.values())
+    assert all(f"tt.func public @{name}" in k.ttir for name, k in mlstm.items())
     slstm = report._slstm_kernels(jnp.bfloat16, 16, 8, 2, 64)
     assert set(slstm) == {"slstm_fwd_gpu", "slstm_bwd_gpu"}
-    assert all((k["num_warps"], k["num_stages"]) == (8, 1) for k in slstm.values())
+    assert all((k.num_warps, k.num_stages) == (8, 1) for k in slstm.values())

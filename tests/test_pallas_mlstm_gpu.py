@@ -29,7 +29,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import AbstractDevice, AbstractMesh
 
 from helpers import assert_close, cast, mlstm_inputs
 from mlstm_kernel_cases import (
@@ -44,6 +43,7 @@ from mlstm_kernel_cases import (
     reference,
     value_and_vjp,
 )
+from pallas_kernels.cuda_lowering import lower_for_h100, triton_kernels
 from pallas_kernels.mlstm.config import MLSTMBlocks
 from pallas_kernels.mlstm.gpu import gpu_blocks, mlstm_chunkwise_gpu
 from xlstm_jax.ops import MLSTMState, mlstm_chunkwise
@@ -153,14 +153,6 @@ _KERNELS_FWD = {"mlstm_chunk_states", "mlstm_chunk_outputs"}
 _KERNELS_BWD = _KERNELS_FWD | {"mlstm_memory_cotangents", "mlstm_grad_q", "mlstm_grad_k", "mlstm_grad_v"}
 
 
-def _lower_for_h100(fn, *args) -> str:
-    """StableHLO text of ``fn`` lowered for CUDA. jax 0.11 reads the GPU generation from the abstract
-    mesh when no GPU is attached; 0.10 accepts the same."""
-    device = AbstractDevice(device_kind="NVIDIA H100 80GB HBM3", num_cores=132, platform="gpu")
-    with jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=device)):
-        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-
-
 def _production_case(dtype, s=1024, b=1, nh=2, dhqk=128, dhv=256):
     """Abstract inputs and initial state; forward and VJP functions with the default (production) tiles."""
     sds = jax.ShapeDtypeStruct
@@ -188,7 +180,7 @@ def test_production_tiles_lower_for_cuda(dtype):
     assert gpu_blocks(128, 256) == MLSTMBlocks(64, 64, 64, 64, 128, num_warps=4, num_stages=2)
     args, state, run, vjp = _production_case(dtype)
     for fn, kernels in ((run, _KERNELS_FWD), (vjp, _KERNELS_BWD)):
-        text = _lower_for_h100(fn, args, state)
+        text = lower_for_h100(fn, args, state)
         assert "__gpu$xla.gpu.triton" in text
         assert set(re.findall(r'name = "(mlstm_\w+)"', text)) == kernels
         assert "num_warps = 4" in text
@@ -199,26 +191,14 @@ _DOT = re.compile(r"tt\.dot [^:\n]*: tensor<(\d+)x(\d+)x(\w+)> \* tensor<(\d+)x(
 
 @pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")
 @pytest.mark.parametrize("dtype,s", [(jnp.bfloat16, 1024), (jnp.float32, 1024), (jnp.bfloat16, 1000)])
-def test_production_tiles_triton_ir(dtype, s, monkeypatch):
+def test_production_tiles_triton_ir(dtype, s):
     """The Triton modules of the VJP (production tiles): every ``tt.dot`` takes operands in the input
     dtype with M, N, K >= 16 (tl.dot's minimum on hardware), and float32 matmuls are IEEE, not TF32
     (the default precision would lower to TF32). S = 1000 pads to 16 chunks of 64."""
-    # A private module: if a JAX upgrade moves it, this test must fail (and be updated), not skip,
-    # since it is the only check that float32 kernels avoid TF32.
-    from jax._src.pallas.triton import pallas_call_registration as registration
-
-    modules = {}
-    lower = registration.lowering.lower_jaxpr_to_triton_module
-
-    def recording_lower(*a, **kw):
-        result = lower(*a, **kw)
-        asm = result.module.operation.get_asm()
-        modules[re.search(r"tt\.func (?:public )?@(\w+)", asm).group(1)] = asm
-        return result
-
-    monkeypatch.setattr(registration.lowering, "lower_jaxpr_to_triton_module", recording_lower)
+    # triton_kernels reads a private JAX module: if an upgrade moves it, this test must fail (and be
+    # updated), not skip, since it is the only check that float32 kernels avoid TF32.
     args, state, _, vjp = _production_case(dtype, s)
-    _lower_for_h100(vjp, args, state)
+    modules = {name: k.ttir for name, k in triton_kernels(vjp, args, state).items()}
     assert {name for name in modules if name.startswith("mlstm_")} == _KERNELS_BWD
     ir_dtype = {jnp.bfloat16: "bf16", jnp.float32: "f32"}[dtype]
     for name in _KERNELS_BWD:
