@@ -273,3 +273,29 @@ def test_cross_lowering_cuda(dh):
     fwd, vjp, vjp2 = _lower(slstm_scan_gpu, "cuda", 8, 256, 4, dh)
     assert fwd.count("triton") >= 1
     assert "slstm_bwd_gpu" in vjp and "slstm_bwd_gpu" in vjp2 and "slstm_fwd_gpu" in vjp
+
+
+# ------------------------------------------------------------------------------------------ VMEM budget
+
+
+def _on_tpu(device_kind: str):
+    from jax.sharding import AbstractDevice, AbstractMesh
+
+    device = AbstractDevice(device_kind=device_kind, num_cores=1, platform="tpu")
+    return jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=device))
+
+
+def test_tpu_vmem_budget():
+    """DH=512 (the 1.3B preset's sLSTM heads) needs ~29 MiB of VMEM: more than a TPU v4 TensorCore's
+    16 MiB (its backward failed to compile there, benchmarks/RESULTS.md), less than a v5e's 128."""
+    from pallas_kernels.slstm.tpu import check_fits, vmem_need
+
+    blocks = default_blocks("tpu", 16, 512)
+    need = vmem_need(blocks, 256, 512, has_resets=False)
+    assert 24 << 20 < need < 48 << 20, need
+    with _on_tpu("TPU v5 lite"):
+        check_fits(blocks, 256, 512, has_resets=False)
+    with _on_tpu("TPU v4"), pytest.raises(ValueError, match=r"MiB of VMEM at DH=512.*TPU_V4 TensorCore has 16 MiB"):
+        check_fits(blocks, 256, 512, has_resets=False)
+    with _on_tpu("TPU v4"):
+        check_fits(default_blocks("tpu", 16, 128), 256, 128, has_resets=True)

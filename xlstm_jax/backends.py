@@ -203,7 +203,11 @@ def _slstm_kernel(backend: str, gates_x, recurrent_kernel, bias, initial_state, 
         local_b = b // math.prod(jax.sharding.get_abstract_mesh().shape[a] for a in specs[0] or ()) if specs else b
         blocks = default_blocks(platform, local_b, dh)
         if platform == "tpu":
+            from pallas_kernels.slstm.tpu import check_fits
             from pallas_kernels.slstm.tpu import slstm_scan_tpu as kernel
+
+            if not interpret:
+                check_fits(blocks, gates_x.shape[1], dh, has_resets=resets is not None)
         else:
             from pallas_kernels.slstm.gpu import slstm_scan_gpu as kernel
     except ValueError as err:

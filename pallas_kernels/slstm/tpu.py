@@ -135,10 +135,54 @@ def _bwd_kernel(*refs, block_t: int, seq_len: int, num_t: int, unroll: int, has_
 # ------------------------------------------------------------------------------------------ pallas_calls
 
 
-def _vmem_limit(block_bytes: int) -> int | None:
-    """Double-buffered blocks plus headroom; None (Mosaic's default scoped limit) when small."""
-    need = 2 * block_bytes + (4 << 20)
-    return None if need <= (16 << 20) else min(need, 100 << 20)
+# The step body's temporaries, in (block_b, DH) float32 tiles: Mosaic's register-allocator spill
+# slots took 8.96 MiB at (16, 512) tiles (~290 tiles) when the backward was compiled for TPU v4
+# (benchmarks/tpu_compile_report.py; with this estimate DH=256 fits v4's 16 MiB and compiles there,
+# DH=512 does not and did not).
+_STEP_TILES = 290
+
+
+def _vmem_need(block_bytes: int, tile: int) -> int:
+    """VMEM bytes of a kernel: double-buffered blocks, the step's temporaries and headroom."""
+    return 2 * block_bytes + _STEP_TILES * tile + (2 << 20)
+
+
+def _vmem_limit(need: int) -> int | None:
+    """The scoped VMEM limit to ask for; None (Mosaic's default, 16 MiB) when that is enough."""
+    return None if need <= (16 << 20) else need
+
+
+def _block_bytes(bb: int, bt: int, dh: int, *, n_seq: int, has_keep: bool) -> tuple[int, int]:
+    """(bytes of one set of blocks, bytes of one (bb, DH) tile) of a kernel moving ``n_seq``
+    (bt, bb, DH) sequence blocks besides the resident weights and the state."""
+    tile = _tile_bytes(bb, dh)
+    return bt * tile * (n_seq + has_keep) + GATES * _tile_bytes(dh, dh) + 8 * tile, tile
+
+
+def vmem_need(blocks: SLSTMBlocks, seq_len: int, dh: int, *, has_resets: bool) -> int:
+    """Bytes of VMEM the larger of the training forward and the backward kernel needs."""
+    bb, bt = blocks.block_b, min(blocks.block_t, seq_len)
+    fwd = _block_bytes(bb, bt, dh, n_seq=GATES + 5, has_keep=has_resets)
+    bwd = _block_bytes(bb, bt, dh, n_seq=3 * GATES + 1, has_keep=has_resets)
+    return max(_vmem_need(*fwd), _vmem_need(*bwd))
+
+
+def check_fits(blocks: SLSTMBlocks, seq_len: int, dh: int, *, has_resets: bool) -> None:
+    """Raise ``ValueError`` when the kernels need more VMEM than this TPU's TensorCore has.
+
+    The TPU is the default device, or the abstract device of the current abstract mesh (compiling
+    ahead of time for a topology). Lowering for TPU on another machine without one checks nothing.
+    """
+    need = vmem_need(blocks, seq_len, dh, has_resets=has_resets)
+    try:
+        info = pltpu.get_tpu_info()
+    except ValueError:  # "Unsupported TPU device kind: cpu": no TPU to measure against
+        return
+    if need > info.vmem_capacity_bytes:
+        raise ValueError(
+            f"the TPU sLSTM kernel needs {need / 2**20:.1f} MiB of VMEM at DH={dh}, block_b={blocks.block_b}, "
+            f"block_t={blocks.block_t}; a {info.chip_version.name} TensorCore has {info.vmem_capacity_bytes >> 20} MiB"
+        )
 
 
 def _tile_bytes(rows: int, cols: int, itemsize: int = 4) -> int:
@@ -167,8 +211,7 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
         jax.ShapeDtypeStruct((nh, bp, dh), dtype)
     ] * 4
     out_specs = [seq_spec] * n_seq + [state_spec] * 4
-    tile = _tile_bytes(bb, dh)
-    block_bytes = bt * tile * (GATES + n_seq + (keep is not None)) + GATES * _tile_bytes(dh, dh) + 8 * tile
+    need = _vmem_need(*_block_bytes(bb, bt, dh, n_seq=GATES + n_seq, has_keep=keep is not None))
     kernel = functools.partial(
         _fwd_kernel,
         block_t=bt,
@@ -184,7 +227,7 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
         grid=(nh, bp // bb, num_t),
         in_specs=in_specs,
         out_specs=out_specs,
-        compiler_params=pltpu.CompilerParams(dimension_semantics=_DIMS, vmem_limit_bytes=_vmem_limit(block_bytes)),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=_DIMS, vmem_limit_bytes=_vmem_limit(need)),
         cost_estimate=pl.CostEstimate(
             flops=2 * nh * sp * bp * GATES * dh * dh,
             transcendentals=7 * nh * sp * bp * dh,
@@ -210,8 +253,7 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
     if keep is not None:
         in_specs.append(pl.BlockSpec((bt, bb, 1), lambda h, b, t: (rev(t), b, 0)))
         args.append(keep)
-    tile = _tile_bytes(bb, dh)
-    block_bytes = bt * tile * (3 * GATES + 1 + (keep is not None)) + GATES * _tile_bytes(dh, dh) + 8 * tile
+    need = _vmem_need(*_block_bytes(bb, bt, dh, n_seq=3 * GATES + 1, has_keep=keep is not None))
     kernel = functools.partial(
         _bwd_kernel,
         block_t=bt,
@@ -228,7 +270,7 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
         grid=(nh, bp // bb, num_t),
         in_specs=in_specs,
         out_specs=[gate_spec] + [state_spec] * 4,
-        compiler_params=pltpu.CompilerParams(dimension_semantics=_DIMS, vmem_limit_bytes=_vmem_limit(block_bytes)),
+        compiler_params=pltpu.CompilerParams(dimension_semantics=_DIMS, vmem_limit_bytes=_vmem_limit(need)),
         cost_estimate=pl.CostEstimate(
             flops=4 * nh * sp * bp * GATES * dh * dh,
             transcendentals=9 * nh * sp * bp * dh,
@@ -267,6 +309,7 @@ def slstm_scan_tpu(
       resets: optional (B, S) bool; True where the state is reset to zeros before the token.
       blocks: ``SLSTMBlocks``; ``default_blocks("tpu", B, DH)`` when None.
       interpret: run the kernels in the Pallas interpreter (True or ``pltpu.InterpretParams()``).
+        Otherwise ``check_fits`` raises ``ValueError`` when the kernels need more VMEM than the TPU has.
 
     Returns:
       ``(h, state)``: h (B, S, NH, DH) in the dtype of gates_x, and the final state (float32).
@@ -274,6 +317,8 @@ def slstm_scan_tpu(
     inputs = prepare(gates_x, recurrent_kernel, bias, initial_state, resets)
     b, s, _, nh, dh = gates_x.shape
     blocks = (blocks or default_blocks("tpu", b, dh)).validate_for("tpu", dh)
+    if not interpret:
+        check_fits(blocks, s, dh, has_resets=resets is not None)
     bb, bt = blocks.block_b, min(blocks.block_t, s)
     st = _Static(bb, bt, s, blocks.unroll, blocks.recurrent_dtype, interpret)
     gates, r, state0, keep = to_kernel_layout(*inputs, resets, block_b=bb, block_t=bt)
