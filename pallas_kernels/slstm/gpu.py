@@ -40,12 +40,7 @@ from .config import SLSTMBlocks, default_blocks
 class _Static(NamedTuple):
     """Hashable static arguments of the custom_vjp core."""
 
-    block_b: int
-    block_dh: int
-    unroll: int
-    num_warps: int
-    resident_weights: bool
-    recurrent_dtype: str
+    blocks: SLSTMBlocks
     interpret: object
 
 
@@ -54,17 +49,20 @@ def _tiles(dh: int, block_dh: int) -> list:
     return [pl.ds(j * block_dh, block_dh) for j in range(dh // block_dh)]
 
 
-def _weights(r_ref, tiles, resident: bool, dtype):
-    """``w(g, k, j)``: the (block_dh, block_dh) weight tile of gate g from input tile k to output tile j
-    in ``dtype``, loaded now (resident) or at each use."""
+def _weights(r_ref, dh: int, blocks: SLSTMBlocks):
+    """(the head dim's column tiles, ``w``): ``w(g, k, j)`` is the (block_dh, block_dh) weight tile of
+    gate g from input tile k to output tile j in ``blocks.recurrent_dtype``, loaded now (resident
+    weights) or at each use."""
+    tiles = _tiles(dh, blocks.block_dh)
+    dtype = jnp.dtype(blocks.recurrent_dtype)
     index = [(g, k, j) for g in range(GATES) for k in range(len(tiles)) for j in range(len(tiles))]
-    if resident:
+    if blocks.resident_weights:
         loaded = {(g, k, j): r_ref[g, tiles[k], tiles[j]].astype(dtype) for g, k, j in index}
-        return lambda g, k, j: loaded[g, k, j]
-    return lambda g, k, j: r_ref[g, tiles[k], tiles[j]].astype(dtype)
+        return tiles, lambda g, k, j: loaded[g, k, j]
+    return tiles, lambda g, k, j: r_ref[g, tiles[k], tiles[j]].astype(dtype)
 
 
-def _recurrent(g_ref, t, h, w, tiles, dtype):
+def _recurrent(g_ref, t, h, w, tiles):
     """raw[g][j] = gates[t, g, :, tile j] + sum_k h[k] @ R[g, tile k, tile j]; h: tuple of (bb, bd) tiles."""
     raw = []
     for g in range(GATES):
@@ -72,7 +70,8 @@ def _recurrent(g_ref, t, h, w, tiles, dtype):
         for j, cols in enumerate(tiles):
             acc = g_ref[t, g, :, cols]
             for k in range(len(tiles)):
-                acc = acc + dot(h[k], w(g, k, j), dtype)
+                wt = w(g, k, j)  # already in the recurrent dtype
+                acc = acc + dot(h[k], wt, wt.dtype)
             row.append(acc)
         raw.append(row)
     return raw
@@ -82,7 +81,7 @@ def _split(x_ref, index, tiles):
     return tuple(x_ref[(*index, slice(None), cols)] for cols in tiles)
 
 
-def _fwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool, save: bool, resident: bool, dtype):
+def _fwd_kernel(*refs, seq_len: int, blocks: SLSTMBlocks, has_keep: bool, save: bool):
     """refs: gates (S, 4, bb, DH), weights (4, DH, DH), h0 c0 n0 m0 (bb, DH), [keep (S, bb)];
     outputs h (S, bb, DH), [prev h c n m (S, bb, DH)], final h c n m (bb, DH).
 
@@ -92,8 +91,7 @@ def _fwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool,
     keep_ref = refs.pop(0) if has_keep else None
     h_ref, refs = refs[0], refs[1:]
     prev_refs, final_refs = (refs[:4], refs[4:]) if save else ((), refs)
-    tiles = _tiles(h_ref.shape[-1], block_dh)
-    w = _weights(r_ref, tiles, resident, dtype)
+    tiles, w = _weights(r_ref, h_ref.shape[-1], blocks)
 
     def step(t, state):
         if keep_ref is not None:  # reset to zeros before the token
@@ -102,7 +100,7 @@ def _fwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool,
         for ref, field in zip(prev_refs, state):
             for cols, x in zip(tiles, field):
                 ref[t, :, cols] = x
-        raw = _recurrent(g_ref, t, state[0], w, tiles, dtype)
+        raw = _recurrent(g_ref, t, state[0], w, tiles)
         new = [
             _pointwise([raw[g][j] for g in range(GATES)], SLSTMState(*(f[j] for f in state))) for j in range(len(tiles))
         ]
@@ -111,13 +109,13 @@ def _fwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool,
         return tuple(tuple(x[f] for x in new) for f in range(4))
 
     init = tuple(_split(ref, (), tiles) for ref in init_refs)
-    final = jax.lax.fori_loop(0, seq_len, step, init, unroll=unroll)
+    final = jax.lax.fori_loop(0, seq_len, step, init, unroll=blocks.unroll)
     for ref, field in zip(final_refs, final):
         for cols, x in zip(tiles, field):
             ref[:, cols] = x
 
 
-def _bwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool, resident: bool, dtype):
+def _bwd_kernel(*refs, seq_len: int, blocks: SLSTMBlocks, has_keep: bool):
     """Reverse time. refs: gates (S, 4, bb, DH), weights (4, DH, DH), prev h c n m (S, bb, DH),
     d h (S, bb, DH), d final h c n m (bb, DH), [keep (S, bb)];
     outputs d gates (S, 4, bb, DH), d initial h c n m (bb, DH). The carried cotangents are four
@@ -126,14 +124,13 @@ def _bwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool,
     prev_refs, dh_ref, dfinal_refs, refs = refs[:4], refs[4], refs[5:9], refs[9:]
     keep_ref = refs.pop(0) if has_keep else None
     dg_ref, d0_refs = refs[0], refs[1:]
-    tiles = _tiles(dh_ref.shape[-1], block_dh)
+    tiles, w = _weights(r_ref, dh_ref.shape[-1], blocks)
     n_tiles = len(tiles)
-    w = _weights(r_ref, tiles, resident, dtype)
 
     def step(tt, carry):
         t = seq_len - 1 - tt
         prev = [_split(ref, (t,), tiles) for ref in prev_refs]
-        raw = _recurrent(g_ref, t, prev[0], w, tiles, dtype)
+        raw = _recurrent(g_ref, t, prev[0], w, tiles)
         d_raw, d_c, d_n, d_m = [], [], [], []
         for j, cols in enumerate(tiles):
             jac = _local_jacobian([raw[g][j] for g in range(GATES)], SLSTMState(*(f[j] for f in prev)))
@@ -150,7 +147,8 @@ def _bwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool,
             acc = None
             for g in range(GATES):
                 for j in range(n_tiles):
-                    part = dot_t(d_raw[j][g], w(g, k, j), dtype)
+                    wt = w(g, k, j)
+                    part = dot_t(d_raw[j][g], wt, wt.dtype)
                     acc = part if acc is None else acc + part
             d_h.append(acc)
         new = (tuple(d_h), tuple(d_c), tuple(d_n), tuple(d_m))
@@ -160,7 +158,7 @@ def _bwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool,
         return new
 
     init = tuple(_split(ref, (), tiles) for ref in dfinal_refs)
-    d0 = jax.lax.fori_loop(0, seq_len, step, init, unroll=unroll)
+    d0 = jax.lax.fori_loop(0, seq_len, step, init, unroll=blocks.unroll)
     for ref, field in zip(d0_refs, d0):
         for cols, x in zip(tiles, field):
             ref[:, cols] = x
@@ -168,7 +166,7 @@ def _bwd_kernel(*refs, seq_len: int, block_dh: int, unroll: int, has_keep: bool,
 
 def _specs(st: _Static, gates, keep):
     nh, s, _, bp, dh = gates.shape
-    bb = st.block_b
+    bb = st.blocks.block_b
     seq = pl.BlockSpec((None, s, bb, dh), lambda h, b: (h, 0, b, 0))
     gate = pl.BlockSpec((None, s, GATES, bb, dh), lambda h, b: (h, 0, 0, b, 0))
     weights = pl.BlockSpec((None, GATES, dh, dh), lambda h, b: (h, 0, 0, 0))
@@ -181,16 +179,7 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
     nh, s, _, bp, dh = gates.shape
     seq, gate, weights, state, keep_spec, grid = _specs(st, gates, keep)
     n_seq = 5 if save else 1
-    kernel = functools.partial(
-        _fwd_kernel,
-        seq_len=s,
-        block_dh=st.block_dh,
-        unroll=st.unroll,
-        has_keep=keep is not None,
-        save=save,
-        resident=st.resident_weights,
-        dtype=jnp.dtype(st.recurrent_dtype),
-    )
+    kernel = functools.partial(_fwd_kernel, seq_len=s, blocks=st.blocks, has_keep=keep is not None, save=save)
     outs = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct((nh, s, bp, dh), gates.dtype)] * n_seq
@@ -198,7 +187,7 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
         grid=grid,
         in_specs=[gate, weights, *[state] * 4, *keep_spec],
         out_specs=[seq] * n_seq + [state] * 4,
-        compiler_params=pltr.CompilerParams(num_warps=st.num_warps, num_stages=1),
+        compiler_params=pltr.CompilerParams(num_warps=st.blocks.num_warps, num_stages=1),
         interpret=st.interpret,
         name="slstm_fwd_gpu",
     )(gates, r, *state0, *([] if keep is None else [keep]))
@@ -208,15 +197,7 @@ def _forward_call(st: _Static, gates, r, state0, keep, *, save: bool):
 def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
     nh, s, _, bp, dh = gates.shape
     seq, gate, weights, state, keep_spec, grid = _specs(st, gates, keep)
-    kernel = functools.partial(
-        _bwd_kernel,
-        seq_len=s,
-        block_dh=st.block_dh,
-        unroll=st.unroll,
-        has_keep=keep is not None,
-        resident=st.resident_weights,
-        dtype=jnp.dtype(st.recurrent_dtype),
-    )
+    kernel = functools.partial(_bwd_kernel, seq_len=s, blocks=st.blocks, has_keep=keep is not None)
     outs = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct(gates.shape, gates.dtype)]
@@ -224,7 +205,7 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
         grid=grid,
         in_specs=[gate, weights, *[seq] * 5, *[state] * 4, *keep_spec],
         out_specs=[gate] + [state] * 4,
-        compiler_params=pltr.CompilerParams(num_warps=st.num_warps, num_stages=1),
+        compiler_params=pltr.CompilerParams(num_warps=st.blocks.num_warps, num_stages=1),
         interpret=st.interpret,
         name="slstm_bwd_gpu",
     )(gates, r, *prev, d_h, *d_final, *([] if keep is None else [keep]))
@@ -262,15 +243,7 @@ def slstm_scan_gpu(
     inputs = prepare(gates_x, recurrent_kernel, bias, initial_state, resets)
     b, s, _, nh, dh = gates_x.shape
     blocks = (blocks or default_blocks("gpu", b, dh)).validate_for("gpu", dh)
-    st = _Static(
-        blocks.block_b,
-        blocks.block_dh,
-        blocks.unroll,
-        blocks.num_warps,
-        blocks.resident_weights,
-        blocks.recurrent_dtype,
-        interpret,
-    )
+    st = _Static(blocks, interpret)
     gates, r, state0, keep = to_kernel_layout(*inputs, resets, block_b=blocks.block_b, block_t=1)
 
     h, final = _scan(st, gates, r, state0, keep)
