@@ -40,6 +40,7 @@ from mlstm_kernel_cases import (
     GRAD_TOL,
     case,
     check,
+    check_zero_initial_state,
     reference,
     value_and_vjp,
 )
@@ -115,12 +116,7 @@ def test_default_blocks_and_sequence_shorter_than_chunk():
 
 
 def test_zero_initial_state_by_default():
-    args, _, _ = case("normal", 40)
-    h, final = mlstm_chunkwise_gpu(*args, blocks=SMALL_TILES, interpret=True)
-    h_ref, final_ref = mlstm_chunkwise(*args, chunk_size=16)
-    assert_close(h, h_ref, FWD_TOL, "h")
-    for name, x, x_ref in zip("cnm", final, final_ref):
-        assert_close(x, x_ref, FWD_TOL, f"final {name}")
+    check_zero_initial_state(mlstm_chunkwise_gpu, SMALL_TILES)
 
 
 @pytest.mark.parametrize("gates", ["normal", "resets"])

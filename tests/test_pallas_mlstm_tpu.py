@@ -34,12 +34,13 @@ from mlstm_kernel_cases import (
     GRAD_TOL,
     case,
     check,
+    check_zero_initial_state,
     reference,
     value_and_vjp,
 )
 from pallas_kernels.mlstm.config import MLSTMBlocks, default_blocks
 from pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu
-from xlstm_jax.ops import MLSTMState, mlstm_chunkwise
+from xlstm_jax.ops import MLSTMState
 
 # Chunks of 16 tokens in query / key tiles of 8, whole head dims.
 SMALL_TILES = MLSTMBlocks(chunk_size=16, block_q=8, block_kv=8, block_dqk=16, block_dv=32)
@@ -88,12 +89,7 @@ def test_default_blocks_and_sequence_shorter_than_chunk():
 
 
 def test_zero_initial_state_by_default():
-    args, _, _ = case("normal", 40)
-    h, final = mlstm_chunkwise_tpu(*args, blocks=SMALL_TILES, interpret=True)
-    h_ref, final_ref = mlstm_chunkwise(*args, chunk_size=16)
-    assert_close(h, h_ref, FWD_TOL, "h")
-    for name, x, x_ref in zip("cnm", final, final_ref):
-        assert_close(x, x_ref, FWD_TOL, f"final {name}")
+    check_zero_initial_state(mlstm_chunkwise_tpu, SMALL_TILES)
 
 
 def test_bfloat16_inputs_against_float64_truth():
