@@ -78,9 +78,9 @@ def _jax_cases(accel: str, chunk: int, smoke: bool):
     if kernel_platform is not None:
         interpret = accel == "cpu"
         if kernel_platform == "gpu":
-            from pallas_kernels.mlstm.gpu import mlstm_chunkwise_gpu as kernel
+            from xlstm_jax.pallas_kernels.mlstm.gpu import mlstm_chunkwise_gpu as kernel
         else:
-            from pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu as kernel
+            from xlstm_jax.pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu as kernel
 
         def pallas(q, k, v, i, f):
             return kernel(q, k, v, i, f, chunk_size=chunk, interpret=interpret)[0]

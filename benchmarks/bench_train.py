@@ -246,12 +246,12 @@ class JaxTrainer:
         import jax.numpy as jnp
         from flax import nnx
 
-        from train.config import MeshConfig, OptimConfig
-        from train.mesh import batch_sharding, make_mesh, replicated, state_shardings
-        from train.models import build_model, model_config
-        from train.optim import decay_mask, make_optimizer
-        from train.step import TrainState, make_train_step
         from xlstm_jax.convert import from_torch_xlstm_lm
+        from xlstm_jax.train.config import MeshConfig, OptimConfig
+        from xlstm_jax.train.mesh import batch_sharding, make_mesh, replicated, state_shardings
+        from xlstm_jax.train.models import build_model, model_config
+        from xlstm_jax.train.optim import decay_mask, make_optimizer
+        from xlstm_jax.train.step import TrainState, make_train_step
 
         self.jax = jax
         cfg = model_config(

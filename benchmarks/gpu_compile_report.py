@@ -38,11 +38,11 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pallas_kernels.cuda_lowering import triton_kernels  # noqa: E402
-from pallas_kernels.mlstm.config import MLSTMBlocks  # noqa: E402
-from pallas_kernels.mlstm.gpu import gpu_blocks, mlstm_chunkwise_gpu  # noqa: E402
-from pallas_kernels.slstm.config import default_blocks as slstm_default_blocks  # noqa: E402
-from pallas_kernels.slstm.gpu import slstm_scan_gpu  # noqa: E402
+from xlstm_jax.pallas_kernels.cuda_lowering import triton_kernels  # noqa: E402
+from xlstm_jax.pallas_kernels.mlstm.config import MLSTMBlocks  # noqa: E402
+from xlstm_jax.pallas_kernels.mlstm.gpu import gpu_blocks, mlstm_chunkwise_gpu  # noqa: E402
+from xlstm_jax.pallas_kernels.slstm.config import default_blocks as slstm_default_blocks  # noqa: E402
+from xlstm_jax.pallas_kernels.slstm.gpu import slstm_scan_gpu  # noqa: E402
 
 H100_MAX_REGISTERS = 255
 H100_MAX_SHARED = 227 * 1024  # opt-in dynamic shared memory per block on sm_90

@@ -29,9 +29,9 @@ from jax.sharding import AbstractDevice, AbstractMesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu  # noqa: E402
-from pallas_kernels.slstm.config import default_blocks  # noqa: E402
-from pallas_kernels.slstm.tpu import check_fits, slstm_scan_tpu  # noqa: E402
+from xlstm_jax.pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu  # noqa: E402
+from xlstm_jax.pallas_kernels.slstm.config import default_blocks  # noqa: E402
+from xlstm_jax.pallas_kernels.slstm.tpu import check_fits, slstm_scan_tpu  # noqa: E402
 
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
 

@@ -8,9 +8,9 @@ import jax
 import pytest
 from flax import nnx
 
-from train.config import MeshConfig, OptimConfig, RunConfig, build_dataclass, load_yaml
-from train.data import DataConfig
-from train.models import build_model, model_config
+from xlstm_jax.train.config import MeshConfig, OptimConfig, RunConfig, build_dataclass, load_yaml
+from xlstm_jax.train.data import DataConfig
+from xlstm_jax.train.models import build_model, model_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 # Nominal sizes (the paper's and the 7B model card's), checked within 15%.

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train.data import (
+from xlstm_jax.train.data import (
     ByteTokenizer,
     DataConfig,
     HFTokenizer,
@@ -24,8 +24,8 @@ from train.data import (
     row_to_example,
     vocab_size,
 )
-from train.data.preprocess import preprocess
-from train.data.sources import ArrayRecordSource, TextSource, TokenFileSource
+from xlstm_jax.train.data.preprocess import preprocess
+from xlstm_jax.train.data.sources import ArrayRecordSource, TextSource, TokenFileSource
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["hello world", "héllo wörld, 日本語 🎉", "a\nsecond line", "x" * 40, "short"]

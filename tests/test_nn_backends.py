@@ -100,7 +100,7 @@ def test_remat_policies_give_the_same_gradients(policy):
 
 def test_triton_backend_reports_what_it_needs():
     """The official-TFLA backend imports jax_triton lazily and says how to get it."""
-    from pallas_kernels.mlstm import triton_tfla
+    from xlstm_jax.pallas_kernels.mlstm import triton_tfla
 
     try:
         import jax_triton  # noqa: F401

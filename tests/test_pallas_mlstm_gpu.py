@@ -44,10 +44,10 @@ from mlstm_kernel_cases import (
     reference,
     value_and_vjp,
 )
-from pallas_kernels.cuda_lowering import lower_for_h100, triton_kernels
-from pallas_kernels.mlstm.config import MLSTMBlocks
-from pallas_kernels.mlstm.gpu import gpu_blocks, mlstm_chunkwise_gpu
 from xlstm_jax.ops import MLSTMState, mlstm_chunkwise
+from xlstm_jax.pallas_kernels.cuda_lowering import lower_for_h100, triton_kernels
+from xlstm_jax.pallas_kernels.mlstm.config import MLSTMBlocks
+from xlstm_jax.pallas_kernels.mlstm.gpu import gpu_blocks, mlstm_chunkwise_gpu
 
 # Chunks of 16 tokens in query / key tiles of 8; DHQK in 2 tiles of 8, DHV in 2 tiles of 16.
 SMALL_TILES = MLSTMBlocks(chunk_size=16, block_q=8, block_kv=8, block_dqk=8, block_dv=16)

@@ -38,9 +38,9 @@ from mlstm_kernel_cases import (
     reference,
     value_and_vjp,
 )
-from pallas_kernels.mlstm.config import MLSTMBlocks, default_blocks
-from pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu
 from xlstm_jax.ops import MLSTMState
+from xlstm_jax.pallas_kernels.mlstm.config import MLSTMBlocks, default_blocks
+from xlstm_jax.pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu
 
 # Chunks of 16 tokens in query / key tiles of 8, whole head dims.
 SMALL_TILES = MLSTMBlocks(chunk_size=16, block_q=8, block_kv=8, block_dqk=16, block_dv=32)

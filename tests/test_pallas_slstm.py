@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from helpers import assert_close, cast, slstm_inputs, slstm_state
-from pallas_kernels.slstm.config import SLSTMBlocks, default_blocks
-from pallas_kernels.slstm.gpu import slstm_scan_gpu
-from pallas_kernels.slstm.tpu import slstm_scan_tpu
 from xlstm_jax.ops import SLSTMState, slstm_scan
+from xlstm_jax.pallas_kernels.slstm.config import SLSTMBlocks, default_blocks
+from xlstm_jax.pallas_kernels.slstm.gpu import slstm_scan_gpu
+from xlstm_jax.pallas_kernels.slstm.tpu import slstm_scan_tpu
 
 # backend: (function, block sizes of the small tests). The TPU tiles hold 4 tokens, so that S=11 is
 # padded to 12 and the state crosses tiles of the sequential grid axis; the batch (3) is padded to a tile.
@@ -288,7 +288,7 @@ def _on_tpu(device_kind: str):
 def test_tpu_vmem_budget():
     """DH=512 (the 1.3B preset's sLSTM heads) needs ~29 MiB of VMEM: more than a TPU v4 TensorCore's
     16 MiB (its backward failed to compile there, benchmarks/RESULTS.md), less than a v5e's 128."""
-    from pallas_kernels.slstm.tpu import check_fits, vmem_need
+    from xlstm_jax.pallas_kernels.slstm.tpu import check_fits, vmem_need
 
     blocks = default_blocks("tpu", 16, 512)
     need = vmem_need(blocks, 256, 512, has_resets=False)

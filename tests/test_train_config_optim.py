@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from train.config import (
+from xlstm_jax.train.config import (
     ConfigError,
     MeshConfig,
     OptimConfig,
@@ -17,7 +17,7 @@ from train.config import (
     build_dataclass,
     load_yaml,
 )
-from train.optim import decay_mask, make_optimizer, schedule, skipped_steps
+from xlstm_jax.train.optim import decay_mask, make_optimizer, schedule, skipped_steps
 
 
 def test_yaml_layering_and_overrides(tmp_path):

@@ -1,7 +1,7 @@
 """The trainer end to end: CLI, checkpoints and resume, preemption, corruption,
 8 fake devices vs 1, and a real two-process ``jax.distributed`` run on localhost.
 
-Runs go through ``python -m train`` in subprocesses (the way users and clusters
+Runs go through ``python -m xlstm_jax.train`` in subprocesses (the way users and clusters
 start it), on a tiny model so that each compiles in seconds.
 """
 
@@ -67,7 +67,7 @@ def _env(**extra) -> dict:
 
 def _train(config: Path, *args: str, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "train", "--config", str(config), *args],
+        [sys.executable, "-m", "xlstm_jax.train", "--config", str(config), *args],
         cwd=REPO,
         env=_env(),
         capture_output=True,
@@ -139,7 +139,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, reference_run
     """SIGKILL at a random step, restart: the final parameters are bit-identical."""
     out = tmp_path / "run"
     cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "checkpoint_every": 1})
-    proc = subprocess.Popen([sys.executable, "-m", "train", "--config", str(cfg)], cwd=REPO, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "xlstm_jax.train", "--config", str(cfg)], cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     kill_after = random.Random(os.getpid()).randint(2, 6)
     deadline = time.time() + 240
@@ -157,7 +157,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path, reference_run
 def test_sigterm_saves_a_usable_checkpoint_and_exits_cleanly(tmp_path, reference_run):
     out = tmp_path / "run"
     cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "checkpoint_every": 0})
-    proc = subprocess.Popen([sys.executable, "-m", "train", "--config", str(cfg)], cwd=REPO, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "xlstm_jax.train", "--config", str(cfg)], cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     for line in proc.stdout:
         if "step 3/8" in line:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m train --config configs/<name>.yaml [key=value ...]`` (also ``xlstm-train``).
+"""Command line: ``xlstm-train --config <preset or file.yaml> [key=value ...]`` (also ``python -m xlstm_jax.train``).
 
 Distributed runs: on TPU pods ``--distributed auto`` lets JAX find its peers; on GPU
 or CPU clusters give ``--coordinator host:port --num-processes N --process-id i``
@@ -15,8 +15,9 @@ import sys
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train an xLSTM language model.")
-    p.add_argument("--config", required=True, help="YAML run config (may list 'defaults' to layer)")
+    p = argparse.ArgumentParser(prog="xlstm-train", description="Train an xLSTM language model.")
+    p.add_argument("--config", help="a preset name (see --list-configs) or a YAML file (may list 'defaults' to layer)")
+    p.add_argument("--list-configs", action="store_true", help="list the presets shipped with the package and exit")
     p.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.steps=100 optim.lr=3e-4")
     p.add_argument("--distributed", choices=("none", "auto"), default="none",
                    help="auto: jax.distributed.initialize() with cluster auto-detection (TPU pods, SLURM)")  # fmt: skip
@@ -44,6 +45,14 @@ def init_distributed(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.list_configs:
+        from xlstm_jax.configs import list_presets
+
+        print("\n".join(list_presets()))
+        return 0
+    if not args.config:
+        print("error: --config is required: a preset name (xlstm-train --list-configs) or a YAML file", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     from .config import ConfigError, apply_overrides, load_yaml, to_json
 

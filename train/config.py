@@ -8,7 +8,7 @@ merged in order, then the file itself, then command-line overrides::
     data: {kind: parity}
     train: {steps: 2000}
 
-    python -m train --config configs/parity_xlstm11.yaml train.steps=100 optim.lr=3e-3
+    python -m xlstm_jax.train --config configs/parity_xlstm11.yaml train.steps=100 optim.lr=3e-3
 
 Every section is a frozen dataclass; an unknown key or a bad value raises a
 ``ConfigError`` naming it (``optim.lr must be > 0, got -1``).
@@ -173,9 +173,31 @@ def deep_merge(base: dict, update: Mapping) -> dict:
     return out
 
 
+def resolve_config(name_or_path: str | Path) -> Path:
+    """A config file from a path (``configs/quickstart.yaml``) or a shipped preset name (``quickstart``).
+
+    An existing file wins; otherwise a name without a directory part is looked up among the presets
+    of ``xlstm_jax.configs``. ``ConfigError`` lists the presets when neither exists.
+    """
+    from xlstm_jax.configs import list_presets, preset_path
+
+    path = Path(name_or_path)
+    if path.is_file():
+        return path.resolve()
+    if len(path.parts) != 1:
+        raise ConfigError(f"config file not found: {path.resolve()}")
+    try:
+        return preset_path(path.name)
+    except ValueError:
+        raise ConfigError(
+            f"config file not found: {path.resolve()}, and {path.name!r} is not a preset; "
+            f"presets: {', '.join(list_presets())}"
+        ) from None
+
+
 def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
-    """A YAML file merged over its ``defaults`` (recursively; cycles are an error)."""
-    path = Path(path).resolve()
+    """A YAML file (or preset name, see ``resolve_config``) merged over its ``defaults`` (recursively)."""
+    path = resolve_config(path) if not _seen else Path(path).resolve()
     if path in _seen:
         raise ConfigError(f"config files include each other in a cycle: {' -> '.join(map(str, (*_seen, path)))}")
     if not path.is_file():

@@ -122,19 +122,19 @@ def _mlstm_kernel(backend: str, q, k, v, i, f, chunk_size: int, initial_state, e
     try:
         specs = _mesh_specs(b, nh)
         if backend == "triton":
-            from pallas_kernels.mlstm.triton_tfla import mlstm_chunkwise_tfla
+            from xlstm_jax.pallas_kernels.mlstm.triton_tfla import mlstm_chunkwise_tfla
 
             def run(q, k, v, i, f, state):
                 return mlstm_chunkwise_tfla(q, k, v, i, f, chunk_size=chunk_size, initial_state=state, eps=eps)
         else:
             if _KERNEL_PLATFORM[backend] == "tpu":
-                from pallas_kernels.mlstm.config import default_blocks
-                from pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu as kernel
+                from xlstm_jax.pallas_kernels.mlstm.config import default_blocks
+                from xlstm_jax.pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu as kernel
 
                 blocks = default_blocks("tpu", dhqk, dhv, chunk_size)
             else:
-                from pallas_kernels.mlstm.gpu import gpu_blocks
-                from pallas_kernels.mlstm.gpu import mlstm_chunkwise_gpu as kernel
+                from xlstm_jax.pallas_kernels.mlstm.gpu import gpu_blocks
+                from xlstm_jax.pallas_kernels.mlstm.gpu import mlstm_chunkwise_gpu as kernel
 
                 blocks = gpu_blocks(dhqk, dhv, chunk_size, interpret=interpret)
 
@@ -198,18 +198,18 @@ def _slstm_kernel(backend: str, gates_x, recurrent_kernel, bias, initial_state, 
     platform = _KERNEL_PLATFORM[backend]
     try:
         specs = _mesh_specs(b, nh)
-        from pallas_kernels.slstm.config import default_blocks
+        from xlstm_jax.pallas_kernels.slstm.config import default_blocks
 
         local_b = b // math.prod(jax.sharding.get_abstract_mesh().shape[a] for a in specs[0] or ()) if specs else b
         blocks = default_blocks(platform, local_b, dh)
         if platform == "tpu":
-            from pallas_kernels.slstm.tpu import check_fits
-            from pallas_kernels.slstm.tpu import slstm_scan_tpu as kernel
+            from xlstm_jax.pallas_kernels.slstm.tpu import check_fits
+            from xlstm_jax.pallas_kernels.slstm.tpu import slstm_scan_tpu as kernel
 
             if not interpret:
                 check_fits(blocks, gates_x.shape[1], dh, has_resets=resets is not None)
         else:
-            from pallas_kernels.slstm.gpu import slstm_scan_gpu as kernel
+            from xlstm_jax.pallas_kernels.slstm.gpu import slstm_scan_gpu as kernel
     except ValueError as err:
         log.warning("sLSTM backend %r cannot run gates %s (%s); using the XLA scan", backend, gates_x.shape, err)
         return None
@@ -255,7 +255,7 @@ def slstm(
     asked = check_slstm_backend(backend)
     backend = resolve(asked, xla="scan")
     if asked == "auto" and backend == "pallas_gpu":
-        from pallas_kernels.slstm.config import GPU_AUTO_MAX_DH
+        from xlstm_jax.pallas_kernels.slstm.config import GPU_AUTO_MAX_DH
 
         if gates_x.shape[-1] > GPU_AUTO_MAX_DH:
             log.info(

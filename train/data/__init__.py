@@ -5,11 +5,11 @@
 index within the row from 1, 0 = padding).
 """
 
-from train.data.config import CORPUS_KINDS, FORMAL_KINDS, KINDS, SYNTHETIC_KINDS, DataConfig
-from train.data.packing import PackIterDataset, pack_documents, row_to_example
-from train.data.pipeline import EvalBatches, make_eval_dataset, make_train_dataset, vocab_size
-from train.data.synthetic import generate_example
-from train.data.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
+from xlstm_jax.train.data.config import CORPUS_KINDS, FORMAL_KINDS, KINDS, SYNTHETIC_KINDS, DataConfig
+from xlstm_jax.train.data.packing import PackIterDataset, pack_documents, row_to_example
+from xlstm_jax.train.data.pipeline import EvalBatches, make_eval_dataset, make_train_dataset, vocab_size
+from xlstm_jax.train.data.synthetic import generate_example
+from xlstm_jax.train.data.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
 
 __all__ = [
     "CORPUS_KINDS",

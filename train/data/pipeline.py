@@ -19,11 +19,11 @@ from typing import Any
 import grain
 import numpy as np
 
-from train.data.config import DataConfig
-from train.data.packing import PackIterDataset, row_to_example, single_example_row
-from train.data.sources import expand_paths, open_corpus, read_metadata
-from train.data.synthetic import SyntheticSource, task_vocab_size
-from train.data.tokenizers import load_tokenizer
+from xlstm_jax.train.data.config import DataConfig
+from xlstm_jax.train.data.packing import PackIterDataset, row_to_example, single_example_row
+from xlstm_jax.train.data.sources import expand_paths, open_corpus, read_metadata
+from xlstm_jax.train.data.synthetic import SyntheticSource, task_vocab_size
+from xlstm_jax.train.data.tokenizers import load_tokenizer
 
 
 def vocab_size(cfg: DataConfig) -> int:

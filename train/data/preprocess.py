@@ -1,6 +1,6 @@
 """Tokenize text / JSONL files into token files or ArrayRecord (the formats of ``sources.py``).
 
-    python -m train.data.preprocess --input a.txt b.jsonl --output out/corpus --format tokens \\
+    python -m xlstm_jax.train.data.preprocess --input a.txt b.jsonl --output out/corpus --format tokens \\
         --tokenizer byte [--text-field text] [--text-split blank_line] [--dtype uint16]
 
 ``--format tokens`` writes ``out/corpus.bin`` (the ids of all documents, each followed by EOS),
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from train.data.sources import iter_text_documents
-from train.data.tokenizers import load_tokenizer
+from xlstm_jax.train.data.sources import iter_text_documents
+from xlstm_jax.train.data.tokenizers import load_tokenizer
 
 FORMATS = ("tokens", "arrayrecord")
 DTYPES = ("uint16", "uint32", "int32")
@@ -105,7 +105,9 @@ def _write_arrayrecord(docs: Iterator[np.ndarray], out: Path, dtype: str, meta: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.data.preprocess", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m xlstm_jax.train.data.preprocess", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--input", nargs="+", required=True, help="text (.txt) or JSONL (.jsonl) files")
     parser.add_argument("--output", required=True, help="output prefix, e.g. data/corpus")
     parser.add_argument("--format", choices=FORMATS, default="tokens")

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from train.data.tokenizers import load_tokenizer
+from xlstm_jax.train.data.tokenizers import load_tokenizer
 
 
 def expand_paths(spec: str | Sequence[str]) -> list[str]:

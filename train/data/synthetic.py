@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.data.config import DataConfig
+from xlstm_jax.train.data.config import DataConfig
 
 SPLIT_IDS = {"train": 0, "eval": 1}
 
