@@ -8,6 +8,8 @@ never used (``HF_HUB_OFFLINE=1``).
 
 from __future__ import annotations
 
+import re
+
 import huggingface_hub.constants
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from flax import nnx
 import xlstm_jax
 from xlstm_jax._validation import CheckpointError
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+from xlstm_jax.tokenizer import load_tokenizer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 REPO = "tiny-org/tiny-xlstm"
@@ -79,7 +82,46 @@ def test_a_missing_file_in_the_snapshot_is_named(tmp_path, model, offline):
 
 def test_a_missing_local_path_is_named(tmp_path):
     missing = tmp_path / "no" / "such" / "folder"
-    with pytest.raises(CheckpointError, match=str(missing)):
+    with pytest.raises(CheckpointError, match=re.escape(str(missing))):
         xlstm_jax.from_pretrained(missing)
     with pytest.raises(CheckpointError, match="revision='v1' is only for Hub repo ids"):
         xlstm_jax.from_pretrained(tmp_path, revision="v1")
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+def word_tokenizer(vocab_size: int = 40):
+    """A word-level ``tokenizers.Tokenizer``: "w0".."w{V-1}" are ids 0..V-1, split on whitespace."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tok
+
+
+def test_load_tokenizer_from_a_file_a_folder_and_a_hub_id(tmp_path, offline):
+    word_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    for source in (tmp_path / "tokenizer.json", tmp_path):
+        assert load_tokenizer(source).encode("w3 w7 w1").ids == [3, 7, 1]
+    snapshot = tmp_path / "cache" / "models--org--tok" / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    word_tokenizer().save(str(snapshot / "tokenizer.json"))
+    (tmp_path / "cache" / "models--org--tok" / "refs").mkdir()
+    (tmp_path / "cache" / "models--org--tok" / "refs" / "main").write_text(COMMIT)
+    assert load_tokenizer("org/tok", cache_dir=tmp_path / "cache").encode("w5").ids == [5]
+
+
+def test_load_tokenizer_errors_name_the_path(tmp_path):
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'tokenizer.json'} does not exist")):
+        load_tokenizer(tmp_path)  # a folder without tokenizer.json
+    (tmp_path / "sub" / "tokenizer.json").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'sub' / 'tokenizer.json'} is a directory")):
+        load_tokenizer(tmp_path / "sub")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": "1.0", "model": 3}')
+    with pytest.raises(CheckpointError, match=re.escape(str(bad)) + ".* is not a tokenizer"):
+        load_tokenizer(bad)
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'missing.json'} does not exist")):
+        load_tokenizer(tmp_path / "missing.json")
