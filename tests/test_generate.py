@@ -159,3 +159,18 @@ def test_greedy_matches_hugging_face_generate():
                                 min_new_tokens=12, pad_token_id=None, eos_token_id=None)  # fmt: skip
     out = generate(ours, prompt, 12)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref[:, 7:].numpy())
+
+
+def test_text_prompts_with_a_tokenizer_return_text():
+    from test_hub import word_tokenizer
+
+    model, tok = _model("xlstm_large"), word_tokenizer(VOCAB)
+    out = generate(model, ["w3 w7 w1", "w5"], 6, tokenizer=tok)
+    ref = generate(model, [[3, 7, 1], [5]], 6)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)
+    assert out.text == [" ".join(f"w{t}" for t in row) for row in np.asarray(ref.tokens).tolist()]
+    single = generate(model, "w3 w7 w1", 6, tokenizer=tok)
+    assert single.text == out.text[:1]
+    assert generate(model, [[3, 7, 1]], 6, tokenizer=tok).text == out.text[:1]  # ids in, text out
+    with pytest.raises(ValueError, match="the prompt is text: pass tokenizer="):
+        generate(model, "w3 w7", 6)

@@ -25,10 +25,12 @@ from flax import nnx
 
 class Generation(NamedTuple):
     """tokens (B, max_new_tokens) int32, padded with ``pad_id`` after each row's end;
-    lengths (B,) int32: tokens generated per row, an EOS token included."""
+    lengths (B,) int32: tokens generated per row, an EOS token included;
+    text: with a tokenizer, the B generated texts (special tokens skipped), else None."""
 
     tokens: jax.Array
     lengths: jax.Array
+    text: list[str] | None = None
 
 
 def _vocab_size(model) -> int:
@@ -37,6 +39,27 @@ def _vocab_size(model) -> int:
         if cfg is not None and hasattr(cfg, name):
             return int(getattr(cfg, name))
     raise ValueError("model has no config.vocab_size; generate() needs an xlstm-jax model")
+
+
+def _encode(prompts, tokenizer):
+    """Text prompts (a string or a list of strings) -> lists of token ids; other prompts unchanged."""
+    texts = [prompts] if isinstance(prompts, str) else prompts
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+        if isinstance(texts, (list, tuple)) and any(isinstance(t, str) for t in texts):
+            raise ValueError("prompts must be all strings or all token-id sequences, not a mix")
+        return prompts
+    if tokenizer is None:
+        raise ValueError(
+            "the prompt is text: pass tokenizer= (e.g. tokenizer=xlstm_jax.load_tokenizer('NX-AI/xLSTM-7b')) "
+            "to encode it, or pass token ids"
+        )
+    return [enc.ids for enc in tokenizer.encode_batch(list(texts))]
+
+
+def _decode(tokenizer, out: Generation) -> Generation:
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    rows = [row[:n].tolist() for row, n in zip(tokens, lengths)]
+    return out._replace(text=tokenizer.decode_batch(rows, skip_special_tokens=True))
 
 
 def _prompts_to_array(prompt_ids, prompt_lengths, pad_id: int):
@@ -172,13 +195,15 @@ def generate(
     eos_id: int | None = None,
     pad_id: int = 0,
     prompt_lengths=None,
+    tokenizer=None,
 ) -> Generation:
     """Generate up to ``max_new_tokens`` tokens after each prompt.
 
     Args:
       model: an xlstm-jax model (``xLSTMLMModel`` or ``xLSTMLarge``).
-      prompt_ids: a list of token-id sequences (any lengths >= 1), or a (B, P) integer
-        array, right-padded when ``prompt_lengths`` is given.
+      prompt_ids: a list of token-id sequences (any lengths >= 1), a (B, P) integer
+        array, right-padded when ``prompt_lengths`` is given, or (with ``tokenizer``) a
+        string or a list of strings.
       max_new_tokens: tokens to generate per row (a row stops early at ``eos_id``).
       temperature: 0 for greedy decoding, else the softmax temperature for sampling.
       top_k, top_p: optional top-k and nucleus filtering when sampling.
@@ -186,18 +211,20 @@ def generate(
       eos_id: token that ends a row (it is emitted and counted).
       pad_id: filler after a row's end in the output.
       prompt_lengths: (B,) lengths for a padded array of prompts.
+      tokenizer: a ``tokenizers.Tokenizer`` (``xlstm_jax.load_tokenizer``): encodes text
+        prompts and decodes the generated tokens into ``Generation.text``.
 
     Returns:
-      ``Generation(tokens (B, max_new_tokens) int32, lengths (B,) int32)``.
+      ``Generation(tokens (B, max_new_tokens) int32, lengths (B,) int32, text)``.
 
     Every argument is checked before anything is compiled. One compiled program
     serves all calls with the same batch, padded width, prefill length and settings.
     """
-    ids, lengths = _prompts_to_array(prompt_ids, prompt_lengths, pad_id)
+    ids, lengths = _prompts_to_array(_encode(prompt_ids, tokenizer), prompt_lengths, pad_id)
     vocab = _vocab_size(model)
     _check(ids, lengths, vocab, max_new_tokens, temperature, top_k, top_p, rng, eos_id, pad_id)
     graphdef, params = nnx.split(model)
-    return _generate(
+    out = _generate(
         graphdef,
         params,
         jnp.asarray(ids),
@@ -211,3 +238,4 @@ def generate(
         top_k=top_k,
         top_p=None if top_p is None else float(top_p),
     )
+    return out if tokenizer is None else _decode(tokenizer, out)

@@ -30,9 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from xlstm_jax import hub
+from xlstm_jax._validation import CheckpointError
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 
 from . import safetensors_io
+from ._files import read_json
 from ._xlstm_large_layout import export, load
 
 # HF xLSTMConfig fields that define the function, with HF's defaults for keys absent from config.json.
@@ -143,10 +146,13 @@ class CheckpointSource:
         if (path / WEIGHTS_NAME).exists():
             files = [WEIGHTS_NAME]
         elif (path / INDEX_NAME).exists():
-            weight_map = json.loads((path / INDEX_NAME).read_text())["weight_map"]
+            index = read_json(path / INDEX_NAME, "a safetensors index with a 'weight_map' object")
+            weight_map = index.get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{path / INDEX_NAME} has no 'weight_map' object: expected a safetensors index")
             files = sorted(set(weight_map.values()))
         else:
-            raise FileNotFoundError(f"{path} has neither {WEIGHTS_NAME} nor {INDEX_NAME}")
+            raise CheckpointError(f"{path} has neither {WEIGHTS_NAME} nor {INDEX_NAME}: expected the model's weights")
         self.files: dict[str, safetensors_io.SafetensorsFile] = {}
         for name in files:
             f = safetensors_io.SafetensorsFile(path / name)
@@ -169,15 +175,30 @@ class CheckpointSource:
         return self.files[key].read(key)
 
 
-def from_pretrained(path: str | os.PathLike, *, dtype=None, param_dtype=None, sharding=None, **overrides) -> xLSTMLarge:
-    """Load a Hugging Face xLSTM checkpoint folder into an ``xLSTMLarge``, streaming.
+def from_pretrained(
+    path_or_id: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    dtype=None,
+    param_dtype=None,
+    sharding=None,
+    **overrides,
+) -> xLSTMLarge:
+    """Load a Hugging Face xLSTM checkpoint (a local folder or a Hub repo id) into an ``xLSTMLarge``, streaming.
 
     The model is built abstractly (no random weights); each parameter is allocated on its
     device(s) with its sharding and filled tensor by tensor, converted to ``param_dtype``:
     the host holds one checkpoint tensor at a time, never the checkpoint.
 
     Args:
-      path: folder with ``config.json`` and ``model.safetensors`` or sharded safetensors.
+      path_or_id: a folder with ``config.json`` and ``model.safetensors`` or sharded
+        safetensors, or a Hub repo id such as ``"NX-AI/xLSTM-7b"`` (its config, generation
+        config and safetensors files are fetched with ``huggingface_hub`` into its cache).
+      revision, cache_dir, local_files_only, token: for a Hub repo id, as in
+        ``huggingface_hub.snapshot_download`` (``HF_HUB_OFFLINE=1`` also keeps it offline).
       dtype, param_dtype: compute and parameter dtypes (None: float32, whatever the
         checkpoint stores; bfloat16 checkpoints are read exactly).
       sharding: None (default device), one ``jax.sharding.Sharding`` for every parameter, a
@@ -186,9 +207,20 @@ def from_pretrained(path: str | os.PathLike, *, dtype=None, param_dtype=None, sh
         the logical names in ``.get_metadata()["out_sharding"]``), or a pytree of Shardings shaped like
         ``nnx.state(model)``.
       overrides: other ``xLSTMLargeConfig`` fields (``backend``, ``chunk_size``, ``scan_blocks``...).
+
+    Raises:
+      CheckpointError: a missing folder, repo or file, or a file that is not what it should be
+        (the message names it).
     """
-    path = Path(path)
-    hf = json.loads((path / CONFIG_NAME).read_text())
+    folder = hub.resolve(
+        path_or_id,
+        allow_patterns=hub.MODEL_FILES,
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        token=token,
+    )
+    hf = read_json(hub.require_file(folder, CONFIG_NAME, "from_pretrained"), "a Hugging Face model config")
     if dtype is not None:
         overrides["dtype"] = dtype
     if param_dtype is not None:
@@ -199,7 +231,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype=None, param_dtype=None, sh
         defaults["lm_head.weight"] = "backbone.embeddings.weight"
     if config.use_bias:
         defaults["backbone.out_norm.bias"] = None  # HF's out_norm has no bias
-    return load(config, CheckpointSource(path), sharding=sharding, defaults=defaults)
+    return load(config, CheckpointSource(folder), sharding=sharding, defaults=defaults)
 
 
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
