@@ -27,12 +27,12 @@ from xlstm_jax.backends import MLSTM_XLA_FORMS
 from xlstm_jax.convert import from_torch_xlstm_lm, to_torch_xlstm_lm_state_dict
 from xlstm_jax.models.xlstm_lm import (
     FeedForwardConfig,
-    MLSTMLayerConfig,
-    SLSTMLayerConfig,
+    mLSTMLayerConfig,
+    sLSTMLayerConfig,
     xLSTMLMConfig,
     xLSTMLMModel,
 )
-from xlstm_jax.models.xlstm_lm.slstm_layer import slstm_bias_init
+from xlstm_jax.models.xlstm_lm._slstm_layer import slstm_bias_init
 
 CHUNK = 8  # S = 19 is not a multiple: three chunks, the last one padded
 PARITY = 1e-4
@@ -383,7 +383,7 @@ def test_call_validation():
 
 
 def _cfg(**kw) -> xLSTMLMConfig:
-    base = dict(vocab_size=64, embedding_dim=32, num_blocks=3, slstm=SLSTMLayerConfig(num_heads=2), slstm_at=(1,))
+    base = dict(vocab_size=64, embedding_dim=32, num_blocks=3, slstm=sLSTMLayerConfig(num_heads=2), slstm_at=(1,))
     return xLSTMLMConfig(**{**base, **kw})
 
 
@@ -391,10 +391,10 @@ def _cfg(**kw) -> xLSTMLMConfig:
     "kw,message",
     [
         (dict(vocab_size=0), "vocab_size=0 must be an integer >= 1"),
-        (dict(embedding_dim=30, slstm=SLSTMLayerConfig(num_heads=4)), "slstm.num_heads=4 must divide embedding_dim=30"),
-        (dict(mlstm=MLSTMLayerConfig(num_heads=3)), "mlstm.num_heads=3 must divide the mLSTM inner dim 64"),
-        (dict(mlstm=MLSTMLayerConfig(qkv_proj_blocksize=5)), "mlstm.qkv_proj_blocksize=5 must divide"),
-        (dict(slstm=SLSTMLayerConfig(num_heads=3)), "slstm.num_heads=3 must divide embedding_dim=32"),
+        (dict(embedding_dim=30, slstm=sLSTMLayerConfig(num_heads=4)), "slstm.num_heads=4 must divide embedding_dim=30"),
+        (dict(mlstm=mLSTMLayerConfig(num_heads=3)), "mlstm.num_heads=3 must divide the mLSTM inner dim 64"),
+        (dict(mlstm=mLSTMLayerConfig(qkv_proj_blocksize=5)), "mlstm.qkv_proj_blocksize=5 must divide"),
+        (dict(slstm=sLSTMLayerConfig(num_heads=3)), "slstm.num_heads=3 must divide embedding_dim=32"),
         (dict(slstm_at=(3,)), "outside 0..2"),
         (dict(slstm_at=(1, 1)), "lists a block twice"),
         (dict(slstm_at="some"), "must be 'all' or a sequence"),
@@ -409,7 +409,7 @@ def _cfg(**kw) -> xLSTMLMConfig:
         (dict(param_dtype="float8"), "param_dtype='float8' is not supported"),
         (dict(scan_blocks=1), "scan_blocks=1 must be True or False"),
         (dict(feedforward=dict()), "feedforward must be a FeedForwardConfig or None"),
-        (dict(embedding_dim=4, slstm=SLSTMLayerConfig(num_heads=4)), "needs a head dim >= 2"),
+        (dict(embedding_dim=4, slstm=sLSTMLayerConfig(num_heads=4)), "needs a head dim >= 2"),
     ],
 )
 def test_config_errors(kw, message):
@@ -420,10 +420,10 @@ def test_config_errors(kw, message):
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda: MLSTMLayerConfig(conv1d_kernel_size=0), "mlstm.conv1d_kernel_size=0 must be an integer >= 1"),
-        (lambda: MLSTMLayerConfig(proj_factor=0), "mlstm.proj_factor=0 must be a positive number"),
-        (lambda: SLSTMLayerConfig(bias_init="ones"), "slstm.bias_init='ones' is not supported; choose one of"),
-        (lambda: SLSTMLayerConfig(recurrent_weight_init="x"), "slstm.recurrent_weight_init='x'"),
+        (lambda: mLSTMLayerConfig(conv1d_kernel_size=0), "mlstm.conv1d_kernel_size=0 must be an integer >= 1"),
+        (lambda: mLSTMLayerConfig(proj_factor=0), "mlstm.proj_factor=0 must be a positive number"),
+        (lambda: sLSTMLayerConfig(bias_init="ones"), "slstm.bias_init='ones' is not supported; choose one of"),
+        (lambda: sLSTMLayerConfig(recurrent_weight_init="x"), "slstm.recurrent_weight_init='x'"),
         (lambda: FeedForwardConfig(act_fn="tanh"), "feedforward.act_fn='tanh' is not supported"),
     ],
 )
@@ -433,7 +433,7 @@ def test_sub_config_errors(make, message):
 
 
 def test_config_defaults_and_slstm_all():
-    cfg = xLSTMLMConfig(vocab_size=10, num_blocks=2, slstm=SLSTMLayerConfig(), slstm_at="all", dtype=jnp.bfloat16)
+    cfg = xLSTMLMConfig(vocab_size=10, num_blocks=2, slstm=sLSTMLayerConfig(), slstm_at="all", dtype=jnp.bfloat16)
     assert cfg.slstm_at == (0, 1) and cfg.block_types == ("s", "s") and cfg.dtype == "bfloat16"
     assert hash(cfg) == hash(dataclasses.replace(cfg))  # static, hashable
     assert cfg.mlstm.inner_dim(128) == 256 and cfg.feedforward.hidden_dim(128) == 192
@@ -445,8 +445,8 @@ def test_from_dict_matches_official_fields():
         vocab_size=80,
         embedding_dim=32,
         num_blocks=3,
-        mlstm=MLSTMLayerConfig(num_heads=2, conv1d_kernel_size=3, qkv_proj_blocksize=8),
-        slstm=SLSTMLayerConfig(num_heads=4, bias_init="small_init", recurrent_weight_init="standard"),
+        mlstm=mLSTMLayerConfig(num_heads=2, conv1d_kernel_size=3, qkv_proj_blocksize=8),
+        slstm=sLSTMLayerConfig(num_heads=4, bias_init="small_init", recurrent_weight_init="standard"),
         feedforward=FeedForwardConfig(bias=True, proj_factor=1.6),
         slstm_at=(1,),
         bias=True,
@@ -500,8 +500,8 @@ _INIT_CONFIG = xLSTMLMConfig(
     embedding_dim=256,
     num_blocks=4,
     slstm_at=(1, 2),
-    mlstm=MLSTMLayerConfig(num_heads=64),
-    slstm=SLSTMLayerConfig(num_heads=4),
+    mlstm=mLSTMLayerConfig(num_heads=64),
+    slstm=sLSTMLayerConfig(num_heads=4),
 )
 
 

@@ -1,6 +1,10 @@
-"""xLSTM-7B architecture (official ``xlstm.xlstm_large``; Hugging Face ``xLSTMForCausalLM``)."""
+"""xLSTM-7B architecture (official ``xlstm.xlstm_large``; Hugging Face ``xLSTMForCausalLM``).
 
-from .config import xLSTMLargeConfig
-from .model import xLSTMLarge
+Names follow the official ``xlstm.xlstm_large.model``: ``mLSTMLayer``, ``FeedForward``, ``mLSTMBlock``.
+"""
 
-__all__ = ["xLSTMLarge", "xLSTMLargeConfig"]
+from ._config import xLSTMLargeConfig
+from ._layers import FeedForward, mLSTMBlock, mLSTMLayer
+from ._model import xLSTMLarge
+
+__all__ = ["FeedForward", "mLSTMBlock", "mLSTMLayer", "xLSTMLarge", "xLSTMLargeConfig"]

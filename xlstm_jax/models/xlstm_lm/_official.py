@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .config import FeedForwardConfig, MLSTMLayerConfig, SLSTMLayerConfig
+from ._config import FeedForwardConfig, mLSTMLayerConfig, sLSTMLayerConfig
 
 _DERIVED = ("_num_blocks", "_block_idx")
 _NO_DROPOUT = {"dropout": (0.0,)}
@@ -124,7 +124,7 @@ def config_kwargs(d: Mapping[str, Any], *, own_fields: tuple[str, ...]) -> dict[
             checked=_NO_DROPOUT,
             ignored=_MLSTM_IGNORED,
         )
-        mlstm = MLSTMLayerConfig(**layer)
+        mlstm = mLSTMLayerConfig(**layer)
     if top.pop("slstm_block", None) is not None:
         block = reader.read(d["slstm_block"], "slstm_block", ignored=_DERIVED, nested=("slstm", "feedforward"))
         layer = reader.read(
@@ -134,7 +134,7 @@ def config_kwargs(d: Mapping[str, Any], *, own_fields: tuple[str, ...]) -> dict[
             checked=_SLSTM_CHECKED,
             ignored=_SLSTM_IGNORED,
         )
-        slstm = SLSTMLayerConfig(**layer)
+        slstm = sLSTMLayerConfig(**layer)
         ff = block.get("feedforward", {})
         if ff is not None:
             ff = reader.read(ff, "slstm_block.feedforward", used=_FF_USED, checked=_FF_CHECKED, ignored=_FF_IGNORED)

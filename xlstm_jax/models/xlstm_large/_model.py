@@ -20,8 +20,8 @@ from flax import nnx
 from xlstm_jax import nn, ops
 from xlstm_jax.nn import Embed, Linear, small_init
 
-from .config import xLSTMLargeConfig
-from .layers import mLSTMBlock, rms_norm, soft_cap
+from ._config import xLSTMLargeConfig
+from ._layers import mLSTMBlock, rms_norm, soft_cap
 
 State = tuple[ops.MLSTMState, ...]
 

@@ -21,7 +21,7 @@ from xlstm_jax import backends, ops
 from xlstm_jax.nn import LayerNorm, Linear, MultiHeadLayerNorm, constant, linspace, small_init, wang_init, zeros
 from xlstm_jax.nn.params import Init
 
-from .config import xLSTMLargeConfig
+from ._config import xLSTMLargeConfig
 
 
 def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:

@@ -23,13 +23,13 @@ from flax import nnx
 
 from xlstm_jax import backends, nn, ops
 
-from .config import xLSTMLMConfig
+from ._config import xLSTMLMConfig
 
 _GATES = 4  # i, f, z, o
 _EPS = 1e-5
 
 
-class SLSTMBlockState(NamedTuple):
+class sLSTMBlockState(NamedTuple):
     """cell: ``ops.SLSTMState`` (h, c, n, m), each (B, NH, DH);
     conv: the last K - 1 conv inputs, (B, K - 1, D), or (B, 0, D) without conv."""
 
@@ -69,7 +69,7 @@ def _head_norm(h: jax.Array) -> jax.Array:
     return h.reshape(*h.shape[:-2], -1)
 
 
-class SLSTMLayer(nnx.Module):
+class sLSTMLayer(nnx.Module):
     def __init__(self, config: xLSTMLMConfig, block_idx: int, *, rngs: nnx.Rngs):
         cfg, d = config.slstm, config.embedding_dim
         nh, dh = cfg.num_heads, d // cfg.num_heads
@@ -113,11 +113,11 @@ class SLSTMLayer(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        state: SLSTMBlockState | None = None,
+        state: sLSTMBlockState | None = None,
         *,
         return_state: bool = False,
         resets: jax.Array | None = None,
-    ) -> tuple[jax.Array, SLSTMBlockState | None]:
+    ) -> tuple[jax.Array, sLSTMBlockState | None]:
         """x (B, S, D) -> (y (B, S, D), the new state if ``return_state`` else None).
 
         ``resets`` (B, S) bool: the cell state is zeroed before each marked token and
@@ -139,4 +139,4 @@ class SLSTMLayer(nnx.Module):
             resets=resets,
         )  # h (B, S, NH, DH)
         y = self.group_norm(h) if self.group_norm is not None else _head_norm(h).astype(self.dtype)
-        return y, (SLSTMBlockState(cell_state, conv_state) if return_state else None)
+        return y, (sLSTMBlockState(cell_state, conv_state) if return_state else None)

@@ -23,10 +23,10 @@ from flax import nnx
 
 from xlstm_jax import backends, nn, ops
 
-from .config import xLSTMLMConfig
+from ._config import xLSTMLMConfig
 
 
-class MLSTMBlockState(NamedTuple):
+class mLSTMBlockState(NamedTuple):
     """cell: ``ops.MLSTMState`` (c (B, NH, DH, DH), n (B, NH, DH), m (B, NH));
     conv: the last K - 1 inputs of the conv, (B, K - 1, I)."""
 
@@ -34,7 +34,7 @@ class MLSTMBlockState(NamedTuple):
     conv: jax.Array
 
 
-class MLSTMLayer(nnx.Module):
+class mLSTMLayer(nnx.Module):
     def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
         cfg, d = config.mlstm, config.embedding_dim
         inner = cfg.inner_dim(d)
@@ -79,11 +79,11 @@ class MLSTMLayer(nnx.Module):
     def __call__(
         self,
         x: jax.Array,
-        state: MLSTMBlockState | None = None,
+        state: mLSTMBlockState | None = None,
         *,
         return_state: bool = False,
         resets: jax.Array | None = None,
-    ) -> tuple[jax.Array, MLSTMBlockState | None]:
+    ) -> tuple[jax.Array, mLSTMBlockState | None]:
         """x (B, S, D) -> (y (B, S, D), the new state if ``return_state`` else None).
 
         ``resets`` (B, S) bool marks each document's first token: the memory is erased
@@ -118,4 +118,4 @@ class MLSTMLayer(nnx.Module):
         h = self.outnorm(jnp.swapaxes(h, 1, 2))  # (B, S, I)
         h = (h + self.learnable_skip[...].astype(h.dtype) * xc) * jax.nn.silu(z)
         y = self.proj_down(h)
-        return y, (MLSTMBlockState(cell_state, conv_state) if return_state else None)
+        return y, (mLSTMBlockState(cell_state, conv_state) if return_state else None)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from xlstm_jax import nn
 
-from .config import xLSTMLMConfig
+from ._config import xLSTMLMConfig
 
 ACTIVATIONS = {
     "gelu": partial(jax.nn.gelu, approximate=False),  # torch's default gelu is the exact erf form

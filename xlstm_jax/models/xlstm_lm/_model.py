@@ -8,7 +8,7 @@ LayerNorms are the official "residual weight" kind (scale 1 + w, w stored as 0,
 eps 1e-5, no bias). The residual stream is float32 (float64 for a float64 model);
 the layers compute in ``config.dtype``.
 
-State: a tuple with one entry per block, ``MLSTMBlockState`` or ``SLSTMBlockState``.
+State: a tuple with one entry per block, ``mLSTMBlockState`` or ``sLSTMBlockState``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from flax import nnx
 
 from xlstm_jax import nn, ops
 
-from .config import xLSTMLMConfig
-from .feedforward import GatedFeedForward
-from .mlstm_layer import MLSTMBlockState, MLSTMLayer
-from .slstm_layer import SLSTMBlockState, SLSTMLayer
+from ._config import xLSTMLMConfig
+from ._feedforward import GatedFeedForward
+from ._mlstm_layer import mLSTMBlockState, mLSTMLayer
+from ._slstm_layer import sLSTMBlockState, sLSTMLayer
 
-BlockState = MLSTMBlockState | SLSTMBlockState
+BlockState = mLSTMBlockState | sLSTMBlockState
 
 
 def _norm(config: xLSTMLMConfig) -> nn.LayerNorm:
@@ -40,28 +40,28 @@ def _norm(config: xLSTMLMConfig) -> nn.LayerNorm:
     )
 
 
-class MLSTMBlock(nnx.Module):
+class mLSTMBlock(nnx.Module):
     def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
         self.xlstm_norm = _norm(config)
-        self.xlstm = MLSTMLayer(config, rngs=rngs)
+        self.xlstm = mLSTMLayer(config, rngs=rngs)
 
-    def __call__(self, x: jax.Array, state: MLSTMBlockState | None, *, return_state: bool, resets=None):
+    def __call__(self, x: jax.Array, state: mLSTMBlockState | None, *, return_state: bool, resets=None):
         """x (B, S, D) residual stream -> (x, new state or None)."""
         y, state = self.xlstm(self.xlstm_norm(x), state, return_state=return_state, resets=resets)
         return x + y.astype(x.dtype), state
 
 
-class SLSTMBlock(nnx.Module):
+class sLSTMBlock(nnx.Module):
     def __init__(self, config: xLSTMLMConfig, block_idx: int, *, rngs: nnx.Rngs):
         self.xlstm_norm = _norm(config)
-        self.xlstm = SLSTMLayer(config, block_idx, rngs=rngs)
+        self.xlstm = sLSTMLayer(config, block_idx, rngs=rngs)
         if config.feedforward is not None:
             self.ffn_norm = _norm(config)
             self.ffn = GatedFeedForward(config, rngs=rngs)
         else:
             self.ffn_norm = self.ffn = None
 
-    def __call__(self, x: jax.Array, state: SLSTMBlockState | None, *, return_state: bool, resets=None):
+    def __call__(self, x: jax.Array, state: sLSTMBlockState | None, *, return_state: bool, resets=None):
         """x (B, S, D) residual stream -> (x, new state or None)."""
         y, state = self.xlstm(self.xlstm_norm(x), state, return_state=return_state, resets=resets)
         x = x + y.astype(x.dtype)
@@ -84,7 +84,7 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
 
     Example::
 
-        cfg = xLSTMLMConfig(vocab_size=64, embedding_dim=64, num_blocks=3, slstm=SLSTMLayerConfig(), slstm_at=[1])
+        cfg = xLSTMLMConfig(vocab_size=64, embedding_dim=64, num_blocks=3, slstm=sLSTMLayerConfig(), slstm_at=[1])
         model = xLSTMLMModel(cfg, rngs=nnx.Rngs(0))
         logits, state = model(ids, return_state=True)          # prefill
         logits, state = model(next_ids, state=state, return_state=True)   # continue
@@ -98,7 +98,7 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
         )
         self.blocks = nnx.List(
             [
-                SLSTMBlock(config, idx, rngs=rngs) if kind == "s" else MLSTMBlock(config, rngs=rngs)
+                sLSTMBlock(config, idx, rngs=rngs) if kind == "s" else mLSTMBlock(config, rngs=rngs)
                 for idx, kind in enumerate(config.block_types)
             ]
         )
@@ -209,10 +209,10 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
             if not isinstance(cell, tuple) or len(cell) != fields:
                 raise ValueError(f"state[{idx}].cell must be a tuple of {fields} arrays, got {type(cell).__name__}")
             if kind == "m":
-                block_state = MLSTMBlockState(ops.MLSTMState(*cell), conv)
+                block_state = mLSTMBlockState(ops.MLSTMState(*cell), conv)
                 channels, taps = block.xlstm.conv1d.kernel.shape[1], block.xlstm.conv1d.kernel_size - 1
             else:
-                block_state = SLSTMBlockState(ops.SLSTMState(*cell), conv)
+                block_state = sLSTMBlockState(ops.SLSTMState(*cell), conv)
                 conv1d = block.xlstm.conv1d
                 channels, taps = self.config.embedding_dim, 0 if conv1d is None else conv1d.kernel_size - 1
             expected = (batch, taps, channels)

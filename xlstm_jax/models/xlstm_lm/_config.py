@@ -31,7 +31,7 @@ def up_projection_dim(factor: float, dim: int, multiple_of: int, round_up: bool)
 
 
 @dataclass(frozen=True)
-class MLSTMLayerConfig:
+class mLSTMLayerConfig:
     """The pre-up-projection mLSTM layer (official ``mLSTMLayerConfig``).
 
     Attributes:
@@ -64,7 +64,7 @@ class MLSTMLayerConfig:
 
 
 @dataclass(frozen=True)
-class SLSTMLayerConfig:
+class sLSTMLayerConfig:
     """The sLSTM layer (official ``sLSTMLayerConfig``; hidden size = embedding dim).
 
     Attributes:
@@ -144,8 +144,8 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
     vocab_size: int
     embedding_dim: int = 128
     num_blocks: int = 1
-    mlstm: MLSTMLayerConfig | None = field(default_factory=MLSTMLayerConfig)
-    slstm: SLSTMLayerConfig | None = None
+    mlstm: mLSTMLayerConfig | None = field(default_factory=mLSTMLayerConfig)
+    slstm: sLSTMLayerConfig | None = None
     feedforward: FeedForwardConfig | None = field(default_factory=FeedForwardConfig)
     slstm_at: tuple[int, ...] | str = ()
     add_post_blocks_norm: bool = True
@@ -165,8 +165,8 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
         check_int("embedding_dim", self.embedding_dim, 1)
         check_int("num_blocks", self.num_blocks, 1)
         for name, kind in (
-            ("mlstm", MLSTMLayerConfig),
-            ("slstm", SLSTMLayerConfig),
+            ("mlstm", mLSTMLayerConfig),
+            ("slstm", sLSTMLayerConfig),
             ("feedforward", FeedForwardConfig),
         ):
             value = getattr(self, name)
