@@ -174,3 +174,22 @@ def test_text_prompts_with_a_tokenizer_return_text():
     assert generate(model, [[3, 7, 1]], 6, tokenizer=tok).text == out.text[:1]  # ids in, text out
     with pytest.raises(ValueError, match="the prompt is text: pass tokenizer="):
         generate(model, "w3 w7", 6)
+
+
+def test_eos_list_and_the_models_generation_config():
+    from xlstm_jax.generation import GenerationConfig
+
+    model = _model("xlstm_large")
+    free = _greedy_reference(model, [3, 7, 1], 8)
+    first, second = free[4], free[1]  # any of the ids ends the row: the earliest one wins
+    stop = min(free.index(first), free.index(second)) + 1
+    out = generate(model, [[3, 7, 1]], 8, eos_id=[first, second])
+    assert int(out.lengths[0]) == stop and np.asarray(out.tokens[0, :stop]).tolist() == free[:stop]
+    model.generation_config = GenerationConfig(eos_token_id=(first, second), pad_token_id=VOCAB - 1)
+    try:
+        dflt = generate(model, [[3, 7, 1]], 8)
+        np.testing.assert_array_equal(dflt.tokens[0, :stop], out.tokens[0, :stop])
+        assert np.all(np.asarray(dflt.tokens[0, stop:]) == VOCAB - 1)  # the model's pad id
+        assert int(generate(model, [[3, 7, 1]], 8, eos_id=()).lengths[0]) == 8  # () switches it off
+    finally:
+        del model.generation_config

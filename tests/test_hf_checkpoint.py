@@ -210,7 +210,7 @@ def test_config_conversion():
         eps=1e-5,
         chunk_size=32,
     )
-    assert hf_io.config_from_hf(hf_io.config_to_hf(c, torch_dtype="float32")) == c
+    assert hf_io.config_from_hf(hf_io.config_to_hf(c, torch_dtype="float32", special_ids={})) == c
     # keys absent from config.json take HF's defaults (2.667, not the official 2.6667)
     minimal = hf_io.config_from_hf({"model_type": "xlstm", "embedding_dim": 96, "num_blocks": 2, "num_heads": 2})
     assert (minimal.embedding_dim, minimal.num_blocks, minimal.ffn_proj_factor) == (96, 2, 2.667)

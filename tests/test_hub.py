@@ -8,6 +8,7 @@ never used (``HF_HUB_OFFLINE=1``).
 
 from __future__ import annotations
 
+import json
 import re
 
 import huggingface_hub.constants
@@ -17,6 +18,7 @@ from flax import nnx
 
 import xlstm_jax
 from xlstm_jax._validation import CheckpointError
+from xlstm_jax.generation import GenerationConfig
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from xlstm_jax.tokenizer import load_tokenizer
 
@@ -125,3 +127,58 @@ def test_load_tokenizer_errors_name_the_path(tmp_path):
         load_tokenizer(bad)
     with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'missing.json'} does not exist")):
         load_tokenizer(tmp_path / "missing.json")
+
+
+# ---------------------------------------------------------------- special ids and generation_config.json
+
+
+def test_special_ids_survive_save_and_load(tmp_path, model):
+    ids = GenerationConfig(bos_token_id=5, eos_token_id=[7, 9], pad_token_id=3)
+    assert ids.eos_token_id == (7, 9)
+    model.generation_config = ids
+    try:
+        xlstm_jax.save_pretrained(model, tmp_path / "a")
+    finally:
+        del model.generation_config
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (5, [7, 9], 3)
+    assert json.loads((tmp_path / "a" / "generation_config.json").read_text()) == {
+        "bos_token_id": 5,
+        "eos_token_id": [7, 9],
+        "pad_token_id": 3,
+    }
+    loaded = xlstm_jax.from_pretrained(tmp_path / "a")
+    assert loaded.generation_config == ids
+    xlstm_jax.save_pretrained(loaded, tmp_path / "b")  # a second round keeps them
+    assert xlstm_jax.from_pretrained(tmp_path / "b").generation_config == ids
+
+
+def test_ids_come_from_config_json_and_generation_config_json_overrides(tmp_path, model):
+    xlstm_jax.save_pretrained(model, tmp_path)  # no generation_config: Hugging Face's 0/2/1
+    (tmp_path / "generation_config.json").unlink()
+    assert xlstm_jax.from_pretrained(tmp_path).generation_config == GenerationConfig(
+        bos_token_id=0, eos_token_id=2, pad_token_id=1
+    )
+    generation = {"eos_token_id": [2, 11], "do_sample": True, "temperature": 0.7, "transformers_version": "4.9"}
+    (tmp_path / "generation_config.json").write_text(json.dumps(generation))
+    loaded = xlstm_jax.from_pretrained(tmp_path).generation_config
+    assert (loaded.eos_token_ids, loaded.do_sample, loaded.temperature, loaded.pad_token_id) == ((2, 11), True, 0.7, 1)
+    assert loaded.to_dict() == {"bos_token_id": 0, "pad_token_id": 1, **generation}  # nothing lost
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("temperature", float("nan"), "generation_config.temperature must be a finite number >= 0, got nan"),
+        ("top_p", 0.0, "generation_config.top_p must be a finite number > 0 and <= 1"),
+        ("eos_token_id", [2, -1], "generation_config.eos_token_id must be an integer >= 0"),
+        ("pad_token_id", True, "generation_config.pad_token_id must be an integer >= 0 or None"),
+    ],
+)
+def test_bad_generation_config_values_are_named(tmp_path, model, field, value, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        GenerationConfig(**{field: value})
+    xlstm_jax.save_pretrained(model, tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({field: value}))
+    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "generation_config.json"))):
+        xlstm_jax.from_pretrained(tmp_path)

@@ -1,7 +1,9 @@
 """Hugging Face xLSTM checkpoints (``xLSTMForCausalLM``, e.g. NX-AI/xLSTM-7b) <-> ``xLSTMLarge``, without torch.
 
 A checkpoint folder holds ``config.json`` (``model_type`` "xlstm") and either
-``model.safetensors`` or shards listed in ``model.safetensors.index.json``.
+``model.safetensors`` or shards listed in ``model.safetensors.index.json``, and optionally
+``generation_config.json`` (special token ids and decoding defaults, attached to the loaded
+model as ``model.generation_config``).
 
 Hugging Face quirks handled here:
   * HF's ``xLSTMModel`` always applies ``backbone.out_norm`` (whatever ``add_out_norm``
@@ -32,6 +34,13 @@ import numpy as np
 
 from xlstm_jax import hub
 from xlstm_jax._validation import CheckpointError
+from xlstm_jax.generation.config import (
+    HF_SPECIAL_IDS,
+    GenerationConfig,
+    generation_config_of,
+    read_generation_config,
+    write_generation_config,
+)
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 
 from . import safetensors_io
@@ -96,8 +105,9 @@ def config_from_hf(hf: Mapping[str, Any], **overrides) -> xLSTMLargeConfig:
     return xLSTMLargeConfig(**{**fields, **overrides})
 
 
-def config_to_hf(config: xLSTMLargeConfig, *, torch_dtype: str) -> dict[str, Any]:
-    """A Hugging Face ``config.json`` dict (``xLSTMConfig`` fields) for ``config``."""
+def config_to_hf(config: xLSTMLargeConfig, *, torch_dtype: str, special_ids: Mapping[str, Any]) -> dict[str, Any]:
+    """A Hugging Face ``config.json`` dict (``xLSTMConfig`` fields) for ``config``, with the
+    bos/eos/pad ids ``special_ids`` (``GenerationConfig.special_ids()``)."""
     c = config
     return {
         "architectures": ["xLSTMForCausalLM"],
@@ -130,9 +140,7 @@ def config_to_hf(config: xLSTMLargeConfig, *, torch_dtype: str) -> dict[str, Any
         "output_logit_soft_cap": float(c.output_logit_soft_cap),
         "weight_mode": c.weight_mode,
         "use_cache": True,
-        "pad_token_id": 1,
-        "bos_token_id": 0,
-        "eos_token_id": 2,
+        **special_ids,
         "max_inference_chunksize": 16384,
         "torch_dtype": torch_dtype,
     }
@@ -231,7 +239,9 @@ def from_pretrained(
         defaults["lm_head.weight"] = "backbone.embeddings.weight"
     if config.use_bias:
         defaults["backbone.out_norm.bias"] = None  # HF's out_norm has no bias
-    return load(config, CheckpointSource(folder), sharding=sharding, defaults=defaults)
+    model = load(config, CheckpointSource(folder), sharding=sharding, defaults=defaults)
+    model.generation_config = read_generation_config(folder, hf)
+    return model
 
 
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -250,6 +260,9 @@ def parse_size(size: int | str) -> int:
 def save_pretrained(model: xLSTMLarge, path: str | os.PathLike, *, max_shard_size: int | str = "5GB") -> None:
     """Write ``model`` as a Hugging Face xLSTM checkpoint (loads with ``xLSTMForCausalLM.from_pretrained``).
 
+    The special token ids go to ``config.json`` and ``generation_config.json`` from
+    ``model.generation_config`` (``from_pretrained`` attaches the checkpoint's), or are
+    Hugging Face's xLSTM defaults (bos 0, eos 2, pad 1) for a model without one.
     Tensors are stored in the model's ``param_dtype``, fetched from the device one at a
     time. Shards (``model-0000k-of-0000n.safetensors`` + ``model.safetensors.index.json``)
     are written when the tensors exceed ``max_shard_size``.
@@ -273,7 +286,10 @@ def save_pretrained(model: xLSTMLarge, path: str | os.PathLike, *, max_shard_siz
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     torch_dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "float64": "float64"}
-    (path / CONFIG_NAME).write_text(json.dumps(config_to_hf(c, torch_dtype=torch_dtype[c.param_dtype]), indent=2))
+    generation = generation_config_of(model) or GenerationConfig(**HF_SPECIAL_IDS)
+    hf = config_to_hf(c, torch_dtype=torch_dtype[c.param_dtype], special_ids=generation.special_ids())
+    (path / CONFIG_NAME).write_text(json.dumps(hf, indent=2))
+    write_generation_config(generation, path)
     for stale in [WEIGHTS_NAME, INDEX_NAME, *(p.name for p in path.glob("model-*-of-*.safetensors"))]:
         (path / stale).unlink(missing_ok=True)
 

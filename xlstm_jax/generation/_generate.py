@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from .config import GenerationConfig, generation_config_of
+
 
 class Generation(NamedTuple):
     """tokens (B, max_new_tokens) int32, padded with ``pad_id`` after each row's end;
@@ -114,7 +116,7 @@ def _check(ids, lengths, vocab: int, max_new_tokens, temperature, top_k, top_p, 
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
     if temperature > 0 and rng is None:
         raise ValueError("sampling (temperature > 0) needs rng, e.g. rng=jax.random.key(0)")
-    for name, value in (("eos_id", eos_id), ("pad_id", pad_id)):
+    for name, value in (*(("eos_id", e) for e in eos_id), ("pad_id", pad_id)):
         if value is not None and (not isinstance(value, (int, np.integer)) or not 0 <= value < vocab):
             raise ValueError(f"{name} must be a token id in [0, {vocab}) or None, got {value!r}")
 
@@ -164,7 +166,7 @@ def _generate(graphdef, params, ids, lengths, rng, eos_id, pad_id, *, prefill, m
         emit = jnp.logical_and(~in_prompt, ~s.done)
         out = s.out.at[rows, jnp.where(emit, s.count, max_new_tokens)].set(token, mode="drop")
         count = s.count + emit
-        done = s.done | (emit & (token == eos_id)) | (count >= max_new_tokens)
+        done = s.done | (emit & jnp.any(token[:, None] == eos_id, axis=1)) | (count >= max_new_tokens)
         prompt_next = ids[rows, jnp.minimum(s.pos + 1, width - 1)]
         feed = jnp.where(in_prompt, prompt_next, token)
         step_logits, model_state = model(feed[:, None], state=s.model_state, return_state=True)
@@ -192,8 +194,8 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     rng: jax.Array | None = None,
-    eos_id: int | None = None,
-    pad_id: int = 0,
+    eos_id: int | Sequence[int] | None = None,
+    pad_id: int | None = None,
     prompt_lengths=None,
     tokenizer=None,
 ) -> Generation:
@@ -208,8 +210,10 @@ def generate(
       temperature: 0 for greedy decoding, else the softmax temperature for sampling.
       top_k, top_p: optional top-k and nucleus filtering when sampling.
       rng: a ``jax.random.key``; required when sampling.
-      eos_id: token that ends a row (it is emitted and counted).
-      pad_id: filler after a row's end in the output.
+      eos_id: token (or tokens) that ends a row (it is emitted and counted); None: the
+        model's ``generation_config.eos_token_id`` if it has one; ``()``: no end token.
+      pad_id: filler after a row's end in the output; None: the model's
+        ``generation_config.pad_token_id``, else 0.
       prompt_lengths: (B,) lengths for a padded array of prompts.
       tokenizer: a ``tokenizers.Tokenizer`` (``xlstm_jax.load_tokenizer``): encodes text
         prompts and decodes the generated tokens into ``Generation.text``.
@@ -220,6 +224,12 @@ def generate(
     Every argument is checked before anything is compiled. One compiled program
     serves all calls with the same batch, padded width, prefill length and settings.
     """
+    gc = generation_config_of(model) or GenerationConfig()
+    if eos_id is None:
+        eos_id = gc.eos_token_ids
+    eos_id = tuple(eos_id) if isinstance(eos_id, (list, tuple)) else (eos_id,)
+    if pad_id is None:
+        pad_id = 0 if gc.pad_token_id is None else gc.pad_token_id
     ids, lengths = _prompts_to_array(_encode(prompt_ids, tokenizer), prompt_lengths, pad_id)
     vocab = _vocab_size(model)
     _check(ids, lengths, vocab, max_new_tokens, temperature, top_k, top_p, rng, eos_id, pad_id)
@@ -230,7 +240,7 @@ def generate(
         jnp.asarray(ids),
         jnp.asarray(lengths),
         rng if rng is not None else jax.random.key(0),
-        jnp.int32(-1 if eos_id is None else eos_id),
+        jnp.asarray(eos_id or (-1,), jnp.int32),
         jnp.int32(pad_id),
         prefill=int(lengths.min()),
         max_new_tokens=int(max_new_tokens),
