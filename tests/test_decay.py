@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from helpers import assert_close
-from xlstm_jax.ops._decay import cumsum_hi_lo, cumulative_forget, log_decay_matrix
+from xlstm_jax.ops.decay import cumsum_hi_lo, cumulative_forget, log_decay_matrix
 
 
 def _adversarial_gates(length=64):

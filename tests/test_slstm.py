@@ -130,7 +130,7 @@ def test_scan_gradient_equals_autodiff_of_step_loop():
 def test_pointwise_backward_equals_vjp_including_ties():
     """The hand-written step derivative equals jax.vjp of the step, also at the ties
     min(exp(x), 1) meets at x = 0 (every first step) and where i equals logfm."""
-    from xlstm_jax.ops._slstm import _local_jacobian, _pointwise, _pointwise_backward
+    from xlstm_jax.ops.slstm_math import local_jacobian, pointwise, pointwise_backward
 
     rng = np.random.default_rng(12)
     shape = (3, 5)
@@ -140,9 +140,9 @@ def test_pointwise_backward_equals_vjp_including_ties():
     logfm = prev.m + jax.nn.log_sigmoid(raw[1])
     raw = raw.at[0, 1, :2].set(logfm[1, :2])  # i == logfm exactly
     d = SLSTMState(*(jnp.asarray(rng.normal(size=shape)) for _ in range(4)))
-    _, pullback = jax.vjp(_pointwise, raw, prev)
+    _, pullback = jax.vjp(pointwise, raw, prev)
     d_raw_ref, d_prev_ref = pullback(d)
-    d_raw, d_prev = _pointwise_backward(_local_jacobian(raw, prev), d)
+    d_raw, d_prev = pointwise_backward(local_jacobian(raw, prev), d)
     assert_close(jnp.moveaxis(d_raw, -2, 0), d_raw_ref, 1e-6, "d_raw")
     assert_tree_close(d_prev._replace(h=d_prev_ref.h), d_prev_ref, 1e-6, "d_prev")
 

@@ -3,7 +3,7 @@
 The contract is exactly that of ``xlstm_jax.ops.mlstm_chunkwise`` (its slow twin, which the tests
 compare against), and so is the decomposition:
 
-* plain JAX, O(S): the stabilizers (``ops._chunkwise_fwd.stabilizers``) and the per-token gate
+* plain JAX, O(S): the stabilizers (``ops.chunkwise_math.stabilizers``) and the per-token gate
   table the kernels read; in the backward, the gate gradients and ``jax.vjp(stabilizers, ...)``
   for the stabilizers' eps and final-state terms (``ops._chunkwise_bwd``);
 * Pallas-Triton (``gpu_fwd``, ``gpu_bwd``): the inter-chunk state pass over a sequential chunk
@@ -27,11 +27,16 @@ import jax
 import jax.numpy as jnp
 
 from xlstm_jax.ops import MLSTMState
-from xlstm_jax.ops._checks import check_eps
-from xlstm_jax.ops._chunkwise_bwd import gate_grads, normalizer_cotangents, stabilizer_grads
-from xlstm_jax.ops._chunkwise_fwd import Stabilizers, stabilizers
-from xlstm_jax.ops._decay import cumulative_forget
-from xlstm_jax.ops._mlstm_inputs import prepare
+from xlstm_jax.ops.chunkwise_math import (
+    Stabilizers,
+    gate_grads,
+    normalizer_cotangents,
+    pad_to_chunks,
+    stabilizer_grads,
+    stabilizers,
+)
+from xlstm_jax.ops.decay import cumulative_forget
+from xlstm_jax.ops.mlstm_inputs import check_eps, prepare
 
 from . import gpu_bwd, gpu_fwd
 from .config import MLSTMBlocks, default_blocks
@@ -224,12 +229,6 @@ def mlstm_chunkwise_gpu(
     blocks = gpu_blocks(dhqk, x.v.shape[-1], chunk_size, blocks, interpret=interpret)
     q_, k_, v_ = (jnp.asarray(a, dtype) for a in (q, k, v))
     logf, i_ = jax.nn.log_sigmoid(x.f), x.i
-    pad = -seq_len % blocks.chunk_size
-    if pad:
-        pad_seq = lambda a, value=0.0: jnp.pad(  # noqa: E731
-            a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3), constant_values=value
-        )
-        q_, k_, v_, logf = map(pad_seq, (q_, k_, v_, logf))
-        i_ = pad_seq(i_, -jnp.inf)
+    q_, k_, v_, logf, i_ = pad_to_chunks(blocks.chunk_size, q_, k_, v_, logf, i_)
     h, c, n, m = _mlstm(q_, k_, v_, logf, i_, *x.state, blocks, eps, interpret)
     return h[:, :, :seq_len], MLSTMState(c, n, m)

@@ -3,7 +3,7 @@
 Layout: heads flattened, BH = B * NH; q, k (BH, S, DHQK), v, h (BH, S, DHV), S = NC * L.
 Per-token gate quantities travel in one float32 table ``tok`` (BH, TOK_ROWS, S), rows named
 below, built in plain JAX (``gpu._token_table``) from the O(S) stabilizers of
-``xlstm_jax.ops._chunkwise_fwd.stabilizers``; the kernels never take a running max: the
+``xlstm_jax.ops.chunkwise_math.stabilizers``; the kernels never take a running max: the
 per-token stabilizer m_t already combines the intra-chunk maximum and the entering memory.
 
 Two kernels (TFLA's structure, xlstm-reference.md 5.5):

@@ -32,11 +32,16 @@ import jax
 import jax.numpy as jnp
 
 from xlstm_jax.ops import MLSTMState
-from xlstm_jax.ops._checks import check_eps, check_positive_int
-from xlstm_jax.ops._chunkwise_bwd import gate_grads, normalizer_cotangents, stabilizer_grads
-from xlstm_jax.ops._chunkwise_fwd import Stabilizers, stabilizers
-from xlstm_jax.ops._decay import cumulative_forget
-from xlstm_jax.ops._mlstm_inputs import prepare
+from xlstm_jax.ops.chunkwise_math import (
+    Stabilizers,
+    gate_grads,
+    normalizer_cotangents,
+    pad_to_chunks,
+    stabilizer_grads,
+    stabilizers,
+)
+from xlstm_jax.ops.decay import cumulative_forget
+from xlstm_jax.ops.mlstm_inputs import check_eps, check_positive_int, prepare
 
 from . import tpu_bwd, tpu_fwd
 from .config import MLSTMBlocks, default_blocks
@@ -256,15 +261,9 @@ def mlstm_chunkwise_tpu(
     x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
     mm_dtype = _matmul_dtype(x.out_dtype, x.q.dtype)
     q_, k_, v_ = (jnp.asarray(a, mm_dtype) for a in (q, k, v))  # not upcast: bf16 stays bf16
-    seq_len, chunk = q_.shape[2], blocks.chunk_size
-    pad = -seq_len % chunk
+    seq_len = q_.shape[2]
     logf, i_ = jax.nn.log_sigmoid(x.f), x.i
-    if pad:
-        pad_seq = lambda a, value=0.0: jnp.pad(  # noqa: E731
-            a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3), constant_values=value
-        )
-        q_, k_, v_, logf = map(pad_seq, (q_, k_, v_, logf))
-        i_ = pad_seq(i_, -jnp.inf)
+    q_, k_, v_, logf, i_ = pad_to_chunks(blocks.chunk_size, q_, k_, v_, logf, i_)
     static = _Static(blocks, eps, mm_dtype, interpret)
     h, c, n, m = _chunkwise(q_, k_, v_, logf, i_, *x.state, static)
     return h[:, :, :seq_len].astype(x.out_dtype), MLSTMState(c, n, m)

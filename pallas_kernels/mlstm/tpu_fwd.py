@@ -10,7 +10,7 @@ Two ``pallas_call``s, both on (BH, S, D) arrays (batch and heads merged), chunk 
   tile: the entering memory's term q_in C + the causal, decay-weighted attention over the key tiles
   at or below the diagonal, accumulated in float32 VMEM scratch, then h = num / (max(|d|, exp(-m)) + eps).
 
-The per-token stabilizers (m_t, M_k) come from ``xlstm_jax.ops._chunkwise_fwd.stabilizers`` (plain
+The per-token stabilizers (m_t, M_k) come from ``xlstm_jax.ops.chunkwise_math.stabilizers`` (plain
 JAX, O(S)): with the row max m_t known in advance, the key tiles accumulate without the online
 rescaling of flash attention.
 
@@ -71,7 +71,7 @@ def decay_matrix(col, row, t0, s0, shape):
     """exp(logD[t, s] - m_t) on one (target, source) tile, 0 where s > t or a reset lies in (s, t].
 
     col: (NUM_GATE_COLS, rows) accessor of (bq, 1) vectors; row: (1, bkv) accessor; t0, s0: tile
-    offsets in the chunk. Same arithmetic as ``xlstm_jax.ops._decay.log_decay_matrix``.
+    offsets in the chunk. Same arithmetic as ``xlstm_jax.ops.decay.log_decay_matrix``.
     """
     hi_t, lo_t, seg_t, m_t = col(HI), col(LO), col(SEG), col(M)
     hi_s, lo_s, i_s, seg_s = row(ROW_HI), row(ROW_LO), row(ROW_I), row(ROW_SEG)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from xlstm_jax.ops import MLSTMState
-from xlstm_jax.ops._checks import check_eps, check_positive_int
-from xlstm_jax.ops._mlstm_inputs import prepare
+from xlstm_jax.ops.chunkwise_math import pad_to_chunks
+from xlstm_jax.ops.mlstm_inputs import check_eps, check_positive_int, prepare
 
 
 def _official_kernel():
@@ -40,13 +40,7 @@ def mlstm_chunkwise_tfla(q, k, v, i, f, *, chunk_size: int = 128, initial_state=
         raise ValueError(f"chunk_size must be a power of 2 >= 16 for the TFLA kernels, got {chunk_size}")
     x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
     seq_len = x.q.shape[2]
-    pad = -seq_len % chunk_size
-
-    def pad_seq(a, value=0.0):
-        return jnp.pad(a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3), constant_values=value)
-
-    q_, k_, v_ = (pad_seq(a) for a in (x.q, x.k, x.v))
-    i_, f_ = pad_seq(x.i, -jnp.inf), pad_seq(x.f, jnp.inf)
+    q_, k_, v_, f_, i_ = pad_to_chunks(chunk_size, x.q, x.k, x.v, x.f, x.i, logf_fill=jnp.inf)
     h, (c, n, m) = kernel(
         q_, k_, v_, i_, f_, *x.state, return_last_states=True, eps=check_eps(eps), chunk_size=chunk_size
     )

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from xlstm_jax.ops import SLSTMState
-from xlstm_jax.ops._slstm import _prepare
+from xlstm_jax.ops.slstm_math import prepare as prepare_inputs
 
 GATES = 4
 
@@ -40,7 +40,7 @@ def dot_t(x, w, dtype=jnp.float32):
 
 def cell_backward(jac, d_h, d_c, d_n, d_m):
     """Cotangents of the pre-activations (i, f, z, o) and of the previous (c, n, m) from those of the
-    new state; the formulas of ``xlstm_jax.ops._slstm._pointwise_backward``, one gate at a time."""
+    new state; the formulas of ``xlstm_jax.ops.slstm_math.pointwise_backward``, one gate at a time."""
     dc = d_c + d_h * jac.so_n
     dn = d_n - d_h * jac.h_n
     dx_i = (dc * jac.tanh_z + dn) * jac.a_i
@@ -60,7 +60,7 @@ def prepare(gates_x, recurrent_kernel, bias, initial_state, resets):
 
     Returns (gates (B, S, 4, NH, DH) with the bias added, kernel, state (4 x (B, NH, DH))).
     """
-    gates, kernel, state = _prepare(
+    gates, kernel, state = prepare_inputs(
         gates_x, recurrent_kernel, bias, initial_state, sequence=True, state_name="initial_state"
     )
     b, s = gates_x.shape[:2]

@@ -11,7 +11,7 @@ do not fit); without it they are re-read every step (from L2, where a head's wei
 
 The backward program walks time in reverse: recomputes the recurrent pre-activations from the saved
 previous states, applies the exact step derivative of ``xlstm_jax.ops.slstm_scan`` (same
-``_local_jacobian``: min/max tie rules, per-element first-step rule), and back-propagates the hidden
+``local_jacobian``: min/max tie rules, per-element first-step rule), and back-propagates the hidden
 cotangent through the transposed weight tiles. The weights' gradient is one matmul outside the kernel.
 
 Triton needs power-of-2 tensors and dots of at least 16 in every dim: block_b and block_dh are powers
@@ -31,7 +31,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltr
 
 from xlstm_jax.ops import SLSTMState
-from xlstm_jax.ops._slstm import _local_jacobian, _pointwise
+from xlstm_jax.ops.slstm_math import local_jacobian, pointwise
 
 from .common import GATES, cell_backward, custom_vjp_scan, dot, dot_t, from_kernel_layout, prepare, to_kernel_layout
 from .config import SLSTMBlocks, default_blocks
@@ -102,7 +102,7 @@ def _fwd_kernel(*refs, seq_len: int, blocks: SLSTMBlocks, has_keep: bool, save: 
                 ref[t, :, cols] = x
         raw = _recurrent(g_ref, t, state[0], w, tiles)
         new = [
-            _pointwise([raw[g][j] for g in range(GATES)], SLSTMState(*(f[j] for f in state))) for j in range(len(tiles))
+            pointwise([raw[g][j] for g in range(GATES)], SLSTMState(*(f[j] for f in state))) for j in range(len(tiles))
         ]
         for cols, x in zip(tiles, new):
             h_ref[t, :, cols] = x.h
@@ -133,7 +133,7 @@ def _bwd_kernel(*refs, seq_len: int, blocks: SLSTMBlocks, has_keep: bool):
         raw = _recurrent(g_ref, t, prev[0], w, tiles)
         d_raw, d_c, d_n, d_m = [], [], [], []
         for j, cols in enumerate(tiles):
-            jac = _local_jacobian([raw[g][j] for g in range(GATES)], SLSTMState(*(f[j] for f in prev)))
+            jac = local_jacobian([raw[g][j] for g in range(GATES)], SLSTMState(*(f[j] for f in prev)))
             d_new_h = carry[0][j] + dh_ref[t, :, cols]
             dr, (dc, dn, dm) = cell_backward(jac, d_new_h, carry[1][j], carry[2][j], carry[3][j])
             for g in range(GATES):

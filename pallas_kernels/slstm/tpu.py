@@ -13,7 +13,7 @@ Forward grid (NH, B / block_b, S / block_t), the last axis sequential ("arbitrar
 The backward kernel walks the same grid with time reversed, the weights again resident, and
 recomputes the recurrent pre-activations from the saved previous states (one matmul per gate and
 step), then applies the exact step derivative of ``xlstm_jax.ops.slstm_scan`` (its min/max tie rules
-and the per-element first-step rule n == 0 -> m = i come from the same ``_local_jacobian``), and
+and the per-element first-step rule n == 0 -> m = i come from the same ``local_jacobian``), and
 back-propagates the hidden-state cotangent through the weights. The weights' gradient is one
 matmul outside the kernel, as in the reference.
 
@@ -33,7 +33,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from xlstm_jax.ops import SLSTMState
-from xlstm_jax.ops._slstm import _local_jacobian, _pointwise
+from xlstm_jax.ops.slstm_math import local_jacobian, pointwise
 
 from .common import GATES, cell_backward, custom_vjp_scan, dot, dot_t, from_kernel_layout, prepare, to_kernel_layout
 from .config import SLSTMBlocks, default_blocks
@@ -78,7 +78,7 @@ def _fwd_kernel(*refs, block_t: int, seq_len: int, unroll: int, has_keep: bool, 
         for ref, x in zip(prev_refs, state):
             ref[j] = x
         raw = [g_ref[j, g] + dot(state[0], r_ref[g], dtype) for g in range(GATES)]
-        new = tuple(_pointwise(raw, SLSTMState(*state)))
+        new = tuple(pointwise(raw, SLSTMState(*state)))
         h_ref[j] = new[0]
         if seq_len % block_t:  # padded steps at the end leave the state unchanged
             valid = t_blk * block_t + j < seq_len
@@ -110,7 +110,7 @@ def _bwd_kernel(*refs, block_t: int, seq_len: int, num_t: int, unroll: int, has_
         j = block_t - 1 - jj
         prev = SLSTMState(*(ref[j] for ref in prev_refs))
         raw = [g_ref[j, g] + dot(prev.h, r_ref[g], dtype) for g in range(GATES)]
-        jac = _local_jacobian(raw, prev)
+        jac = local_jacobian(raw, prev)
         d_raw, (d_c, d_n, d_m) = cell_backward(jac, carry[0] + dh_ref[j], *carry[1:])
         d_h = dot_t(d_raw[0], r_ref[0], dtype)
         for g in range(1, GATES):

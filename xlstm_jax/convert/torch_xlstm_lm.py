@@ -30,7 +30,6 @@ import numpy as np
 from flax import nnx
 
 from xlstm_jax.models.xlstm_lm import xLSTMLMConfig, xLSTMLMModel
-from xlstm_jax.models.xlstm_lm._official import slstm_backend
 
 SLSTM_LAYOUTS = ("vanilla", "cuda")
 _STACK = "xlstm_block_stack."
@@ -169,8 +168,17 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def _config_slstm_layout(config: Mapping[str, Any]) -> str | None:
+    """The sLSTM state-dict layout an official config dict implies: its cell's ``backend`` field ("cuda",
+    the official default, or "vanilla") decides how the cell tensors are stored; None without sLSTM blocks."""
+    block = config.get("slstm_block")
+    if block is None:
+        return None
+    return block.get("slstm", {}).get("backend", "cuda")
+
+
 def _check_layout(layout: str | None, config: Mapping[str, Any]) -> str:
-    layout = layout if layout is not None else slstm_backend(config) or "vanilla"
+    layout = layout if layout is not None else _config_slstm_layout(config) or "vanilla"
     if layout not in SLSTM_LAYOUTS:
         raise ValueError(f"slstm_layout={layout!r} is not supported; choose one of {SLSTM_LAYOUTS}")
     return layout

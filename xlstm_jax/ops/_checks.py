@@ -2,7 +2,8 @@
 
 Every check raises a ``ValueError`` that names the offending argument and the
 expected shape, so a caller never meets silent broadcasting or an XLA shape
-error deep inside a kernel.
+error deep inside a kernel. Scalar arguments go through ``xlstm_jax._validation``
+(the project's one message format: "{field} must be {accepted}, got {value!r}").
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
+
+from xlstm_jax._validation import check_int, check_number
 
 
 def _shape_text(dims: Sequence[str | int], bound: dict[str, int]) -> str:
@@ -71,14 +74,16 @@ def check_shapes(specs: Sequence[tuple[str, object, Sequence[str | int]]]) -> di
 
 
 def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    """``value`` as an ``int`` >= 1 (NumPy integers accepted, bools not)."""
+    value = int(value) if isinstance(value, np.integer) else value
+    check_int(name, value, low=1)
+    return value
 
 
 def check_eps(eps) -> float:
-    if not isinstance(eps, (int, float, np.floating)) or not eps >= 0:
-        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    """``eps`` as a finite ``float`` >= 0 (NumPy floats accepted)."""
+    eps = float(eps) if isinstance(eps, np.floating) else eps
+    check_number("eps", eps, low=0.0)
     return float(eps)
 
 

@@ -28,7 +28,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._chunkwise_fwd import Residuals, Stabilizers, intra_chunk, stabilizers
+from ._chunkwise_fwd import Residuals, intra_chunk
+from .chunkwise_math import gate_grads, normalizer_cotangents, stabilizer_grads, stabilizers
 
 
 def _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final):
@@ -51,59 +52,6 @@ def _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final):
         reverse=True,
     )
     return jnp.moveaxis(dc_after, 0, 2), jnp.moveaxis(dn_after, 0, 2), dc0, dn0
-
-
-def normalizer_cotangents(d, h_dh, m, eps: float):
-    """``den`` and the cotangent of the normalizer d, stabilizers fixed.
-
-    h = num / den with den = max(|d|, exp(-m)) + eps. ``h_dh`` is sum_e h * dh per token.
-    All (..., L) per token. Returns (den, dd).
-    """
-    floor = jnp.exp(-m)
-    den = jnp.maximum(jnp.abs(d), floor) + eps
-    dd = jnp.where(jnp.abs(d) > floor, -h_dh / den * jnp.sign(d), 0.0)
-    return den, dd
-
-
-def gate_grads(rows_dlogd, cols_dlogd, dlog_alpha, da, dlog_decay, logf):
-    """Gate gradients with the stabilizers fixed, from per-token sums of the heavy pass.
-
-    Args (all (B, NH, NC, L) except dlog_decay (B, NH, NC)):
-      rows_dlogd, cols_dlogd: row and column sums of d/d logD, logD[t, s] = b_t - b_s + i_s.
-      dlog_alpha: d/d log alpha_t (the entering memory's weight of token t).
-      da: d/d a_t, a_t = g - b_t + i_t (the inter-chunk write weight of token t).
-      dlog_decay: d/d log of each chunk's memory decay.
-      logf: log forget gates (f = -inf resets get no gradient).
-
-    Returns (dlogf (B, NH, NC, L), di (B, NH, NC, L), dm0 (B, NH)).
-    """
-    di = cols_dlogd + da  # logD[t, s] and a_s both hold +i_s
-    db = rows_dlogd - cols_dlogd + dlog_alpha - da  # d/d b, b = cumsum(logf) within the chunk
-    dg = jnp.sum(da, axis=-1) + dlog_decay  # g = b[L-1] (when finite)
-    dm0 = jnp.sum(dlog_alpha[:, :, 0], axis=-1) + dlog_decay[:, :, 0]
-    dlogf = jnp.flip(jnp.cumsum(jnp.flip(db, -1), axis=-1), -1) + dg[..., None]
-    dlogf = jnp.where(jnp.isneginf(logf), 0.0, dlogf)  # a reset's gate has no gradient
-    return dlogf, di, dm0
-
-
-def stabilizer_grads(pullback, st: Stabilizers, *, eps: float, h_dh, den, final, final_cotangents):
-    """Step 2 of the module docstring: gradients through the stabilizers themselves.
-
-    ``st, pullback = jax.vjp(stabilizers, logf, i, m0)``; h_dh, den (B, NH, NC, L); ``final`` =
-    (c_final, n_final) and ``final_cotangents`` = (dc_final, dn_final, dm_final) of the returned state.
-    Returns (dlogf, di, dm0) to add to those of ``gate_grads``.
-    """
-    (c_final, n_final), (dc_final, dn_final, dm_final) = final, final_cotangents
-    dm_final_scale = dm_final - jnp.sum(dc_final * c_final, axis=(-2, -1)) - jnp.sum(dn_final * n_final, -1)
-    zeros_nc = jnp.zeros_like(st.m_after)
-    cotangent = Stabilizers(
-        a=jnp.zeros_like(st.a),
-        g=zeros_nc,
-        m_before=zeros_nc,
-        m_after=zeros_nc.at[..., -1].set(dm_final_scale.astype(zeros_nc.dtype)),
-        m=(-eps * h_dh / den).astype(st.m.dtype),
-    )
-    return pullback(cotangent)
 
 
 def backward(res: Residuals, cotangents, eps: float):

@@ -21,7 +21,7 @@ held fixed, then adds their exact eps and final-state terms.
 Any S works: the sequence is padded to a multiple of L with tokens that neither
 write to nor decay the memory (i = -inf, log forget gate = 0), which leaves h
 and the final state exactly unchanged. A forget-gate pre-activation of -inf is an
-exact reset (``_decay.CumulativeForget``): the masks above drop every path
+exact reset (``decay.CumulativeForget``): the masks above drop every path
 across it, without infinities in any difference.
 """
 
@@ -32,40 +32,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._decay import cumulative_forget, log_decay_matrix, segment_cummax
-
-
-class Stabilizers(NamedTuple):
-    """Log scales chosen by the forward pass; all (B, NH, NC[, L])."""
-
-    a: jax.Array  # (..., NC, L) log weight of token t in the memory after its chunk (-inf: reset after t)
-    g: jax.Array  # (..., NC) log decay of the entering memory across the chunk (-inf: reset in the chunk)
-    m_before: jax.Array  # (..., NC) memory scale entering chunk k (M_{k-1}); [..., 0] = m0
-    m_after: jax.Array  # (..., NC) memory scale after chunk k (M_k); [..., -1] = final m
-    m: jax.Array  # (..., NC, L) per-token output stabilizer
-
-
-def stabilizers(logf, i, m0) -> Stabilizers:
-    """logf, i: (B, NH, NC, L); m0: (B, NH). Differentiable (used for the backward's m-path)."""
-    cf = cumulative_forget(logf)
-    b = cf.hi + cf.lo
-    last = cf.seg[..., -1:]
-    a = ((cf.hi[..., -1:] - cf.hi) + (cf.lo[..., -1:] - cf.lo)) + i
-    a = jnp.where(cf.seg == last, a, -jnp.inf)
-    g = jnp.where(last[..., 0] == 0, b[..., -1], -jnp.inf)
-
-    def body(m_prev, xs):
-        g_k, a_max_k = xs
-        m_next = jnp.maximum(g_k + m_prev, a_max_k)
-        return m_next, m_prev
-
-    chunks_first = lambda x: jnp.moveaxis(x, -1, 0)  # noqa: E731
-    m_final, m_before = jax.lax.scan(body, m0, (chunks_first(g), chunks_first(jnp.max(a, axis=-1))))
-    m_before = jnp.moveaxis(m_before, 0, -1)
-    m_after = jnp.concatenate([m_before[..., 1:], m_final[..., None]], axis=-1)
-    entering = jnp.where(cf.seg == 0, m_before[..., None], -jnp.inf)  # the entering memory reaches t
-    m = b + jnp.maximum(entering, segment_cummax(i - b, cf.reset))
-    return Stabilizers(a, g, m_before, m_after, m)
+from .chunkwise_math import Stabilizers, stabilizers
+from .decay import cumulative_forget, log_decay_matrix
 
 
 def chunk_states(k, v, logf, st: Stabilizers, c0, n0):

@@ -11,13 +11,13 @@ from __future__ import annotations
 from functools import partial
 
 import jax
-import jax.numpy as jnp
 
 from ._checks import check_eps, check_positive_int
 from ._chunkwise_bwd import backward
 from ._chunkwise_fwd import Residuals, forward
-from ._mlstm_inputs import prepare
 from ._states import MLSTMState
+from .chunkwise_math import pad_to_chunks
+from .mlstm_inputs import prepare
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(8, 9))
@@ -76,14 +76,6 @@ def mlstm_chunkwise(
     x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
     seq_len = x.q.shape[2]
     chunk_size = min(chunk_size, seq_len)
-    pad = -seq_len % chunk_size
-    logf = jax.nn.log_sigmoid(x.f)
-    q_, k_, v_, logf, i_ = x.q, x.k, x.v, logf, x.i
-    if pad:
-        pad_seq = lambda a, value=0.0: jnp.pad(  # noqa: E731
-            a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3), constant_values=value
-        )
-        q_, k_, v_, logf = map(pad_seq, (q_, k_, v_, logf))
-        i_ = pad_seq(i_, -jnp.inf)
+    q_, k_, v_, logf, i_ = pad_to_chunks(chunk_size, x.q, x.k, x.v, jax.nn.log_sigmoid(x.f), x.i)
     h, c, n, m = _chunkwise(q_, k_, v_, logf, i_, *x.state, chunk_size, eps)
     return h[:, :, :seq_len].astype(x.out_dtype), MLSTMState(c, n, m)

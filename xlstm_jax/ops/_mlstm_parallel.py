@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_eps
-from ._decay import cumulative_forget, log_decay_matrix
-from ._mlstm_inputs import prepare
+from .decay import cumulative_forget, log_decay_matrix
+from .mlstm_inputs import prepare
 
 
 @partial(jax.jit, static_argnames=("eps",))

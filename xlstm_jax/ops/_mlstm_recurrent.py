@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_eps
-from ._mlstm_inputs import prepare
 from ._states import MLSTMState
+from .mlstm_inputs import prepare
 
 
 def _step(q, k, v, i, f, state: MLSTMState, eps: float):

@@ -148,11 +148,3 @@ def config_kwargs(d: Mapping[str, Any], *, own_fields: tuple[str, ...]) -> dict[
     if "vocab_size" not in top:
         raise ValueError("vocab_size is missing (the official default -1 is not a vocabulary size)")
     return {**top, "mlstm": mlstm, "slstm": slstm, "feedforward": feedforward}
-
-
-def slstm_backend(d: Mapping[str, Any]) -> str | None:
-    """The official sLSTM backend ("cuda" or "vanilla") named in the dict; None without sLSTM blocks."""
-    block = d.get("slstm_block")
-    if block is None:
-        return None
-    return block.get("slstm", {}).get("backend", "cuda")

@@ -1,4 +1,8 @@
-"""Validation and dtype handling shared by the mLSTM forms."""
+"""Validation and dtype handling shared by the mLSTM forms and kernels.
+
+``prepare`` checks q, k, v, the gates and a state against the shapes of the contract and casts
+them to the compute dtype; ``check_eps`` and ``check_positive_int`` check the scalar arguments.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_shapes, compute_dtype
+from ._checks import check_eps, check_positive_int, check_shapes, compute_dtype
 from ._states import MLSTMState
 
 SEQ_DIMS = {
@@ -74,3 +78,6 @@ def prepare(q, k, v, i, f, state, *, sequence: bool, state_name: str) -> MLSTMIn
         state=MLSTMState(*map(cast, state)),
         out_dtype=jnp.result_type(q, k, v),
     )
+
+
+__all__ = ["MLSTMInputs", "check_eps", "check_positive_int", "prepare"]
