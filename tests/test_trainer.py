@@ -188,7 +188,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, referenc
 def test_bad_configs_give_clear_errors(tmp_path):
     cfg = _write_config(tmp_path / "cfg.yaml")
     for override, message in [
-        ("optim.lr=-1", "optim.lr must be > 0"),
+        ("optim.lr=-1", "optim.lr must be a finite number > 0, got -1"),
+        ("train.steps=1.5", "train.steps must be an integer >= 1, got 1.5"),
         ("train.stepz=3", "unknown key(s) train.stepz"),
         ("model.arch=gpt", "model.arch must be one of"),
         ("model.embedding_dim=33", "model"),
@@ -252,7 +253,7 @@ def _two_processes(cfg: Path, *args: str) -> list[str]:
             [
                 sys.executable,
                 "-m",
-                "train",
+                "xlstm_jax.train",
                 "--config",
                 str(cfg),
                 "--cpu-devices",

@@ -25,6 +25,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
     p.add_argument("--cpu-devices", type=int, help="number of CPU devices to expose (CPU only)")
+    p.add_argument("--resume", choices=("auto", "never", "must"), default="auto",
+                   help="auto: continue from the newest checkpoint in train.out_dir if any; never: refuse a folder "
+                   "with checkpoints; must: refuse one without")  # fmt: skip
+    p.add_argument("--progress", choices=("auto", "bar", "lines", "off"), default="auto",
+                   help="a progress bar (auto: when stdout is a terminal), plain lines, or nothing")  # fmt: skip
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
@@ -33,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def init_distributed(args) -> None:
     import jax
 
-    if args.cpu_devices:
+    if args.cpu_devices is not None:
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     if args.coordinator:
         if args.num_processes is None or args.process_id is None:
@@ -54,6 +59,15 @@ def main(argv=None) -> int:
         print("error: --config is required: a preset name (xlstm-train --list-configs) or a YAML file", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
+    from xlstm_jax._validation import check_int
+
+    try:
+        check_int("--cpu-devices", args.cpu_devices, 1, optional=True)
+        check_int("--num-processes", args.num_processes, 1, optional=True)
+        check_int("--process-id", args.process_id, 0, optional=True)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from .config import ConfigError, apply_overrides, load_yaml, to_json
 
     try:
@@ -65,17 +79,21 @@ def main(argv=None) -> int:
         print(to_json(raw))
         return 0
     init_distributed(args)
-    from .trainer import run
+    from .api import fit
+    from .errors import TrainingError
 
     try:
-        summary = run(raw)
+        result = fit(raw, resume=args.resume, progress=None if args.progress == "auto" else args.progress)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except TrainingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     import jax
 
     if jax.process_index() == 0:
-        print(json.dumps({k: v for k, v in summary.items() if k != "config"}, default=str))
+        print(json.dumps({k: v for k, v in result.summary.items() if k != "config"}, default=str))
     return 0
 
 

@@ -17,6 +17,7 @@ Every section is a frozen dataclass; an unknown key or a bad value raises a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from xlstm_jax._validation import check_bool, check_choice, check_int, check_number
+from xlstm_jax.nn import REMAT_POLICIES
 
 
 class _Loader(yaml.SafeLoader):
@@ -50,6 +54,12 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+_int = functools.partial(check_int, error=ConfigError)
+_number = functools.partial(check_number, error=ConfigError)
+_bool = functools.partial(check_bool, error=ConfigError)
+_choice = functools.partial(check_choice, error=ConfigError)
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """AdamW with warmup and a decay schedule."""
@@ -68,19 +78,22 @@ class OptimConfig:
     grad_accum_steps: int = 1
 
     def __post_init__(self):
-        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
-        _check(
-            self.schedule in ("cosine", "linear", "constant"),
-            f"optim.schedule must be one of cosine, linear, constant; got {self.schedule!r}",
-        )
-        _check(self.warmup_steps >= 0, f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
-        _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _number("optim.lr", self.lr, 0, low_open=True)
+        _choice("optim.schedule", self.schedule, ("cosine", "linear", "constant"))
+        _int("optim.warmup_steps", self.warmup_steps, 0)
+        _number("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
         for name in ("b1", "b2"):
-            _check(0 <= getattr(self, name) < 1, f"optim.{name} must be in [0, 1), got {getattr(self, name)}")
-        _check(self.eps > 0, f"optim.eps must be > 0, got {self.eps}")
-        _check(self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        _check(self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
-        _check(self.grad_accum_steps >= 1, f"optim.grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+            _number(f"optim.{name}", getattr(self, name), 0, 1)
+            _check(
+                getattr(self, name) < 1,
+                f"optim.{name} must be a finite number >= 0 and < 1, got {getattr(self, name)!r}",
+            )
+        _number("optim.eps", self.eps, 0, low_open=True)
+        _number("optim.weight_decay", self.weight_decay, 0)
+        for name in ("decay_norms_and_biases", "decay_embeddings"):
+            _bool(f"optim.{name}", getattr(self, name))
+        _number("optim.grad_clip", self.grad_clip, 0)  # 0 disables
+        _int("optim.grad_accum_steps", self.grad_accum_steps, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +117,10 @@ class MeshConfig:
     def __post_init__(self):
         sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
         for name, size in sizes.items():
-            _check(size == -1 or size >= 1, f"mesh.{name} must be >= 1 or -1, got {size}")
+            _int(f"mesh.{name}", size, -1)
+            _check(size != 0, f"mesh.{name} must be an integer >= 1 or -1 (all devices left over), got {size!r}")
         _check(list(sizes.values()).count(-1) <= 1, f"at most one mesh axis may be -1, got {sizes}")
+        _check(isinstance(self.rules, Mapping), f"mesh.rules must be a mapping, got {self.rules!r}")
         for logical, axes in self.rules.items():
             axes = [axes] if isinstance(axes, str) else list(axes)
             for axis in axes:
@@ -134,20 +149,25 @@ class RunConfig:
     out_dir: str = "runs/default"
     sample_tokens: int = 32  # tokens generated at the end (0 disables)
     tensorboard: bool = True
+    max_consecutive_nonfinite: int = 10  # stop (non-zero exit) after this many non-finite steps in a row
 
     def __post_init__(self):
         for name in ("steps", "global_batch_size", "seq_len", "log_every", "eval_batches", "keep_checkpoints"):
-            _check(getattr(self, name) >= 1, f"train.{name} must be >= 1, got {getattr(self, name)}")
+            _int(f"train.{name}", getattr(self, name), 1)
+        _int("train.max_consecutive_nonfinite", self.max_consecutive_nonfinite, 1)
         for name in ("stop_after_steps", "eval_seq_len"):
-            value = getattr(self, name)
-            _check(value is None or value >= 1, f"train.{name} must be >= 1 or null, got {value}")
+            _int(f"train.{name}", getattr(self, name), 1, optional=True)
         for name in ("eval_every", "checkpoint_every", "sample_tokens"):
-            _check(getattr(self, name) >= 0, f"train.{name} must be >= 0, got {getattr(self, name)}")
+            _int(f"train.{name}", getattr(self, name), 0)
+        _int("train.seed", self.seed, 0, 2**32 - 1)
         for name in ("compute_dtype", "param_dtype"):
-            _check(
-                getattr(self, name) in ("float32", "bfloat16"),
-                f"train.{name} must be float32 or bfloat16, got {getattr(self, name)!r}",
-            )
+            _choice(f"train.{name}", getattr(self, name), ("float32", "bfloat16"))
+        _choice("train.remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
+        for name in ("remat", "tensorboard"):
+            _bool(f"train.{name}", getattr(self, name))
+        _check(
+            isinstance(self.out_dir, str) and bool(self.out_dir), f"train.out_dir must be a path, got {self.out_dir!r}"
+        )
 
 
 def build_dataclass(cls, values: Mapping[str, Any] | None, prefix: str):
@@ -212,24 +232,55 @@ def load_yaml(path: str | Path, _seen: tuple = ()) -> dict:
     return deep_merge(merged, data)
 
 
-def apply_overrides(config: dict, overrides: Sequence[str]) -> dict:
-    """Apply ``a.b.c=value`` strings; values are parsed as YAML (``3e-4``, ``[0, 2]``, ``true``)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
-        key, raw = item.split("=", 1)
+def apply_overrides(config: dict, overrides: Sequence[str] | Mapping[str, Any]) -> dict:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML: ``3e-4``, ``[0, 2]``, ``true``), or a
+    mapping of dotted keys to values (``{"train.steps": 5}``; a mapping value is merged into the
+    section it names: ``{"train": {"steps": 5}}``)."""
+    if isinstance(overrides, str):
+        raise ConfigError(f"overrides must be a list of key=value strings or a mapping, got {overrides!r}")
+    if isinstance(overrides, Mapping):
+        items = [(str(key), value, f"{key}={value!r}") for key, value in overrides.items()]
+    else:
+        items = []
+        for item in overrides:
+            if not isinstance(item, str) or "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key.sub=value")
+            key, raw = item.split("=", 1)
+            items.append((key, parse_yaml(raw) if raw.strip() else None, item))
+    for key, value, item in items:
         parts = key.strip().split(".")
         if not all(parts):
             raise ConfigError(f"override {item!r} has an empty key part")
-        value = parse_yaml(raw) if raw.strip() else None
         node = config
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {'.'.join(parts[: depth + 1])} is not a section")
             node = child
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            value = deep_merge(node[parts[-1]], value)
         node[parts[-1]] = value
     return config
+
+
+def load_config(config: str | Path | Mapping, overrides: Sequence[str] | Mapping[str, Any] | None = None) -> dict:
+    """A run config as a plain dict from a preset name, a YAML path or a mapping (copied), with
+    ``overrides`` applied (see ``apply_overrides``)."""
+    if isinstance(config, (str, Path)):
+        raw = load_yaml(config)
+    elif isinstance(config, Mapping):
+        raw = json.loads(json.dumps(config, default=_plain))
+    else:
+        raise ConfigError(f"config must be a preset name, a YAML path or a mapping, got {type(config).__name__}")
+    return apply_overrides(raw, overrides or [])
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, (tuple, set)):
+        return list(value)
+    raise ConfigError(f"config values must be plain data (numbers, strings, lists, mappings), got {value!r}")
 
 
 def to_json(config: Mapping) -> str:

@@ -1,6 +1,8 @@
-"""What a user sees: a console progress line, JSONL metrics, TensorBoard events, MFU.
+"""What a user sees: a progress bar or plain progress lines, JSONL metrics, TensorBoard events, MFU.
 
-Only process 0 writes; every other process gets a no-op logger.
+Progress: a ``tqdm`` bar (``tqdm.auto``: a widget in notebooks, text in terminals) with loss,
+tokens/s, MFU and the ETA; plain lines when the output is not a terminal (logs, CI). Only process
+0 writes; every other process gets a no-op logger.
 """
 
 from __future__ import annotations
@@ -14,6 +16,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from xlstm_jax._validation import check_choice
+
+from .config import ConfigError
 
 # Dense bfloat16 peak FLOP/s per device, for the MFU estimate (vendor figures).
 _PEAK_FLOPS = {
@@ -63,10 +69,21 @@ def step_flops(compiled) -> float:
 class Logger:
     """Console progress, ``metrics.jsonl`` and TensorBoard events under ``out_dir``."""
 
-    def __init__(self, out_dir: str | Path, total_steps: int, *, tensorboard: bool, enabled: bool):
-        self.enabled, self.total = enabled, total_steps
+    def __init__(
+        self,
+        out_dir: str | Path,
+        total_steps: int,
+        *,
+        tensorboard: bool,
+        enabled: bool,
+        run_id: str | None = None,
+        progress: str | bool | None = None,
+    ):
+        self.enabled, self.total, self.run_id = enabled, total_steps, run_id
+        self.progress = progress_mode(progress)
+        self.history: list[dict] = []  # every row written to metrics.jsonl by this logger
         self.start = time.perf_counter()
-        self.tty = sys.stdout.isatty()
+        self.bar = None
         if not enabled:
             return
         out = Path(out_dir)
@@ -82,7 +99,9 @@ class Logger:
         if not self.enabled:
             return
         clean = {k: (float(v) if np.ndim(v) == 0 else np.asarray(v).tolist()) for k, v in metrics.items()}
-        self.jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **clean}) + "\n")
+        row = {"kind": kind, "step": step, "time": time.time(), "run_id": self.run_id, **clean}
+        self.history.append(row)
+        self.jsonl.write(json.dumps(row) + "\n")
         if self.tb is not None:
             for key, value in clean.items():
                 if isinstance(value, float) and math.isfinite(value):
@@ -91,12 +110,31 @@ class Logger:
             self._progress(step, clean)
         else:
             parts = "  ".join(f"{k} {v:.4g}" for k, v in clean.items() if isinstance(v, float))
-            print(("\n" if self.tty else "") + f"[{kind} @ step {step}] {parts}", flush=True)
+            self.message(f"[{kind} @ step {step}] {parts}")
+
+    def begin(self, step: int) -> None:
+        """The loop starts at ``step`` (0, or the step a resume continues from)."""
+        self.start, self.first_step = time.perf_counter(), step
+        if self.enabled and self.progress == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=step, unit="step", dynamic_ncols=True, file=sys.stdout)
 
     def _progress(self, step: int, m: dict) -> None:
+        if self.progress == "off":
+            return
+        if self.bar is not None:
+            self.bar.update(step - self.bar.n)
+            postfix = {"loss": f"{m.get('loss', math.nan):.4f}", "tok/s": f"{m.get('tokens_per_s', math.nan):,.0f}",
+                       "mfu": f"{m.get('mfu', math.nan):.1%}"}  # fmt: skip
+            if m.get("skipped_steps"):
+                postfix["skipped"] = int(m["skipped_steps"])
+            self.bar.set_postfix(postfix, refresh=True)
+            return
         done = step / max(self.total, 1)
+        first = getattr(self, "first_step", 0)
         elapsed = time.perf_counter() - self.start
-        eta = elapsed / max(done, 1e-9) * (1 - done) if step else float("nan")
+        eta = elapsed / (step - first) * (self.total - step) if step > first else float("nan")
         bar = "#" * int(20 * done) + "-" * (20 - int(20 * done))
         line = (
             f"[{bar}] step {step}/{self.total}  loss {m.get('loss', float('nan')):.4f}  "
@@ -106,20 +144,51 @@ class Logger:
         )
         if m.get("skipped_steps"):
             line += f"  skipped {int(m['skipped_steps'])}"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", flush=True)
+        print(line, flush=True)
 
     def message(self, text: str) -> None:
-        if self.enabled:
-            print(("\n" if self.tty else "") + text, flush=True)
-
-    def close(self) -> None:
         if not self.enabled:
             return
-        if self.tty:
-            print()
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        else:
+            print(text, flush=True)
+
+    def __enter__(self) -> Logger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self.enabled or self.jsonl.closed:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+
+
+PROGRESS_MODES = ("bar", "lines", "off")
+
+
+def _in_notebook() -> bool:
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and type(ip).__name__ == "ZMQInteractiveShell"
+
+
+def progress_mode(progress: str | bool | None) -> str:
+    """``None``/``"auto"``: a bar in terminals and notebooks, plain lines otherwise; ``True`` a bar,
+    ``False`` nothing; or one of ``PROGRESS_MODES``."""
+    if progress is None or progress == "auto":
+        return "bar" if sys.stdout.isatty() or _in_notebook() else "lines"
+    if isinstance(progress, bool):
+        return "bar" if progress else "off"
+    check_choice("progress", progress, (*PROGRESS_MODES, "auto"), error=ConfigError)
+    return progress
 
 
 def _fmt_time(seconds: float) -> str:

@@ -63,7 +63,8 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, accum: int
             "loss": loss_sum / count,
             "grad_norm": optax.global_norm(grads),
             "tokens": count,
-            "skipped_steps": opt_state.total_notfinite,
+            "skipped_steps": opt_state.total_notfinite,  # non-finite steps so far (skipped)
+            "nonfinite_run": opt_state.notfinite_count,  # consecutive non-finite steps up to this one
         }
         return TrainState(state.step + 1, params, opt_state), metrics
 

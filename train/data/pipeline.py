@@ -104,9 +104,10 @@ def _mark_absl_flags_parsed() -> None:
 
 def _corpus_split(cfg: DataConfig, split: str) -> grain.MapDataset:
     """The documents of ``split``: ``eval_path`` for eval, else the held-out tail of ``path``."""
+    vocab = vocab_size(cfg)
     if split == "eval" and cfg.eval_path is not None:
-        return grain.MapDataset.source(open_corpus(cfg, cfg.eval_path))
-    ds = grain.MapDataset.source(open_corpus(cfg, cfg.path))
+        return grain.MapDataset.source(open_corpus(cfg, cfg.eval_path, vocab))
+    ds = grain.MapDataset.source(open_corpus(cfg, cfg.path, vocab))
     n = len(ds)
     held = math.ceil(cfg.heldout_fraction * n) if cfg.eval_path is None else 0
     if split == "eval" and held == 0:

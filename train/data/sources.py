@@ -102,6 +102,30 @@ class TokenFileSource:
         start, end = self._starts[index], self._ends[index]
         return np.asarray(self._memmap()[start:end], np.int32)
 
+    def id_range(self) -> tuple[int, int]:
+        """The smallest and largest id in the file (``(0, -1)`` when empty), read once per file
+        version (path, size, modification time) and cached for the process."""
+        stat = os.stat(self.path)
+        key = (os.path.realpath(self.path), stat.st_size, stat.st_mtime_ns, self.dtype.str)
+        if key not in _ID_RANGES:
+            mm, lo, hi, chunk = self._memmap(), None, None, 1 << 24
+            for s in range(0, len(mm), chunk):
+                part = mm[s : s + chunk]
+                lo = int(part.min()) if lo is None else min(lo, int(part.min()))
+                hi = int(part.max()) if hi is None else max(hi, int(part.max()))
+            _ID_RANGES[key] = (0, -1) if lo is None else (lo, hi)
+        return _ID_RANGES[key]
+
+    def check_ids(self, vocab_size: int) -> None:
+        """Refuses a file holding an id outside ``[0, vocab_size)``, naming the file and the id."""
+        lo, hi = self.id_range()
+        bad = lo if lo < 0 else hi if hi >= vocab_size else None
+        if bad is not None:
+            raise ValueError(
+                f"token file {self.path} holds the id {bad}, outside the vocabulary [0, {vocab_size}) "
+                "(data.vocab_size or the file's metadata); re-tokenize it or raise data.vocab_size"
+            )
+
     @property
     def num_tokens(self) -> int:
         return int((self._ends - self._starts).sum())
@@ -111,6 +135,9 @@ class TokenFileSource:
 
     def __repr__(self) -> str:
         return f"TokenFileSource({self.path!r}, dtype={self.dtype.name}, documents={len(self)})"
+
+
+_ID_RANGES: dict[tuple, tuple[int, int]] = {}  # (path, size, mtime, dtype) -> (min id, max id)
 
 
 def _missing_dtype(path: str) -> str:
@@ -257,14 +284,21 @@ class TextSource:
         return f"TextSource({len(self.paths)} files, {self.tokenizer!r}, documents={len(self)})"
 
 
-def open_corpus(cfg: Any, spec: str | Sequence[str]) -> Any:
-    """The document source of ``cfg.kind`` ("tokens", "arrayrecord" or "text") over the files ``spec``."""
+def open_corpus(cfg: Any, spec: str | Sequence[str], vocab_size: int | None = None) -> Any:
+    """The document source of ``cfg.kind`` ("tokens", "arrayrecord" or "text") over the files ``spec``.
+
+    With ``vocab_size``, token files holding an id outside ``[0, vocab_size)`` are refused
+    (``ValueError`` naming the file and the id; each file's range is read once and cached).
+    """
     paths = expand_paths(spec)
     if cfg.kind == "tokens":
         sources = [
             TokenFileSource(p, dtype=cfg.token_dtype, eos_id=cfg.eos_id, max_doc_tokens=cfg.max_doc_tokens)
             for p in paths
         ]
+        if vocab_size is not None:
+            for source in sources:
+                source.check_ids(vocab_size)
         return sources[0] if len(sources) == 1 else ConcatSource(sources)
     if cfg.kind == "arrayrecord":
         return ArrayRecordSource(paths, dtype=cfg.token_dtype)
