@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from ._checks import check_eps
 from .decay import cumulative_forget, log_decay_matrix
-from .mlstm_inputs import prepare
+from .mlstm_inputs import normalizer_floor, prepare
 
 
 @partial(jax.jit, static_argnames=("eps",))
@@ -42,6 +42,6 @@ def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
     m = jnp.max(log_d, axis=-1)  # (B, NH, S)
     scores = jnp.einsum("bhtd,bhsd->bhts", x.q * (x.q.shape[-1] ** -0.5), x.k)
     p = scores * jnp.exp(log_d - m[..., None])
-    den = jnp.maximum(jnp.abs(jnp.sum(p, axis=-1)), jnp.exp(-m)) + eps
+    den = jnp.maximum(jnp.abs(jnp.sum(p, axis=-1)), normalizer_floor(m)) + eps
     h = jnp.einsum("bhts,bhsd->bhtd", p / den[..., None], x.v)
     return h.astype(x.out_dtype)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from ._checks import check_eps
 from ._states import MLSTMState
-from .mlstm_inputs import prepare
+from .mlstm_inputs import normalizer_floor, prepare
 
 
 def _step(q, k, v, i, f, state: MLSTMState, eps: float):
@@ -34,7 +34,7 @@ def _step(q, k, v, i, f, state: MLSTMState, eps: float):
     q_scaled = q * (q.shape[-1] ** -0.5)
     num = jnp.einsum("bhd,bhde->bhe", q_scaled, c_new)
     qn = jnp.einsum("bhd,bhd->bh", q_scaled, n_new)
-    den = jnp.maximum(jnp.abs(qn), jnp.exp(-m_new)) + eps
+    den = jnp.maximum(jnp.abs(qn), normalizer_floor(m_new)) + eps
     return num / den[..., None], MLSTMState(c_new, n_new, m_new)
 
 

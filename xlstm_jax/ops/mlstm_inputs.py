@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._checks import check_eps, check_positive_int, check_shapes, compute_dtype
 from ._states import MLSTMState
@@ -80,4 +81,18 @@ def prepare(q, k, v, i, f, state, *, sequence: bool, state_name: str) -> MLSTMIn
     )
 
 
-__all__ = ["MLSTMInputs", "check_eps", "check_positive_int", "prepare"]
+def normalizer_floor(m: jax.Array) -> jax.Array:
+    """``exp(-m)``, the normalizer's floor (the constant 1 before stabilization).
+
+    Where the stabilizer m is very negative (gates of -1e4: nothing was written
+    that survives), ``exp(-m)`` overflows to inf and h = num / inf = 0, which is
+    right; but the gradient then multiplies the zero cotangent of the floor by its
+    infinite derivative, 0 * inf = NaN. Capping the exponent just below overflow
+    keeps the floor finite (h is then num / 1e38 or num / 1e307: zero to the
+    precision of any output) and its gradient finite (zero through the cap).
+    """
+    cap = float(np.log(np.finfo(m.dtype).max)) - 1.0
+    return jnp.exp(jnp.minimum(-m, cap))
+
+
+__all__ = ["MLSTMInputs", "check_eps", "check_positive_int", "normalizer_floor", "prepare"]
