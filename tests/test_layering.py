@@ -6,7 +6,7 @@ Layers, lowest first (a module may import its own layer and the layers below it)
   kernels   xlstm_jax.pallas_kernels               Pallas kernels (import ops' public modules only)
   dispatch  xlstm_jax.backends                     chooses a cell implementation, imports kernels lazily
   modules   xlstm_jax.nn                           Flax NNX layers
-  models    xlstm_jax.models, .convert, .generation
+  models    xlstm_jax.models, .convert, .generation, .hub, .tokenizer
   train     xlstm_jax.train, xlstm_jax.configs
   app       xlstm_jax (its __init__), xlstm_jax.demo
 
@@ -28,7 +28,10 @@ LAYERS = [
     ("kernels", ("xlstm_jax.pallas_kernels",)),
     ("dispatch", ("xlstm_jax.backends",)),
     ("modules", ("xlstm_jax.nn",)),
-    ("models", ("xlstm_jax.models", "xlstm_jax.convert", "xlstm_jax.generation")),
+    (
+        "models",
+        ("xlstm_jax.models", "xlstm_jax.convert", "xlstm_jax.generation", "xlstm_jax.hub", "xlstm_jax.tokenizer"),
+    ),
     ("train", ("xlstm_jax.train", "xlstm_jax.configs")),
     ("app", ("xlstm_jax",)),
 ]
