@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import subprocess
 import sys
@@ -359,10 +358,16 @@ def test_preprocess_cli_end_to_end(tmp_path):
     (tmp_path / "a.txt").write_text(f"{TEXTS[0]}\n\n{TEXTS[1]}\n")
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in TEXTS[2:]) + "\n")
     out = tmp_path / "out" / "corpus"
-    cmd = [sys.executable, "-m", "train.data.preprocess", "--input", str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xlstm_jax.train.data.preprocess",
+        "--input",
+        str(tmp_path / "a.txt"),
+        str(tmp_path / "b.jsonl"),
+    ]
     cmd += ["--output", str(out), "--format", "tokens", "--tokenizer", "byte"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"wrote {len(TEXTS)} documents" in proc.stdout and "uint16" in proc.stdout
     meta = json.loads(Path(f"{out}.json").read_text())

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import secrets
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,6 +40,7 @@ from .mesh import batch_sharding, make_mesh, replicated, state_shardings
 from .metrics import Logger, device_peak_flops, step_flops
 from .models import build_model, config_to_dict, model_config
 from .optim import make_optimizer, schedule
+from .resume import RESUME_MODES, check_resume, fingerprint
 from .runlock import RunLock
 from .step import TrainState, make_eval_step, make_train_step
 
@@ -153,6 +154,8 @@ class _StopFlag:
         self.signal = signum
 
     def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may handle signals (fit() called from a worker thread)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -185,70 +188,6 @@ class Session:
     peak_flops: tuple[float, str]  # per device, and where the figure comes from
     custom: dict = dataclasses.field(default_factory=dict)  # which of model/optimizer/data the user gave
     last_metrics: dict | None = None
-
-
-RESUME_MODES = ("auto", "never", "must")
-# Keys that may change between a checkpoint and the run resuming it: cadence, length, output,
-# evaluation and loading knobs. Everything else in the fingerprint must match.
-_RESUMABLE_CHANGES = {
-    "data.eval_path", "data.max_eval_batches", "data.num_eval_examples", "data.eval_min_len",
-    "data.eval_max_len", "data.prefetch_buffer_size", "data.read_threads",
-    "model.remat", "model.remat_policy",
-}  # fmt: skip
-
-
-def _flatten(prefix: str, value, out: dict) -> dict:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}", v, out)
-    else:
-        out[prefix] = value
-    return out
-
-
-def fingerprint(spec: RunSpec, model_meta: dict, params, optimizer) -> dict:
-    """What a checkpoint's train state depends on, as flat dotted keys: the resolved model (or a
-    user model's class and parameter shapes), the data, the optimizer and the train fields that
-    shape the batches and the initialization."""
-    flat: dict = {}
-    if model_meta.get("arch") == "custom":
-        shapes = {"/".join(map(str, k)): list(v.shape) for k, v in nnx.to_flat_state(params)}
-        _flatten("model", {**model_meta, "param_shapes": shapes}, flat)
-    else:
-        _flatten("model", model_meta, flat)
-    _flatten("data", spec.data.to_dict(), flat)
-    # A user's optimizer cannot be compared; keeping it the same across resumes is the user's part.
-    _flatten("optim", dataclasses.asdict(spec.optim) if optimizer is None else {"custom": True}, flat)
-    for name in ("global_batch_size", "seq_len", "seed", "compute_dtype", "param_dtype"):
-        flat[f"train.{name}"] = getattr(spec.train, name)
-    flat = {k: v for k, v in flat.items() if k not in _RESUMABLE_CHANGES}
-    return json.loads(json.dumps(flat, default=str))
-
-
-def _check_resume(ckpt: Checkpointer, resume: str, fp: dict) -> None:
-    """Refuses a run folder whose checkpoints this run must not continue (see ``fit``)."""
-    steps = ckpt.steps()
-    if not steps:
-        return
-    if resume == "never":
-        raise ConfigError(
-            f"resume='never' but {ckpt.directory} holds checkpoints (steps {steps}); "
-            "choose a new train.out_dir, or resume='auto' to continue that run"
-        )
-    try:
-        saved = ckpt.read_meta(steps[-1]).get("fingerprint")
-    except Exception:  # noqa: BLE001 - an unreadable newest checkpoint is handled by the restore
-        return
-    if saved is None:
-        return
-    differ = sorted(k for k in set(saved) | set(fp) if saved.get(k, "<absent>") != fp.get(k, "<absent>"))
-    if differ:
-        lines = [f"  {k}: checkpoint {saved.get(k, '<absent>')!r}, this run {fp.get(k, '<absent>')!r}" for k in differ]
-        raise ConfigError(
-            f"the checkpoints in {ckpt.directory} belong to a run with a different config; differing keys:\n"
-            + "\n".join(lines)
-            + "\nuse a new train.out_dir for a new run (steps, logging, evaluation and checkpoint cadence may change)"
-        )
 
 
 def _check_batch_fits_mesh(global_batch_size: int, mesh, rules) -> None:
@@ -309,7 +248,7 @@ def init(
     arch = config_to_dict(spec.model)["arch"] if model is None else type(model).__name__
     model_meta = config_to_dict(spec.model) if model is None else {"arch": "custom", "class": arch}
     fp = fingerprint(spec, model_meta, abstract_params, optimizer)
-    _check_resume(ckpt, resume, fp)
+    check_resume(ckpt, resume, fp)
 
     with jax.set_mesh(mesh):
         if model is None:
