@@ -142,7 +142,7 @@ def run(raw: dict) -> dict:
     param_shardings = state_shardings(abstract_params, mesh, rules)
 
     with jax.set_mesh(mesh):
-        init = lambda: nnx.split(build_model(spec.model, t.seed), nnx.Param, ...)[1:]  # noqa: E731
+        init = lambda: nnx.split(build_model(spec.model, t.seed), nnx.Param, ...)[1:]
         params = jax.jit(lambda: init()[0], out_shardings=param_shardings)()
         if jax.tree.leaves(rest):  # non-parameter variables (none in the xLSTM models today)
             rest = init()[1]
