@@ -11,7 +11,7 @@ Model: xLSTM-large (the xLSTM-7B architecture) with D=256, 4 blocks, 4 heads, vo
 official defaults otherwise (qk_dim_factor 0.5, v_dim_factor 1, SwiGLU 2.667, chunk 64, soft
 caps 15 / 30), float32. The SAME weights in all three implementations: the 7B init recipe plus
 N(0, 0.1) noise on every tensor, input-gate biases N(0, 1) (``perturbed_weights`` of
-``tests/generate_xlstm_large_fixtures.py``, seed 0), loaded into
+``tests/xlstm_large_cases.py``, seed 0), loaded into
 
 * ``ours``: ``xlstm_jax.models.xlstm_large.xLSTMLarge`` via
   ``xlstm_jax.convert.from_torch_xlstm_large`` (chunkwise prefill, ``scan_blocks``), driven by
@@ -103,8 +103,9 @@ for _p in (str(_HERE), str(_ROOT), str(_ROOT / "tests")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import _timing as T  # noqa: E402
 import numpy as np  # noqa: E402
+
+import _timing as T  # noqa: E402
 
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 ARCH = dict(embedding_dim=256, num_heads=4, num_blocks=4, vocab_size=1024)
@@ -142,10 +143,10 @@ def first_mismatch(a: np.ndarray, b: np.ndarray) -> dict | None:
 # --------------------------------------------------------------------------- #
 def build_models(tmpdir: str):
     """(official torch model, ours, HF model) with the same weights."""
-    from generate_xlstm_large_fixtures import official_model, official_state_shapes, perturbed_weights
     from transformers import xLSTMForCausalLM
 
     from xlstm_jax.convert import from_torch_xlstm_large, save_pretrained
+    from xlstm_large_cases import official_model, official_state_shapes, perturbed_weights
 
     weights = perturbed_weights(official_state_shapes(ARCH), ARCH, WEIGHT_SEED, noise=0.1, igate_bias="normal")
     official = official_model(ARCH, weights)  # float32, eval, native kernels, inference mode

@@ -26,16 +26,12 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from xlstm_jax import ops  # noqa: E402
+from xlstm_jax import ops
 
 
 def _accelerator() -> str:
@@ -67,7 +63,7 @@ def _time(fn, args, reps: int, warmup: int = 2) -> dict:
 def _fwd_and_fwdbwd(h_fn, args):
     """Jitted forward (h) and forward+backward (gradients of sum(h) w.r.t. q, k, v, i, f)."""
     fwd = jax.jit(h_fn)
-    loss = lambda *a: jnp.sum(h_fn(*a).astype(jnp.float32))  # noqa: E731
+    loss = lambda *a: jnp.sum(h_fn(*a).astype(jnp.float32))
     fwdbwd = jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))
     return fwd, fwdbwd
 
@@ -91,7 +87,7 @@ def _jax_cases(accel: str, chunk: int, smoke: bool):
 
 def _attention(q, k, v):
     """Causal cuDNN attention on (B, NH, S, D) inputs."""
-    t = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731 (B, S, NH, D)
+    t = lambda x: jnp.swapaxes(x, 1, 2)  # (B, S, NH, D)
     return jax.nn.dot_product_attention(t(q), t(k), t(v), is_causal=True, implementation="cudnn")
 
 
@@ -106,7 +102,7 @@ def _tfla_torch(b, nh, s, dhqk, dhv, chunk, reps):
         return "torch has no CUDA device"
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
-    mk = lambda *shape, dt=torch.bfloat16: torch.randn(*shape, device=dev, dtype=dt, generator=g)  # noqa: E731
+    mk = lambda *shape, dt=torch.bfloat16: torch.randn(*shape, device=dev, dtype=dt, generator=g)
     q, k, v = mk(b, nh, s, dhqk), mk(b, nh, s, dhqk), mk(b, nh, s, dhv)
     i, f = mk(b, nh, s, dt=torch.float32), 3.0 + mk(b, nh, s, dt=torch.float32)
     for x in (q, k, v, i, f):

@@ -99,16 +99,10 @@ import os
 import sys
 import time
 import traceback
-from pathlib import Path
 
-_HERE = Path(__file__).resolve().parent
-_ROOT = _HERE.parent
-for _p in (str(_HERE), str(_ROOT)):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+import numpy as np
 
-import _timing as T  # noqa: E402
-import numpy as np  # noqa: E402
+import _timing as T
 
 THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 D, NUM_BLOCKS, SLSTM_AT, VOCAB = 256, 4, (1,), 1024

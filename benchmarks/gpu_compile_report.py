@@ -36,13 +36,11 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from xlstm_jax.pallas_kernels.cuda_lowering import triton_kernels  # noqa: E402
-from xlstm_jax.pallas_kernels.mlstm.config import MLSTMBlocks  # noqa: E402
-from xlstm_jax.pallas_kernels.mlstm.gpu import gpu_blocks, mlstm_chunkwise_gpu  # noqa: E402
-from xlstm_jax.pallas_kernels.slstm.config import default_blocks as slstm_default_blocks  # noqa: E402
-from xlstm_jax.pallas_kernels.slstm.gpu import slstm_scan_gpu  # noqa: E402
+from cuda_lowering import triton_kernels
+from xlstm_jax.pallas_kernels.mlstm.config import MLSTMBlocks
+from xlstm_jax.pallas_kernels.mlstm.gpu import choose_blocks, mlstm_chunkwise_gpu
+from xlstm_jax.pallas_kernels.slstm.config import default_blocks as slstm_default_blocks
+from xlstm_jax.pallas_kernels.slstm.gpu import slstm_scan_gpu
 
 H100_MAX_REGISTERS = 255
 H100_MAX_SHARED = 227 * 1024  # opt-in dynamic shared memory per block on sm_90
@@ -133,7 +131,7 @@ def main() -> None:
     parser.add_argument("--dhqk", type=int, default=128)
     parser.add_argument("--dhv", type=int, default=256)
     parser.add_argument(
-        "--mlstm-blocks", default="", help="chunk,block_q,block_kv,block_dqk,block_dv (default: gpu_blocks())"
+        "--mlstm-blocks", default="", help="chunk,block_q,block_kv,block_dqk,block_dv (default: choose_blocks())"
     )
     parser.add_argument("--skip-mlstm", action="store_true", help="compile only the sLSTM kernels")
     parser.add_argument("--slstm-dh", default="64,128", help="sLSTM head dims to compile ('' skips sLSTM)")
@@ -152,8 +150,8 @@ def main() -> None:
 
     blocks = None
     if args.mlstm_blocks:
-        blocks = gpu_blocks(args.dhqk, args.dhv, blocks=MLSTMBlocks(*_ints(args.mlstm_blocks)))
-    shown = blocks or gpu_blocks(args.dhqk, args.dhv)
+        blocks = choose_blocks(args.dhqk, args.dhv, blocks=MLSTMBlocks(*_ints(args.mlstm_blocks)))
+    shown = blocks or choose_blocks(args.dhqk, args.dhv)
     families = []
     if not args.skip_mlstm:
         tiles = f"{shown.chunk_size},{shown.block_q},{shown.block_kv},{shown.block_dqk},{shown.block_dv}"

@@ -21,17 +21,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import AbstractDevice, AbstractMesh
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from xlstm_jax.pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu  # noqa: E402
-from xlstm_jax.pallas_kernels.slstm.config import default_blocks  # noqa: E402
-from xlstm_jax.pallas_kernels.slstm.tpu import check_fits, slstm_scan_tpu  # noqa: E402
+from xlstm_jax.pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu
+from xlstm_jax.pallas_kernels.slstm.config import default_blocks
+from xlstm_jax.pallas_kernels.slstm.tpu import check_fits, slstm_scan_tpu
 
 TOPOLOGIES = {"v4": "v4:2x2x1", "v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
 
@@ -45,7 +42,7 @@ def _vjp(fn):
 
 
 def _cases(sharding, args):
-    sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)  # noqa: E731
+    sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
     b, nh, s, dhqk, dhv = 1, 2, args.seq, 128, 256
     mlstm_args = (
         sds((b, nh, s, dhqk), jnp.bfloat16),
@@ -54,7 +51,7 @@ def _cases(sharding, args):
         sds((b, nh, s), jnp.float32),
         sds((b, nh, s), jnp.float32),
     )
-    mlstm = lambda *a: mlstm_chunkwise_tpu(*a)[0]  # noqa: E731
+    mlstm = lambda *a: mlstm_chunkwise_tpu(*a)[0]
     yield f"mlstm DHQK={dhqk} DHV={dhv} S={s} bf16", "forward", mlstm, mlstm_args, None
     yield f"mlstm DHQK={dhqk} DHV={dhv} S={s} bf16", "vjp", _vjp(mlstm), mlstm_args, None
     for dh in (int(x) for x in args.slstm_dh.split(",") if x):
@@ -64,9 +61,9 @@ def _cases(sharding, args):
             sds((1, dh, 4, dh), jnp.float32),
             sds((1, 4, dh), jnp.float32),
         )
-        slstm = lambda *a: slstm_scan_tpu(*a)[0]  # noqa: E731
+        slstm = lambda *a: slstm_scan_tpu(*a)[0]
         blocks = default_blocks("tpu", batch, dh)
-        fits = lambda blocks=blocks, seq=seq, dh=dh: check_fits(blocks, seq, dh, has_resets=False)  # noqa: E731
+        fits = lambda blocks=blocks, seq=seq, dh=dh: check_fits(blocks, seq, dh, has_resets=False)
         family = f"slstm DH={dh} B={batch} S={seq} block_b={blocks.block_b} block_t={blocks.block_t}"
         yield family, "forward", slstm, slstm_args, fits
         yield family, "vjp", _vjp(slstm), slstm_args, fits

@@ -22,15 +22,13 @@ Key layout (flat, dot-separated):
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from official_reference import mlstm_official, slstm_official
 
-from official_reference import mlstm_official, slstm_official  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 FIXTURES = HERE / "fixtures"
 MLSTM_CHUNK_SIZE = 16
@@ -108,7 +106,7 @@ def mlstm_cases() -> dict[str, dict]:
 
 
 def _run_mlstm_case(case: dict, form: str, dtype: type, grads: bool) -> dict[str, np.ndarray]:
-    cast = lambda x: np.asarray(x, dtype=dtype)  # noqa: E731
+    cast = lambda x: np.asarray(x, dtype=dtype)
     args = [cast(case[n]) for n in "qkvif"]
     state = None
     if "c0" in case:
@@ -190,7 +188,7 @@ def slstm_cases() -> dict[str, dict]:
 
 
 def _run_slstm_case(case: dict, dtype: type, grads: bool) -> dict[str, np.ndarray]:
-    cast = lambda x: np.asarray(x, dtype=dtype)  # noqa: E731
+    cast = lambda x: np.asarray(x, dtype=dtype)
     state = None
     if "h0" in case:
         state = tuple(cast(case[n]) for n in ("h0", "c0", "n0", "m0"))

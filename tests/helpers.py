@@ -1,10 +1,13 @@
-"""Shared test utilities: random cell inputs (normal and extreme) and tolerance checks."""
+"""Shared test utilities: random cell inputs (normal and extreme), tolerance checks, perturbed model
+weights and the check that the official PyTorch packages are importable."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+from flax import nnx
 
 from xlstm_jax.ops import MLSTMState, SLSTMState
 
@@ -107,3 +110,25 @@ def slstm_state(seed: int, b=2, nh=2, dh=6, dtype=np.float64) -> SLSTMState:
 
 def cast(tree, dtype):
     return jax.tree.map(lambda x: jnp.asarray(x, dtype), tree)
+
+
+def perturbed(model, seed: int = 0, scale: float = 0.1):
+    """``model`` with ``scale * N(0, 1)`` noise added to every parameter (keys split from ``seed``),
+    so that zero-initialized weights (gates, norms, recurrent kernels) matter in a comparison."""
+    graphdef, params = nnx.split(model)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
+    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+OFFICIAL_PACKAGES = ("torch", "mlstm_kernels", "xlstm")
+
+
+def require_official():
+    """Skip the calling test unless the official PyTorch packages import; returns ``torch``."""
+    for mod in OFFICIAL_PACKAGES:
+        pytest.importorskip(mod, reason=f"live parity needs the official {mod!r} package (not importable)")
+    import torch
+
+    return torch

@@ -63,14 +63,3 @@ def check(out, grads, out_ref, grads_ref, fwd_tol, grad_tol, label):
     for name, g, g_ref in zip("cnm", grads_state, ref_state):
         grad.append(assert_close(g, g_ref, grad_tol, f"{label} d initial {name}"))
     return max(fwd), max(grad)
-
-
-def check_zero_initial_state(kernel, blocks):
-    """``kernel(q, k, v, i, f, blocks=..., interpret=True)`` without ``initial_state`` starts from
-    zeros: h and the final state equal ``mlstm_chunkwise``'s (chunks of 16)."""
-    args, _, _ = case("normal", 40)
-    h, final = kernel(*args, blocks=blocks, interpret=True)
-    h_ref, final_ref = mlstm_chunkwise(*args, chunk_size=16)
-    assert_close(h, h_ref, FWD_TOL, "h")
-    for name, x, x_ref in zip("cnm", final, final_ref):
-        assert_close(x, x_ref, FWD_TOL, f"final {name}")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from helpers import perturbed
 from xlstm_jax import generate
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from xlstm_jax.models.xlstm_lm import MLSTMLayerConfig, SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
@@ -17,23 +18,14 @@ from xlstm_jax.models.xlstm_lm import MLSTMLayerConfig, SLSTMLayerConfig, xLSTML
 VOCAB = 48
 
 
-def _perturbed(model, seed: int = 0, scale: float = 0.2):
-    """Random weights around the init, so that greedy decoding is not trivially repetitive."""
-    graphdef, params = nnx.split(model)
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
-
-
 @functools.cache
 def _model(arch: str):
     if arch == "xlstm_lm":
         cfg = xLSTMLMConfig(vocab_size=VOCAB, embedding_dim=32, num_blocks=2, slstm_at=(1,), chunk_size=4,
                             mlstm=MLSTMLayerConfig(num_heads=2), slstm=SLSTMLayerConfig(num_heads=2))  # fmt: skip
-        return _perturbed(xLSTMLMModel(cfg, rngs=nnx.Rngs(0)))
+        return perturbed(xLSTMLMModel(cfg, rngs=nnx.Rngs(0)), scale=0.2)
     cfg = xLSTMLargeConfig(embedding_dim=32, num_heads=2, num_blocks=2, vocab_size=VOCAB, chunk_size=4)
-    return _perturbed(xLSTMLarge(cfg, rngs=nnx.Rngs(0)))
+    return perturbed(xLSTMLarge(cfg, rngs=nnx.Rngs(0)), scale=0.2)
 
 
 def _greedy_reference(model, prompt, n: int) -> list[int]:

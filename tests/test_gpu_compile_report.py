@@ -4,16 +4,10 @@ parameters from the CUDA lowering."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import jax.numpy as jnp
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_compile_report.py"
-_SPEC = importlib.util.spec_from_file_location("gpu_compile_report", _PATH)
-report = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(report)
+import gpu_compile_report as report
 
 _PTXAS_OUTPUT = """\
 ptxas-blackwell info    : 11 bytes gmem

@@ -20,13 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from generate_xlstm_large_fixtures import perturbed_weights
 from test_xlstm_large import assert_logits_parity, forward, load_fixture
 
 from helpers import assert_close
 from xlstm_jax.convert import from_pretrained, from_torch_xlstm_large, safetensors_io, save_pretrained
 from xlstm_jax.convert import hf as hf_io
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+from xlstm_large_cases import perturbed_weights
 
 try:
     import torch
@@ -316,7 +316,7 @@ def test_from_pretrained_places_parameters_with_the_given_sharding(tmp_path):
     device = jax.devices()[0]
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("fsdp",))
     single = jax.sharding.SingleDeviceSharding(device)
-    named = lambda *spec: jax.sharding.NamedSharding(mesh, jax.P(*spec))  # noqa: E731
+    named = lambda *spec: jax.sharding.NamedSharding(mesh, jax.P(*spec))
 
     def by_name(path, var):  # callable: logical names -> mesh axes
         assert var.shape and len(var.get_metadata()["out_sharding"]) == len(var.shape)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from helpers import assert_close, cast, mlstm_inputs, mlstm_state, slstm_inputs, slstm_state
+from helpers import assert_close, cast, mlstm_inputs, mlstm_state, perturbed, slstm_inputs, slstm_state
 from xlstm_jax import backends, ops
 
 KERNELS = ("pallas_tpu", "pallas_gpu")
@@ -136,13 +136,35 @@ for axis_type, backend in ((AxisType.Explicit, "pallas_tpu"), (AxisType.Auto, "p
         ref_dg, ref_dr = jax.grad(loss("scan"), argnums=(0, 1))(gates_x, kernel, bias)
         assert_close(dg, ref_dg, 1e-3, backend + " sharded sLSTM dgates_x")
         assert_close(dr, ref_dr, 1e-3, backend + " sharded sLSTM drecurrent_kernel")
+# Logical-axis rules: batch over tensor and heads over data give the same numbers; a mesh that cannot
+# divide the batch, or a sequence mapped to a mesh axis, is a ValueError naming the axes and sizes.
+with jax.set_mesh(meshes[AxisType.Auto]):
+    with backends.axis_rules({"batch": "tensor", "heads": ["data"], "embed": ["fsdp"]}):
+        assert backends.mesh_axes(2, 2) == (("tensor",), ("data",))
+        h = jax.jit(lambda *a: backends.mlstm(*a, backend="pallas_gpu", chunk_size=8))(q, k, v, i, f)
+        assert_close(h, ref_m, 1e-4, "mLSTM h with swapped axis rules")
+    assert backends.mesh_axes(2, 2) == (("data",), ("tensor",))  # the defaults again
+    for fn, args in ((lambda *a: backends.mlstm(*a, backend="pallas_tpu"), (q[:1], k[:1], v[:1], i[:1], f[:1])),
+                     (lambda *a: backends.slstm(*a, backend="pallas_gpu"), (gates_x[:1], kernel, bias))):
+        try:
+            fn(*args)
+            raise AssertionError("a batch of 1 on a data=2 mesh ran")
+        except ValueError as err:
+            assert "batch 1 is not divisible by its mesh axes {'data': 2}" in str(err), err
+    with backends.axis_rules({"length": ["tensor"]}):
+        try:
+            backends.mlstm(q, k, v, i, f, backend="pallas_tpu")
+            raise AssertionError("a sequence mapped to the tensor axis ran")
+        except ValueError as err:
+            assert "axis rule 'length' maps the sequence to mesh axes {'tensor': 2}" in str(err), err
 print("SHARDED-OK")
 """
 
 
 def test_kernels_run_under_shard_map_in_a_mesh():
     """4 fake CPU devices, mesh (data=2, fsdp=1, tensor=2): batch and heads split across shards;
-    Explicit mesh axes (``jax.make_mesh``'s default) and Auto ones (the trainer's)."""
+    Explicit mesh axes (``jax.make_mesh``'s default) and Auto ones (the trainer's); the logical-axis
+    rules decide the split, and a mesh that cannot split the batch is an error."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_SHARDED)], env=env, cwd=REPO,
@@ -164,15 +186,7 @@ def _lm_logits(backend: str, slstm_backend: str, ids):
         slstm_backend=slstm_backend,
         chunk_size=8,
     )
-    return _perturbed(xLSTMLMModel(config, rngs=nnx.Rngs(0)))(ids)
-
-
-def _perturbed(model):
-    """Move the parameters away from their init (zero gate weights etc.) so that every path matters."""
-    params = nnx.state(model, nnx.Param)
-    keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(params))))
-    nnx.update(model, jax.tree.map(lambda p: p + 0.1 * jax.random.normal(next(keys), p.shape, p.dtype), params))
-    return model
+    return perturbed(xLSTMLMModel(config, rngs=nnx.Rngs(0)), seed=1)(ids)
 
 
 @pytest.mark.parametrize("backend", KERNELS)
@@ -190,7 +204,7 @@ def test_xlstm_large_gives_the_same_logits_with_kernel_backends(backend):
         config = xLSTMLargeConfig(
             vocab_size=50, embedding_dim=64, num_heads=2, num_blocks=2, backend=name, chunk_size=8
         )  # DHQK = 16, DHV = 32
-        return _perturbed(xLSTMLarge(config, rngs=nnx.Rngs(3)))(ids)
+        return perturbed(xLSTMLarge(config, rngs=nnx.Rngs(3)), seed=1)(ids)
 
     ids = jax.random.randint(jax.random.key(4), (2, 19), 0, 50)
     assert_close(logits(backend), logits("chunkwise"), 1e-4, f"xLSTMLarge {backend}")

@@ -110,7 +110,7 @@ FORM_CASES = [(c, f) for c in sorted(CASES) for f in SEQUENCE_FORMS + (["paralle
 @pytest.mark.parametrize("case_name,form", FORM_CASES)
 def test_float32_forms_match_float64_truth(case_name, form):
     case = _case(case_name)
-    f32 = lambda t: cast(t, jnp.float32)  # noqa: E731
+    f32 = lambda t: cast(t, jnp.float32)
     (h, final), grads = _value_and_grads(
         form, f32(case["args"]), f32(case["state"]), f32(case["cot_h"]), f32(case["cot_state"])
     )
@@ -137,7 +137,7 @@ def test_chunkwise_float64_equals_recurrent_float64(case_name):
     """In float64 the chunkwise form is the recurrent form up to rounding (1e-10)."""
     case = _case(case_name)
     with jax.enable_x64(True):
-        f64 = lambda t: cast(t, jnp.float64)  # noqa: E731
+        f64 = lambda t: cast(t, jnp.float64)
         out, grads = _value_and_grads(
             "chunkwise_16", f64(case["args"]), f64(case["state"]), f64(case["cot_h"]), f64(case["cot_state"])
         )
@@ -202,7 +202,7 @@ def test_bfloat16_inputs():
     args = cast(args64, jnp.bfloat16)
     rounded = cast(args, jnp.float32)
     cot = np.random.default_rng(12).normal(size=args[2].shape[:3] + (args[2].shape[3],))
-    loss = lambda fn, a: jnp.sum(fn(*a)[0].astype(jnp.float32) * cot)  # noqa: E731
+    loss = lambda fn, a: jnp.sum(fn(*a)[0].astype(jnp.float32) * cot)
     with jax.enable_x64(True):
         r64 = cast(rounded, jnp.float64)
         h_ref = mlstm_recurrent(*r64)[0]

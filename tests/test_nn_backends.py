@@ -60,11 +60,11 @@ def test_mlstm_dispatch():
         h1, st1 = backends.mlstm(*(x[:, :, :1] for x in (q, k, v, i, f)), backend=backend, initial_state=None,
                                  return_state=True)  # fmt: skip
         assert_close(h1, h[:, :, :1], 1e-5, f"{backend} one token")
-    with pytest.raises(ValueError, match="unknown mLSTM backend 'cuda'"):
+    with pytest.raises(ValueError, match=r"^mLSTM backend must be one of 'auto', .*, got 'cuda'"):
         backends.mlstm(q, k, v, i, f, backend="cuda")
     with pytest.raises(ValueError, match="backend 'triton' needs a GPU; this is a cpu"):
         backends.mlstm(q, k, v, i, f, backend="triton")
-    with pytest.raises(ValueError, match="unknown sLSTM backend"):
+    with pytest.raises(ValueError, match=r"^sLSTM backend must be one of 'auto', .*, got 'cuda'"):
         backends.slstm(None, None, None, backend="cuda")
 
 

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cuda_lowering import lower_for_h100, triton_kernels
 from helpers import assert_close, cast, mlstm_inputs
 from mlstm_kernel_cases import (
     BF16_FWD_TOL,
@@ -40,14 +41,12 @@ from mlstm_kernel_cases import (
     GRAD_TOL,
     case,
     check,
-    check_zero_initial_state,
     reference,
     value_and_vjp,
 )
 from xlstm_jax.ops import MLSTMState, mlstm_chunkwise
-from xlstm_jax.pallas_kernels.cuda_lowering import lower_for_h100, triton_kernels
 from xlstm_jax.pallas_kernels.mlstm.config import MLSTMBlocks
-from xlstm_jax.pallas_kernels.mlstm.gpu import gpu_blocks, mlstm_chunkwise_gpu
+from xlstm_jax.pallas_kernels.mlstm.gpu import choose_blocks, mlstm_chunkwise_gpu
 
 # Chunks of 16 tokens in query / key tiles of 8; DHQK in 2 tiles of 8, DHV in 2 tiles of 16.
 SMALL_TILES = MLSTMBlocks(chunk_size=16, block_q=8, block_kv=8, block_dqk=8, block_dv=16)
@@ -64,7 +63,7 @@ def _float64_truth(gates: str, s: int, chunk_size: int):
     """``mlstm_chunkwise`` in float64 on the float32 inputs of ``case`` (equal to the recurrent form to 1e-10)."""
     args, state, cot = case(gates, s)
     with jax.enable_x64(True):
-        f64 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), t)  # noqa: E731
+        f64 = lambda t: jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), t)
         out = value_and_vjp(partial(mlstm_chunkwise, chunk_size=chunk_size), f64(args), f64(state), f64(cot))
         return jax.tree.map(np.asarray, out)
 
@@ -108,15 +107,11 @@ def test_ill_conditioned_case_as_accurate_as_the_reference():
 
 def test_default_blocks_and_sequence_shorter_than_chunk():
     """blocks=None takes ``default_blocks("gpu", ...)``; S = 5 runs as one chunk of 16, 11 of them padding."""
-    assert gpu_blocks(DHQK, DHV, 16) == MLSTMBlocks(16, 16, 16, 16, 32)
+    assert choose_blocks(DHQK, DHV, 16) == MLSTMBlocks(16, 16, 16, 16, 32)
     args, state, cot = case("normal", 5)
     out, grads = _kernel(args, state, cot, chunk_size=16)
     out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
     check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, "short")
-
-
-def test_zero_initial_state_by_default():
-    check_zero_initial_state(mlstm_chunkwise_gpu, SMALL_TILES)
 
 
 @pytest.mark.parametrize("gates", ["normal", "resets"])
@@ -138,9 +133,9 @@ def test_rejects_what_triton_cannot_tile():
     with pytest.raises(ValueError, match="contradicts blocks.chunk_size"):
         mlstm_chunkwise_gpu(q, k, v, i, f, chunk_size=32, blocks=SMALL_TILES, interpret=True)
     with pytest.raises(ValueError, match=r"block_q=8 must be >= 16 on GPU"):
-        gpu_blocks(DHQK, DHV, blocks=SMALL_TILES)
+        choose_blocks(DHQK, DHV, blocks=SMALL_TILES)
     with pytest.raises(ValueError, match="power of 2"):
-        gpu_blocks(DHQK, DHV, chunk_size=48)
+        choose_blocks(DHQK, DHV, chunk_size=48)
 
 
 # --------------------------------------------------------------------------- cross-lowering for CUDA
@@ -160,7 +155,7 @@ def _production_case(dtype, s=1024, b=1, nh=2, dhqk=128, dhv=256):
         sds((b, nh, s), jnp.float32),
     )
     state = MLSTMState(sds((b, nh, dhqk, dhv), jnp.float32), sds((b, nh, dhqk), jnp.float32), sds((b, nh), jnp.float32))
-    run = lambda a, st: mlstm_chunkwise_gpu(*a, initial_state=st)  # noqa: E731
+    run = lambda a, st: mlstm_chunkwise_gpu(*a, initial_state=st)
 
     def vjp(a, st):
         out, pullback = jax.vjp(run, a, st)
@@ -173,7 +168,7 @@ def _production_case(dtype, s=1024, b=1, nh=2, dhqk=128, dhv=256):
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_production_tiles_lower_for_cuda(dtype):
     """B=1, NH=2, S=1024, DHQK=128, DHV=256 with ``default_blocks("gpu", 128, 256)``: forward and VJP."""
-    assert gpu_blocks(128, 256) == MLSTMBlocks(64, 64, 64, 64, 128, num_warps=4, num_stages=2)
+    assert choose_blocks(128, 256) == MLSTMBlocks(64, 64, 64, 64, 128, num_warps=4, num_stages=2)
     args, state, run, vjp = _production_case(dtype)
     for fn, kernels in ((run, _KERNELS_FWD), (vjp, _KERNELS_BWD)):
         text = lower_for_h100(fn, args, state)

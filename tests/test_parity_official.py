@@ -139,7 +139,7 @@ def _slstm_fwd_no_state(args):
 
 
 def _run_jax_mlstm(form, chunk_size, inputs, state, cots, dtype):
-    cast = lambda x: jnp.asarray(np.asarray(x, dtype=dtype))  # noqa: E731
+    cast = lambda x: jnp.asarray(np.asarray(x, dtype=dtype))
     B, NH, S, DHQK = inputs[0].shape
     DHV = inputs[2].shape[-1]
     if state is None and form != "parallel":
@@ -161,7 +161,7 @@ def _run_jax_mlstm(form, chunk_size, inputs, state, cots, dtype):
 
 
 def _run_jax_slstm(inputs, state, cots, dtype):
-    cast = lambda x: jnp.asarray(np.asarray(x, dtype=dtype))  # noqa: E731
+    cast = lambda x: jnp.asarray(np.asarray(x, dtype=dtype))
     B, S, _, NH, DH = inputs[0].shape
     if state is None:
         state = (np.zeros((B, NH, DH)),) * 4
@@ -300,23 +300,6 @@ def test_slstm_default_initial_state_vs_official():
 # ----------------------------------------------------------------------- live official code
 
 
-def _require_official():
-    for mod in ("torch", "mlstm_kernels", "xlstm"):
-        pytest.importorskip(mod, reason=f"live parity needs the official '{mod}' package (not importable)")
-    import torch
-
-    return torch
-
-
-@pytest.fixture
-def official_torch():
-    torch = _require_official()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # no OpenMP spinning against JAX's threads on small CPUs
-    yield torch
-    torch.set_num_threads(threads)
-
-
 def _fresh_rng() -> tuple[int, np.random.Generator]:
     seed = int(np.random.SeedSequence().entropy % 2**32)
     return seed, np.random.default_rng(seed)
@@ -326,7 +309,7 @@ def _fresh_rng() -> tuple[int, np.random.Generator]:
 def test_mlstm_live_vs_official(official_torch, form):
     seed, rng = _fresh_rng()
     B, NH, S, DHQK, DHV, cs = 2, 1, 32, 24, 8, 16  # fixture "dims" shapes: shares compiled functions
-    f32 = lambda *shape, scale=1.0, shift=0.0: (scale * rng.normal(size=shape) + shift).astype(np.float32)  # noqa: E731
+    f32 = lambda *shape, scale=1.0, shift=0.0: (scale * rng.normal(size=shape) + shift).astype(np.float32)
     inputs = (
         f32(B, NH, S, DHQK),
         f32(B, NH, S, DHQK),
@@ -362,7 +345,7 @@ def test_mlstm_live_vs_official(official_torch, form):
 def test_slstm_live_vs_official(official_torch, with_state):
     seed, rng = _fresh_rng()
     B, S, NH, DH = 2, 16, 2, 8  # fixture shapes: shares compiled functions
-    f32 = lambda *shape, scale=1.0: (scale * rng.normal(size=shape)).astype(np.float32)  # noqa: E731
+    f32 = lambda *shape, scale=1.0: (scale * rng.normal(size=shape)).astype(np.float32)
     inputs = (f32(B, S, 4, NH, DH, scale=2.0), f32(NH, DH, 4, DH, scale=0.5), f32(NH, 4, DH))
     state = None
     if with_state:  # n nonzero everywhere (the official first-step rule tests all(n == 0) globally)

@@ -21,7 +21,7 @@ B, NH, S, DK, DV, DH = 2, 3, 5, 4, 6, 4
 
 
 def _mlstm_args():
-    z = lambda *shape: jnp.zeros(shape, jnp.float32)  # noqa: E731
+    z = lambda *shape: jnp.zeros(shape, jnp.float32)
     return dict(q=z(B, NH, S, DK), k=z(B, NH, S, DK), v=z(B, NH, S, DV), i=z(B, NH, S), f=z(B, NH, S))
 
 

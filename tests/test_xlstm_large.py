@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 
 import jax
@@ -21,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx, traverse_util
-from generate_xlstm_large_fixtures import CASES, fuse_weights
 
 from helpers import assert_close
 from xlstm_jax.convert import from_torch_xlstm_large
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+from xlstm_large_cases import CASES, fuse_weights, load_fixture
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 TOL = 1e-4
@@ -54,14 +53,6 @@ def assert_logits_parity(ours, ref, name: str = "logits") -> float:
     rel = np.abs(ours - ref) / np.maximum(1.0, np.abs(ref))
     assert np.all(rel <= TOL), f"{name}: max error {rel.max():.3e} (relative to max(1, |ref|)) exceeds {TOL}"
     return float(rel.max())
-
-
-def load_fixture(name: str) -> dict:
-    z = np.load(FIXTURES / f"xlstm_large_{name}.npz")
-    out = {k: z[k] for k in z.files if not k.startswith("w.")}
-    out["arch"] = json.loads(str(z["arch"]))
-    out["weights"] = {k[2:]: z[k].astype(np.float32) for k in z.files if k.startswith("w.")}
-    return out
 
 
 def states_from(data: dict, prefix: str, num_blocks: int) -> list[tuple[np.ndarray, ...]]:
@@ -123,7 +114,7 @@ def test_fixture_parity(name):
 @requires_official
 @pytest.mark.parametrize("name", list(CASES))
 def test_live_parity(name):
-    from generate_xlstm_large_fixtures import case_inputs, official_model, run_official
+    from xlstm_large_cases import case_inputs, official_model, run_official
 
     inputs = case_inputs(name, seed=7)
     model = official_model(inputs["arch"], inputs["weights"])
@@ -151,7 +142,8 @@ def test_fuse_weights_matches_official_utility():
 @requires_official
 def test_conversion_reads_torch_tensors_and_the_official_config_object(single):
     import torch
-    from generate_xlstm_large_fixtures import official_model
+
+    from xlstm_large_cases import official_model
 
     data, model = single
     official = official_model(data["arch"], data["weights"])
@@ -272,7 +264,7 @@ def test_any_sequence_length(single, seq_len):
 
 def _loss_and_grads(model, ids, segment_ids=None):
     graphdef, params = nnx.split(model)
-    loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(ids, segment_ids=segment_ids) ** 2)  # noqa: E731
+    loss = lambda p: jnp.sum(nnx.merge(graphdef, p)(ids, segment_ids=segment_ids) ** 2)
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
@@ -501,7 +493,7 @@ def test_linen_adapter_matches_nnx(single):
     assert nn.get_partition_spec(variables)["params"]["blocks"]["mlstm_layer"]["q"]["kernel"] == jax.P(
         None, "embed", "heads"
     )
-    is_box = lambda _, x: hasattr(x, "value") and not isinstance(x, dict)  # noqa: E731
+    is_box = lambda _, x: hasattr(x, "value") and not isinstance(x, dict)
     boxes = traverse_util.flatten_dict(variables["params"], is_leaf=is_box)
     ours = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     assert set(boxes) == set(ours)

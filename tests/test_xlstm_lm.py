@@ -11,6 +11,7 @@ compiles once.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 from functools import cache, partial
 
@@ -20,9 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from generate_xlstm_lm_fixtures import CASES, load_fixture, official_case, official_model
 
-from helpers import assert_close
+from helpers import OFFICIAL_PACKAGES, assert_close, require_official
 from xlstm_jax.backends import MLSTM_XLA_FORMS
 from xlstm_jax.convert import from_torch_xlstm_lm, to_torch_xlstm_lm_state_dict
 from xlstm_jax.models.xlstm_lm import (
@@ -33,26 +33,12 @@ from xlstm_jax.models.xlstm_lm import (
     xLSTMLMModel,
 )
 from xlstm_jax.models.xlstm_lm._slstm_layer import slstm_bias_init
+from xlstm_lm_cases import CASES, load_fixture, official_case, official_model
 
 CHUNK = 8  # S = 19 is not a multiple: three chunks, the last one padded
 PARITY = 1e-4
 STATE_TOL = 1e-4  # relative to max|logits|
 BF16_TOL = 5e-2  # bf16 compute with f32 params vs f32, relative to max|logits| (measured 2.7e-2)
-
-
-def _official_available() -> str | None:
-    try:
-        import torch  # noqa: F401
-        import xlstm  # noqa: F401
-    except ImportError as e:
-        return f"the official PyTorch xlstm package is not importable ({e}); the fixture tests check parity"
-    return None
-
-
-def _require_official() -> None:
-    reason = _official_available()
-    if reason:
-        pytest.skip(reason)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "return_state"))
@@ -105,7 +91,7 @@ def test_fixture_parity(name):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_live_parity(name):
-    _require_official()
+    require_official()
     case = official_case(name, seed=1)
     model = from_torch_xlstm_lm(case["config"], case["state_dict"], chunk_size=CHUNK)
     assert_parity(logits_of(model, case["ids"]), case["logits"], name)
@@ -127,7 +113,7 @@ def _to_cuda_layout(case: dict) -> dict[str, np.ndarray]:
 
 def test_cuda_layout_matches_official_classes():
     """``_to_cuda_layout`` is what the official vanilla and CUDA cells do to their tensors."""
-    _require_official()
+    require_official()
     import torch
     from xlstm.blocks.slstm.cell import sLSTMCell_cuda, sLSTMCell_vanilla, sLSTMCellConfig
 
@@ -177,7 +163,7 @@ def test_state_dict_round_trip(name):
     assert sd.keys() == case["state_dict"].keys()
     for key, value in case["state_dict"].items():
         np.testing.assert_array_equal(sd[key], value, err_msg=key)
-    if _official_available() is None:
+    if all(importlib.util.find_spec(m) for m in OFFICIAL_PACKAGES):
         import torch
 
         model, _ = official_model(name, seed=5)
@@ -222,7 +208,7 @@ def test_official_step_states(name):
     """The official ``step()`` token by token gives our logits, and its states map to ours:
     mLSTM c, n are sqrt(DH) times ours (the NeurIPS cell scales k, mlstm_kernels scales q), m is
     the same; the sLSTM (4, B, D) state is our (h, c, n, m); conv buffers keep one row more."""
-    _require_official()
+    require_official()
     import torch
 
     case = fixture(name)
@@ -528,10 +514,11 @@ def _expected_std(path: str, d: int, nb: int, k: int) -> float | None:
 
 def test_init_matches_official():
     """Deterministic inits equal the official ones; random ones have the official std (ours and theirs)."""
-    _require_official()
+    require_official()
     import torch
-    from generate_xlstm_lm_fixtures import official_config
     from xlstm import xLSTMLMModel as TorchModel
+
+    from xlstm_lm_cases import official_config
 
     config = official_config(_INIT_CASE)
     assert xLSTMLMConfig.from_dict(dataclasses.asdict(config)) == _INIT_CONFIG

@@ -252,7 +252,7 @@ def init(
 
     with jax.set_mesh(mesh):
         if model is None:
-            init_fn = lambda: nnx.split(build_model(spec.model, t.seed), nnx.Param, ...)[1:]  # noqa: E731
+            init_fn = lambda: nnx.split(build_model(spec.model, t.seed), nnx.Param, ...)[1:]
             params = jax.jit(lambda: init_fn()[0], out_shardings=param_shardings)()
             if jax.tree.leaves(rest):  # non-parameter variables (none in the xLSTM models today)
                 rest = init_fn()[1]

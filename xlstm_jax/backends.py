@@ -1,8 +1,14 @@
 """The one place that chooses how a cell runs.
 
-Models call ``mlstm`` and ``slstm`` here with a backend name from their config;
-nothing else in ``xlstm_jax`` picks a cell implementation. Fused kernels plug in
-here and are imported lazily, so pure-JAX use never imports kernel or GPU packages.
+Models call ``mlstm`` and ``slstm`` here with a backend name from their config; nothing else in
+``xlstm_jax`` picks a cell implementation. Every implementation is one entry of ``IMPLEMENTATIONS``
+(name, cell, platform, ``run``, ``choose_blocks``), with one calling convention per cell:
+
+  mLSTM  ``run(q, k, v, i, f, *, initial_state, chunk_size, eps, blocks, interpret) -> (h, state)``
+  sLSTM  ``run(gates_x, recurrent_kernel, bias, *, initial_state, resets, blocks, interpret) -> (h, state)``
+
+(the parallel mLSTM form has no state: its ``run`` returns ``(h, None)``). Kernels are imported
+lazily, inside ``run`` and ``choose_blocks``, so pure-JAX use never imports kernel or GPU packages.
 
 mLSTM backends:
   ``auto``        Pallas on TPU and GPU, the XLA chunkwise form on CPU.
@@ -16,39 +22,177 @@ mLSTM backends:
 sLSTM backends: ``auto``, ``xla`` or ``scan`` (XLA), ``pallas_tpu``, ``pallas_gpu``; on GPU ``auto``
   takes the kernel up to head dim ``pallas_kernels.slstm.config.GPU_AUTO_MAX_DH`` and the scan above.
 
-A Pallas backend on a CPU runs in Pallas interpret mode (slow; for tests). A shape
-a kernel cannot tile falls back to the XLA form with a logged reason. Inside a
-mesh (``jax.set_mesh``) the kernels run under ``jax.shard_map``: batch over the
-``data``/``fsdp`` axes, heads over ``tensor``.
+A Pallas backend on a CPU runs in Pallas interpret mode (slow; for tests). A shape a kernel cannot
+tile falls back to the XLA form with a logged reason. Inside a mesh (``jax.set_mesh``) the kernels
+run under ``jax.shard_map`` with specs from logical-axis rules (``axis_rules``): ``batch`` and
+``heads`` name the mesh axes the batch and the heads are split over, ``length`` those of the
+sequence (context parallelism; the kernels do not split sequences yet, so it must name no axis of
+size > 1). A mesh whose axes do not divide the batch or the heads is a ``ValueError``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
 import logging
 import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 from jax.sharding import PartitionSpec as P
 
 from xlstm_jax import ops
+from xlstm_jax._validation import check_choice
 
 log = logging.getLogger(__name__)
 
-MLSTM_BACKENDS = ("auto", "xla", "chunkwise", "parallel", "recurrent", "pallas_tpu", "pallas_gpu", "triton")
-MLSTM_XLA_FORMS = ("chunkwise", "parallel", "recurrent")
-SLSTM_BACKENDS = ("auto", "xla", "scan", "pallas_tpu", "pallas_gpu")
-_KERNEL_PLATFORM = {"pallas_tpu": "tpu", "pallas_gpu": "gpu", "triton": "gpu"}
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One implementation of a cell.
+
+    Attributes:
+      name: the backend name configs use.
+      cell: ``"mlstm"`` or ``"slstm"``.
+      platform: ``"tpu"`` or ``"gpu"`` for a kernel (which runs in Pallas interpret mode on a CPU
+        when ``interpret_on_cpu``), None for an XLA form (any platform).
+      run: the cell over a sequence, in the calling convention of the module docstring.
+      choose_blocks: the kernel module's block chooser (mLSTM ``(dhqk, dhv, chunk_size, *, interpret)``,
+        sLSTM ``(batch, seq_len, dh, *, has_resets, interpret)``); raises ``ValueError`` for a shape
+        the kernel cannot tile. None for an XLA form.
+      interpret_on_cpu: whether the kernel has a Pallas interpret mode (the official Triton one has not).
+    """
+
+    name: str
+    cell: str
+    platform: str | None
+    run: Callable
+    choose_blocks: Callable | None = None
+    interpret_on_cpu: bool = True
+
+
+def _mlstm_chunkwise(q, k, v, i, f, *, initial_state, chunk_size, eps, blocks=None, interpret=False):
+    return ops.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+
+
+def _mlstm_parallel(q, k, v, i, f, *, initial_state, chunk_size, eps, blocks=None, interpret=False):
+    if initial_state is not None:
+        raise ValueError("the parallel mLSTM form takes no initial_state; use chunkwise")
+    return ops.mlstm_parallel(q, k, v, i, f, eps=eps), None
+
+
+def _mlstm_recurrent(q, k, v, i, f, *, initial_state, chunk_size, eps, blocks=None, interpret=False):
+    return ops.mlstm_recurrent(q, k, v, i, f, initial_state=initial_state, eps=eps)
+
+
+def _mlstm_pallas(kernel, q, k, v, i, f, *, initial_state, chunk_size, eps, blocks=None, interpret=False):
+    """A Pallas mLSTM kernel; ``blocks`` (when given) carry the chunk size."""
+    chunk_size = None if blocks is not None else chunk_size
+    return kernel(
+        q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps, blocks=blocks, interpret=interpret
+    )
+
+
+def _mlstm_pallas_tpu(*args, **kwargs):
+    from xlstm_jax.pallas_kernels.mlstm import tpu
+
+    return _mlstm_pallas(tpu.mlstm_chunkwise_tpu, *args, **kwargs)
+
+
+def _mlstm_pallas_tpu_blocks(dhqk, dhv, chunk_size, *, interpret):
+    from xlstm_jax.pallas_kernels.mlstm import tpu
+
+    return tpu.choose_blocks(dhqk, dhv, chunk_size, interpret=interpret)
+
+
+def _mlstm_pallas_gpu(*args, **kwargs):
+    from xlstm_jax.pallas_kernels.mlstm import gpu
+
+    return _mlstm_pallas(gpu.mlstm_chunkwise_gpu, *args, **kwargs)
+
+
+def _mlstm_pallas_gpu_blocks(dhqk, dhv, chunk_size, *, interpret):
+    from xlstm_jax.pallas_kernels.mlstm import gpu
+
+    return gpu.choose_blocks(dhqk, dhv, chunk_size, interpret=interpret)
+
+
+def _mlstm_triton(q, k, v, i, f, *, initial_state, chunk_size, eps, blocks=None, interpret=False):
+    from xlstm_jax.pallas_kernels.mlstm.triton_tfla import mlstm_chunkwise_tfla
+
+    return mlstm_chunkwise_tfla(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+
+
+def _slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state, resets, blocks=None, interpret=False):
+    return ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)
+
+
+def _slstm_pallas_tpu(gates_x, recurrent_kernel, bias, *, initial_state, resets, blocks=None, interpret=False):
+    from xlstm_jax.pallas_kernels.slstm import tpu
+
+    return tpu.slstm_scan_tpu(
+        gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets, blocks=blocks, interpret=interpret
+    )
+
+
+def _slstm_pallas_tpu_blocks(batch, seq_len, dh, *, has_resets, interpret):
+    from xlstm_jax.pallas_kernels.slstm import tpu
+
+    return tpu.choose_blocks(batch, seq_len, dh, has_resets=has_resets, interpret=interpret)
+
+
+def _slstm_pallas_gpu(gates_x, recurrent_kernel, bias, *, initial_state, resets, blocks=None, interpret=False):
+    from xlstm_jax.pallas_kernels.slstm import gpu
+
+    return gpu.slstm_scan_gpu(
+        gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets, blocks=blocks, interpret=interpret
+    )
+
+
+def _slstm_pallas_gpu_blocks(batch, seq_len, dh, *, has_resets, interpret):
+    from xlstm_jax.pallas_kernels.slstm import gpu
+
+    return gpu.choose_blocks(batch, seq_len, dh, has_resets=has_resets, interpret=interpret)
+
+
+IMPLEMENTATIONS: dict[tuple[str, str], Implementation] = {
+    (impl.cell, impl.name): impl
+    for impl in (
+        Implementation("chunkwise", "mlstm", None, _mlstm_chunkwise),
+        Implementation("parallel", "mlstm", None, _mlstm_parallel),
+        Implementation("recurrent", "mlstm", None, _mlstm_recurrent),
+        Implementation("pallas_tpu", "mlstm", "tpu", _mlstm_pallas_tpu, _mlstm_pallas_tpu_blocks),
+        Implementation("pallas_gpu", "mlstm", "gpu", _mlstm_pallas_gpu, _mlstm_pallas_gpu_blocks),
+        Implementation("triton", "mlstm", "gpu", _mlstm_triton, interpret_on_cpu=False),
+        Implementation("scan", "slstm", None, _slstm_scan),
+        Implementation("pallas_tpu", "slstm", "tpu", _slstm_pallas_tpu, _slstm_pallas_tpu_blocks),
+        Implementation("pallas_gpu", "slstm", "gpu", _slstm_pallas_gpu, _slstm_pallas_gpu_blocks),
+    )
+}
+_ALIASES = ("auto", "xla")  # resolved by ``resolve``
+MLSTM_XLA_FORMS = tuple(n for (c, n), impl in IMPLEMENTATIONS.items() if c == "mlstm" and impl.platform is None)
+MLSTM_BACKENDS = (*_ALIASES, *(n for c, n in IMPLEMENTATIONS if c == "mlstm"))
+SLSTM_BACKENDS = (*_ALIASES, *(n for c, n in IMPLEMENTATIONS if c == "slstm"))
+
+
+def implementation(cell: str, name: str) -> Implementation:
+    """The registered implementation ``name`` of ``cell`` (after ``resolve``)."""
+    check_choice("cell", cell, ("mlstm", "slstm"))
+    check_choice(f"{cell} backend", name, (n for c, n in IMPLEMENTATIONS if c == cell))
+    return IMPLEMENTATIONS[cell, name]
 
 
 def check_mlstm_backend(name: str) -> str:
-    if name not in MLSTM_BACKENDS:
-        raise ValueError(f"unknown mLSTM backend {name!r}; choose one of {MLSTM_BACKENDS}")
+    check_choice("mLSTM backend", name, MLSTM_BACKENDS)
     return name
 
 
 def check_slstm_backend(name: str) -> str:
-    if name not in SLSTM_BACKENDS:
-        raise ValueError(f"unknown sLSTM backend {name!r}; choose one of {SLSTM_BACKENDS}")
+    check_choice("sLSTM backend", name, SLSTM_BACKENDS)
     return name
 
 
@@ -66,26 +210,74 @@ def resolve(name: str, *, xla: str) -> str:
     return {"tpu": "pallas_tpu", "gpu": "pallas_gpu"}.get(_platform(), xla)
 
 
-def _kernel_mode(backend: str):
-    """Interpret mode when a kernel meant for another platform runs here (tests on CPU)."""
+def interpret_flag(impl: Implementation) -> bool:
+    """The ``interpret`` argument for a kernel here: False on its platform, True on a CPU (Pallas
+    interpret mode, for tests); a ``ValueError`` on another accelerator or where it has no interpret mode."""
     platform = _platform()
-    if platform == _KERNEL_PLATFORM[backend]:
+    if platform == impl.platform:
         return False
-    if platform == "cpu" and backend != "triton":
+    if platform == "cpu" and impl.interpret_on_cpu:
         return True
-    raise ValueError(f"backend {backend!r} needs a {_KERNEL_PLATFORM[backend].upper()}; this is a {platform}")
+    raise ValueError(f"backend {impl.name!r} needs a {impl.platform.upper()}; this is a {platform}")
 
 
-def _mesh_specs(batch: int, heads: int):
-    """(batch axes, head axes) of the current mesh, or None when nothing is sharded."""
+# ------------------------------------------------------------------------------------ mesh sharding
+
+DEFAULT_AXIS_RULES: Mapping[str, tuple[str, ...]] = {"batch": ("data", "fsdp"), "heads": ("tensor",), "length": ()}
+_AXIS_RULES = contextvars.ContextVar("xlstm_jax_axis_rules", default=DEFAULT_AXIS_RULES)
+
+
+def _rule_axes(rules: Mapping[str, str | Sequence[str]], logical: str) -> tuple[str, ...]:
+    axes = rules.get(logical, ())
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    if not all(isinstance(a, str) for a in axes):
+        raise ValueError(f"axis_rules[{logical!r}] must be a mesh axis name or a sequence of them, got {axes!r}")
+    return axes
+
+
+@contextlib.contextmanager
+def axis_rules(rules: Mapping[str, str | Sequence[str]]) -> Iterator[None]:
+    """Map the logical axes ``batch``, ``heads`` and ``length`` to mesh axes for the kernels' shard_map.
+
+    Other keys (the parameter rules of a trainer config: ``embed``, ``mlp``, ...) are ignored, so a
+    trainer's ``mesh.rules`` can be passed as they are; a logical axis not given maps to no mesh axis.
+    Defaults (outside this context): ``DEFAULT_AXIS_RULES``, the trainer's default mesh mapping.
+    """
+    token = _AXIS_RULES.set({name: _rule_axes(rules, name) for name in DEFAULT_AXIS_RULES})
+    try:
+        yield
+    finally:
+        _AXIS_RULES.reset(token)
+
+
+def mesh_axes(batch: int, heads: int) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None:
+    """(batch axes, head axes) of the current mesh under the axis rules, or None when nothing is sharded.
+
+    Raises ``ValueError`` when the batch or the heads are not divisible by their mesh axes, or when
+    the sequence (``length``) is mapped to a mesh axis of size > 1.
+    """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or math.prod(mesh.shape.values()) == 1:
         return None
-    batch_axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
-    head_axes = tuple(a for a in ("tensor",) if mesh.shape.get(a, 1) > 1)
-    if batch % math.prod(mesh.shape[a] for a in batch_axes) or heads % math.prod(mesh.shape[a] for a in head_axes):
-        raise ValueError(f"batch {batch} / heads {heads} do not divide the mesh axes {dict(mesh.shape)}")
-    return (batch_axes or None), (head_axes or None)
+    rules = _AXIS_RULES.get()
+
+    def split(logical: str, size: int):
+        axes = tuple(a for a in _rule_axes(rules, logical) if mesh.shape.get(a, 1) > 1)
+        sizes = {a: mesh.shape[a] for a in axes}
+        if size % math.prod(sizes.values()):
+            raise ValueError(
+                f"{logical} {size} is not divisible by its mesh axes {sizes} (axis rule {logical!r}: "
+                f"{_rule_axes(rules, logical)}, mesh {dict(mesh.shape)}); choose a {logical} size or mesh that divides"
+            )
+        return axes or None
+
+    length = split("length", 1)
+    if length:
+        raise ValueError(
+            f"the cell kernels run whole sequences per shard; axis rule 'length' maps the sequence to mesh axes "
+            f"{ {a: mesh.shape[a] for a in length} }: map it to no axis of size > 1"
+        )
+    return split("batch", batch), split("heads", heads)
 
 
 def _shard_map(fn, args: tuple, in_specs: tuple, out_specs):
@@ -100,53 +292,41 @@ def _shard_map(fn, args: tuple, in_specs: tuple, out_specs):
     return jax.shard_map(fn, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)
 
 
-def _sharded(fn, args, state_in, specs):
-    """Run ``fn(*args, state) -> (h, state)`` per shard: inputs, h and the state are (B, NH, ...) arrays."""
-    if specs is None:
-        return fn(*args, state_in)
-    b, h = specs
-
-    def spec(x):
-        return P(b, h, *([None] * (x.ndim - 2)))
-
-    in_specs = (*(spec(a) for a in args), jax.tree.map(spec, state_in))
-    out_specs = (P(b, h, None, None), jax.tree.map(spec, state_in))  # h (B, NH, S, DHV); the state as it came in
-    return _shard_map(fn, (*args, state_in), in_specs, out_specs)
+# ------------------------------------------------------------------------------------------ mLSTM
 
 
-def _mlstm_kernel(backend: str, q, k, v, i, f, chunk_size: int, initial_state, eps: float):
-    """(h, state) from a kernel backend, or None when it cannot run this shape (reason logged)."""
+def _mlstm_kernel(impl: Implementation, q, k, v, i, f, chunk_size: int, initial_state, eps: float):
+    """(h, state) from a kernel, or None when it cannot tile this shape (reason logged)."""
     b, nh, _, dhqk = q.shape
     dhv = v.shape[-1]
-    interpret = _kernel_mode(backend)
-    try:
-        specs = _mesh_specs(b, nh)
-        if backend == "triton":
-            from xlstm_jax.pallas_kernels.mlstm.triton_tfla import mlstm_chunkwise_tfla
+    interpret = interpret_flag(impl)
+    axes = mesh_axes(b, nh)
+    blocks = None
+    if impl.choose_blocks is not None:
+        try:
+            blocks = impl.choose_blocks(dhqk, dhv, chunk_size, interpret=interpret)
+        except ValueError as err:
+            log.warning("mLSTM backend %r cannot run q %s, v %s (%s); using the XLA chunkwise form", impl.name,
+                        q.shape, v.shape, err)  # fmt: skip
+            return None
 
-            def run(q, k, v, i, f, state):
-                return mlstm_chunkwise_tfla(q, k, v, i, f, chunk_size=chunk_size, initial_state=state, eps=eps)
-        else:
-            if _KERNEL_PLATFORM[backend] == "tpu":
-                from xlstm_jax.pallas_kernels.mlstm.config import default_blocks
-                from xlstm_jax.pallas_kernels.mlstm.tpu import mlstm_chunkwise_tpu as kernel
+    def run(q, k, v, i, f, state):
+        return impl.run(q, k, v, i, f, initial_state=state, chunk_size=chunk_size, eps=eps, blocks=blocks,
+                        interpret=interpret)  # fmt: skip
 
-                blocks = default_blocks("tpu", dhqk, dhv, chunk_size)
-            else:
-                from xlstm_jax.pallas_kernels.mlstm.gpu import gpu_blocks
-                from xlstm_jax.pallas_kernels.mlstm.gpu import mlstm_chunkwise_gpu as kernel
-
-                blocks = gpu_blocks(dhqk, dhv, chunk_size, interpret=interpret)
-
-            def run(q, k, v, i, f, state):
-                return kernel(q, k, v, i, f, initial_state=state, eps=eps, blocks=blocks, interpret=interpret)
-    except ValueError as err:
-        log.warning("mLSTM backend %r cannot run q %s, v %s (%s); using the XLA chunkwise form", backend,
-                    q.shape, v.shape, err)  # fmt: skip
-        return None
     if initial_state is None:
         initial_state = ops.MLSTMState.zeros(b, nh, dhqk, dhv, jax.numpy.promote_types(q.dtype, jax.numpy.float32))
-    return _sharded(run, (q, k, v, i, f), ops.MLSTMState(*initial_state), specs)
+    state = ops.MLSTMState(*initial_state)
+    if axes is None:
+        return run(q, k, v, i, f, state)
+    bs, hs = axes
+
+    def spec(x):  # (B, NH, ...) arrays
+        return P(bs, hs, *([None] * (x.ndim - 2)))
+
+    in_specs = (*(spec(a) for a in (q, k, v, i, f)), jax.tree.map(spec, state))
+    out_specs = (P(bs, hs, None, None), jax.tree.map(spec, state))  # h (B, NH, S, DHV); the state as it came in
+    return _shard_map(run, (q, k, v, i, f, state), in_specs, out_specs)
 
 
 def mlstm(
@@ -173,57 +353,49 @@ def mlstm(
     Returns:
       h (B, NH, S, DHV), or ``(h, state)`` if ``return_state``.
     """
-    backend = resolve(check_mlstm_backend(backend), xla="chunkwise")
+    name = resolve(check_mlstm_backend(backend), xla="chunkwise")
     stateful = initial_state is not None or return_state
+    if name == "parallel" and stateful:
+        name = "chunkwise"
+    impl = implementation("mlstm", name)
     out = None
     if q.shape[2] == 1 and stateful:
         h, state = ops.mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], initial_state, eps=eps)
         out = (h[:, :, None], state)
-    elif backend in _KERNEL_PLATFORM:
-        out = _mlstm_kernel(backend, q, k, v, i, f, chunk_size, initial_state, eps)
+    elif impl.platform is not None:
+        out = _mlstm_kernel(impl, q, k, v, i, f, chunk_size, initial_state, eps)
+        impl = IMPLEMENTATIONS["mlstm", "chunkwise"]  # the fallback when the kernel cannot tile
     if out is None:
-        if backend == "parallel" and not stateful:
-            return ops.mlstm_parallel(q, k, v, i, f, eps=eps)
-        if backend == "recurrent":
-            out = ops.mlstm_recurrent(q, k, v, i, f, initial_state=initial_state, eps=eps)
-        else:
-            out = ops.mlstm_chunkwise(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+        out = impl.run(q, k, v, i, f, initial_state=initial_state, chunk_size=chunk_size, eps=eps)
     return out if return_state else out[0]
 
 
-def _slstm_kernel(backend: str, gates_x, recurrent_kernel, bias, initial_state, resets):
-    """(h, state) from a fused sLSTM kernel, or None when it cannot run this shape (reason logged)."""
+# ------------------------------------------------------------------------------------------ sLSTM
+
+
+def _slstm_kernel(impl: Implementation, gates_x, recurrent_kernel, bias, initial_state, resets):
+    """(h, state) from a fused sLSTM kernel, or None when it cannot tile this shape (reason logged)."""
     b, s, _, nh, dh = gates_x.shape
-    interpret = _kernel_mode(backend)
-    platform = _KERNEL_PLATFORM[backend]
+    interpret = interpret_flag(impl)
+    axes = mesh_axes(b, nh)
+    mesh = jax.sharding.get_abstract_mesh()
+    local_b = b // math.prod(mesh.shape[a] for a in axes[0] or ()) if axes else b
     try:
-        specs = _mesh_specs(b, nh)
-        from xlstm_jax.pallas_kernels.slstm.config import default_blocks
-
-        local_b = b // math.prod(jax.sharding.get_abstract_mesh().shape[a] for a in specs[0] or ()) if specs else b
-        blocks = default_blocks(platform, local_b, dh)
-        if platform == "tpu":
-            from xlstm_jax.pallas_kernels.slstm.tpu import check_fits
-            from xlstm_jax.pallas_kernels.slstm.tpu import slstm_scan_tpu as kernel
-
-            if not interpret:
-                check_fits(blocks, gates_x.shape[1], dh, has_resets=resets is not None)
-        else:
-            from xlstm_jax.pallas_kernels.slstm.gpu import slstm_scan_gpu as kernel
+        blocks = impl.choose_blocks(local_b, s, dh, has_resets=resets is not None, interpret=interpret)
     except ValueError as err:
-        log.warning("sLSTM backend %r cannot run gates %s (%s); using the XLA scan", backend, gates_x.shape, err)
+        log.warning("sLSTM backend %r cannot run gates %s (%s); using the XLA scan", impl.name, gates_x.shape, err)
         return None
 
     def run(gates_x, recurrent_kernel, bias, state, resets):
-        return kernel(
+        return impl.run(
             gates_x, recurrent_kernel, bias, initial_state=state, resets=resets, blocks=blocks, interpret=interpret
         )
 
-    if specs is None:
+    if axes is None:
         return run(gates_x, recurrent_kernel, bias, initial_state, resets)
     if initial_state is None:
         initial_state = ops.SLSTMState(*(jax.numpy.zeros((b, nh, dh), jax.numpy.float32) for _ in range(4)))
-    bs, hs = specs
+    bs, hs = axes
     in_specs = (
         P(bs, None, None, hs, None),  # gates_x (B, S, 4, NH, DH)
         P(hs, None, None, None),  # recurrent_kernel (NH, DH, 4, DH)
@@ -248,13 +420,13 @@ def slstm(
 ) -> tuple[jax.Array, ops.SLSTMState]:
     """sLSTM over a sequence with the named backend; shapes as ``ops.slstm_scan``.
 
-    A kernel backend runs ``pallas_kernels.slstm`` with its platform's default blocks (inside
-    ``jax.shard_map`` under a mesh: batch over data/fsdp, heads over tensor); a shape it cannot tile
-    (for example a head dim that is not a multiple of 16 on GPU) runs the XLA scan, with the reason logged.
+    A kernel backend runs ``pallas_kernels.slstm`` with its module's ``choose_blocks`` (inside
+    ``jax.shard_map`` under a mesh, see ``axis_rules``); a shape it cannot tile (for example a head
+    dim that is not a multiple of 16 on GPU) runs the XLA scan, with the reason logged.
     """
     asked = check_slstm_backend(backend)
-    backend = resolve(asked, xla="scan")
-    if asked == "auto" and backend == "pallas_gpu":
+    name = resolve(asked, xla="scan")
+    if asked == "auto" and name == "pallas_gpu":
         from xlstm_jax.pallas_kernels.slstm.config import GPU_AUTO_MAX_DH
 
         if gates_x.shape[-1] > GPU_AUTO_MAX_DH:
@@ -264,10 +436,11 @@ def slstm(
                 gates_x.shape[-1],
                 GPU_AUTO_MAX_DH,
             )
-            backend = "scan"
+            name = "scan"
+    impl = implementation("slstm", name)
     out = None
-    if backend in _KERNEL_PLATFORM:
-        out = _slstm_kernel(backend, gates_x, recurrent_kernel, bias, initial_state, resets)
+    if impl.platform is not None:
+        out = _slstm_kernel(impl, gates_x, recurrent_kernel, bias, initial_state, resets)
     if out is None:
         out = ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)
     return out

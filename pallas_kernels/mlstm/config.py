@@ -69,11 +69,11 @@ def default_blocks(platform: str, dhqk: int, dhv: int, chunk_size: int | None = 
     (TFLA's intra-chunk tiles), chunks of 128 (TPU) and 64 (GPU) unless given."""
     if platform == "tpu":
         chunk = chunk_size or 128
-        tile = lambda d: 128 if d % 128 == 0 else d  # noqa: E731
+        tile = lambda d: 128 if d % 128 == 0 else d
         blocks = MLSTMBlocks(chunk, min(chunk, 128), min(chunk, 128), tile(dhqk), tile(dhv))
     elif platform == "gpu":
         chunk = chunk_size or 64
-        tile = lambda d, cap: min(cap, d) if d & (d - 1) == 0 else d  # noqa: E731
+        tile = lambda d, cap: min(cap, d) if d & (d - 1) == 0 else d
         blocks = MLSTMBlocks(chunk, min(chunk, 64), min(chunk, 64), tile(dhqk, 64), tile(dhv, 128))
     else:
         raise ValueError(f"platform must be one of {PLATFORMS}, got {platform!r}")

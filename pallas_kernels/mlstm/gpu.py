@@ -49,7 +49,7 @@ def _pow2(x: int) -> bool:
     return x > 0 and x & (x - 1) == 0
 
 
-def gpu_blocks(
+def choose_blocks(
     dhqk: int, dhv: int, chunk_size: int | None = None, blocks: MLSTMBlocks | None = None, *, interpret: bool = False
 ) -> MLSTMBlocks:
     """The tiles ``mlstm_chunkwise_gpu`` runs with, validated; raises ``ValueError`` if it cannot run.
@@ -100,8 +100,8 @@ def _forward(q, k, v, logf, i, c0, n0, m0, blocks: MLSTMBlocks, eps: float, inte
     """On inputs padded to a multiple of the chunk: ((h, c, n, m), residuals)."""
     b, nh, s, dhqk = q.shape
     dhv = v.shape[-1]
-    chunked = lambda x: x.reshape(b, nh, s // blocks.chunk_size, blocks.chunk_size)  # noqa: E731
-    flat = lambda x: x.reshape(b * nh, *x.shape[2:])  # noqa: E731
+    chunked = lambda x: x.reshape(b, nh, s // blocks.chunk_size, blocks.chunk_size)
+    flat = lambda x: x.reshape(b * nh, *x.shape[2:])
     st = stabilizers(chunked(logf), chunked(i), m0)
     tok, decay = _token_table(chunked(logf), chunked(i), st)
     qf, kf, vf = flat(q), flat(k), flat(v)
@@ -124,8 +124,8 @@ def _backward(blocks: MLSTMBlocks, eps: float, interpret: bool, res, cotangents)
     dh, dc_final, dn_final, dm_final = cotangents
     b, nh, s, dhqk = q.shape
     nc, length = s // blocks.chunk_size, blocks.chunk_size
-    chunked = lambda x: x.reshape(b, nh, nc, length)  # noqa: E731
-    flat = lambda x: x.reshape(b * nh, *x.shape[2:])  # noqa: E731
+    chunked = lambda x: x.reshape(b, nh, nc, length)
+    flat = lambda x: x.reshape(b * nh, *x.shape[2:])
     logf_c = chunked(logf)
     st, pullback = jax.vjp(stabilizers, logf_c, chunked(i), m0)
     tok, decay = _token_table(logf_c, chunked(i), st)
@@ -166,7 +166,7 @@ def _backward(blocks: MLSTMBlocks, eps: float, interpret: bool, res, cotangents)
         final_cotangents=(dc_final, dn_final, dm_final),
     )
 
-    seq = lambda x: x.reshape(b, nh, s)  # noqa: E731
+    seq = lambda x: x.reshape(b, nh, s)
     return (
         dq.reshape(q.shape),
         dk.reshape(k.shape),
@@ -212,7 +212,7 @@ def mlstm_chunkwise_gpu(
       initial_state: ``MLSTMState`` c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH); zeros if None.
       eps: added to the normalizer.
       blocks: tiles and launch parameters; None: ``config.default_blocks("gpu", DHQK, DHV, chunk_size)``.
-        Checked by ``gpu_blocks``.
+        Checked by ``choose_blocks``.
       interpret: run the kernels in Pallas interpret mode (CPU tests).
 
     Returns:
@@ -226,7 +226,7 @@ def mlstm_chunkwise_gpu(
     if dtype not in MATMUL_DTYPES:
         raise ValueError(f"q, k, v must be bfloat16, float16 or float32 for the GPU mLSTM kernel, got {dtype}")
     _, _, seq_len, dhqk = x.q.shape
-    blocks = gpu_blocks(dhqk, x.v.shape[-1], chunk_size, blocks, interpret=interpret)
+    blocks = choose_blocks(dhqk, x.v.shape[-1], chunk_size, blocks, interpret=interpret)
     q_, k_, v_ = (jnp.asarray(a, dtype) for a in (q, k, v))
     logf, i_ = jax.nn.log_sigmoid(x.f), x.i
     q_, k_, v_, logf, i_ = pad_to_chunks(blocks.chunk_size, q_, k_, v_, logf, i_)

@@ -195,8 +195,8 @@ def grad_q(q, k, v, dh, tok, tokb, c_before, n_before, blocks: MLSTMBlocks, inte
     chunk, bq = blocks.chunk_size, blocks.block_q
     nc, nq = s // chunk, chunk // bq
     kernel = functools.partial(_dq_kernel, blocks=blocks, dtype=q.dtype)
-    tile = lambda b, c, t: (b, c * nq + t, 0)  # noqa: E731
-    whole_chunk = lambda b, c, t: (b, c, 0)  # noqa: E731
+    tile = lambda b, c, t: (b, c * nq + t, 0)
+    whole_chunk = lambda b, c, t: (b, c, 0)
     return pl.pallas_call(
         kernel,
         grid=(bh, nc, nq),
@@ -272,8 +272,8 @@ def grad_k(q, k, v, dh, tok, tokb, dc_after, dn_after, blocks: MLSTMBlocks, inte
     chunk, bkv = blocks.chunk_size, blocks.block_kv
     nc, nk = s // chunk, chunk // bkv
     kernel = functools.partial(_dk_kernel, blocks=blocks, dtype=q.dtype)
-    tile = lambda b, c, t: (b, c * nk + t, 0)  # noqa: E731
-    whole_chunk = lambda b, c, t: (b, c, 0)  # noqa: E731
+    tile = lambda b, c, t: (b, c * nk + t, 0)
+    whole_chunk = lambda b, c, t: (b, c, 0)
     return pl.pallas_call(
         kernel,
         grid=(bh, nc, nk),

@@ -169,7 +169,7 @@ def _chunkwise_bwd(static: _Static, residuals, cotangents):
     )
 
     # Gate gradients from the per-token sums, stabilizers fixed (as _chunkwise_bwd.backward).
-    unmerge = lambda x: x.reshape(b, nh, nc, *x.shape[2:]).astype(logf.dtype)  # noqa: E731
+    unmerge = lambda x: x.reshape(b, nh, nc, *x.shape[2:]).astype(logf.dtype)
     tsums, ssums = unmerge(tsums[..., 0]), unmerge(ssums)
     rows_dlogd, dlog_alpha, da = (tsums[:, :, :, j] for j in range(3))
     cols_dlogd, dlog_decay = ssums[:, :, :, tpu_bwd.SUM_COLS_OF_DLOGD], ssums[:, :, :, tpu_bwd.DLOG_DECAY, 0]
@@ -181,7 +181,7 @@ def _chunkwise_bwd(static: _Static, residuals, cotangents):
         pullback, st, eps=eps, h_dh=h_dh, den=den, final=final, final_cotangents=(dc_final, dn_final, dm_final)
     )
 
-    seq = lambda x: x.reshape(b, nh, s, *x.shape[4:])  # noqa: E731
+    seq = lambda x: x.reshape(b, nh, s, *x.shape[4:])
     return (
         dq.reshape(q.shape),
         dk.reshape(k.shape),
@@ -197,8 +197,20 @@ def _chunkwise_bwd(static: _Static, residuals, cotangents):
 _chunkwise.defvjp(_forward, _chunkwise_bwd)
 
 
-def _check_blocks(blocks: MLSTMBlocks, dhqk: int, dhv: int, interpret) -> MLSTMBlocks:
-    """Mosaic's tiling rules on hardware; in interpret mode only that the tiles divide."""
+def choose_blocks(
+    dhqk: int, dhv: int, chunk_size: int | None = None, blocks: MLSTMBlocks | None = None, *, interpret=False
+) -> MLSTMBlocks:
+    """The tiles ``mlstm_chunkwise_tpu`` runs with, validated; raises ``ValueError`` if it cannot run.
+
+    Default: ``config.default_blocks("tpu", dhqk, dhv, chunk_size)``. Checked against Mosaic's tiling
+    rules unless ``interpret`` is set (then only that the tiles divide the head dims).
+    """
+    if chunk_size is not None:
+        chunk_size = check_positive_int("chunk_size", chunk_size)
+    if blocks is None:
+        blocks = default_blocks("tpu", dhqk, dhv, chunk_size)
+    elif chunk_size is not None and chunk_size != blocks.chunk_size:
+        raise ValueError(f"chunk_size={chunk_size} disagrees with blocks.chunk_size={blocks.chunk_size}")
     if not isinstance(blocks, MLSTMBlocks):
         raise ValueError(f"blocks must be an MLSTMBlocks, got {type(blocks).__name__}")
     if interpret is False:
@@ -238,8 +250,7 @@ def mlstm_chunkwise_tpu(
         multiple of L with tokens that neither write to nor decay the memory.
       initial_state: ``MLSTMState`` c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH); zeros when None.
       eps: added to the normalizer.
-      blocks: kernel tiles; None: ``config.default_blocks("tpu", DHQK, DHV, chunk_size)``. Checked
-        against Mosaic's tiling rules unless ``interpret`` is set (then only divisibility).
+      blocks: kernel tiles; None: the default of ``choose_blocks``, which also checks given ones.
       interpret: False (compile for TPU), True (Pallas interpret mode, any backend), or a
         ``pltpu.InterpretParams`` (TPU interpret mode: simulated VMEM/DMAs, race detection).
 
@@ -250,13 +261,7 @@ def mlstm_chunkwise_tpu(
       ValueError: bad shapes, dtypes, eps or tiles (the message names the field).
     """
     dhqk, dhv = q.shape[-1], v.shape[-1]
-    if chunk_size is not None:
-        chunk_size = check_positive_int("chunk_size", chunk_size)
-    if blocks is None:
-        blocks = default_blocks("tpu", dhqk, dhv, chunk_size)
-    elif chunk_size is not None and chunk_size != blocks.chunk_size:
-        raise ValueError(f"chunk_size={chunk_size} disagrees with blocks.chunk_size={blocks.chunk_size}")
-    blocks = _check_blocks(blocks, dhqk, dhv, interpret)
+    blocks = choose_blocks(dhqk, dhv, chunk_size, blocks, interpret=interpret)
     eps = check_eps(eps)
     x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
     mm_dtype = _matmul_dtype(x.out_dtype, x.q.dtype)

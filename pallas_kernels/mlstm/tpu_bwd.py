@@ -95,7 +95,7 @@ def memory_cotangents(q, dh, gcols, dcols, dc_final, dn_final, *, blocks, mm_dty
     dhv = dh.shape[-1]
     chunk, bdqk, bdv = blocks.chunk_size, blocks.block_dqk, blocks.block_dv
     nc = s // chunk
-    read = lambda r: nc - jnp.maximum(r, 1)  # noqa: E731  (chunk folded in at step r)
+    read = lambda r: nc - jnp.maximum(r, 1)  # chunk folded in at step r
     grid = (bh, dhqk // bdqk, nc + 1, dhv // bdv)
     return pl.pallas_call(
         functools.partial(_memory_cot_kernel, scale=dhqk**-0.5, mm_dtype=mm_dtype),
@@ -156,11 +156,11 @@ def _chunk_grads_kernel(
     jv, nv = pl.program_id(2), pl.num_programs(2)
     chunk = q_ref.shape[0]
     q, k = q_ref[...], k_ref[...]
-    col = lambda j: gcol_ref[j]  # noqa: E731
+    col = lambda j: gcol_ref[j]
 
     @pl.when(jv == 0)
     def _():
-        row = lambda r: grow_ref[0, r : r + 1, :]  # noqa: E731
+        row = lambda r: grow_ref[0, r : r + 1, :]
         decay = decay_matrix(col, row, 0, 0, (chunk, chunk))
         decay_scr[...] = decay
         p_scr[...] = dot(q, k, NT, mm_dtype) * scale * decay
@@ -220,7 +220,7 @@ def chunk_grads(q, k, v, dh, c_states, n_states, e, en, gcols, grows, dcols, *, 
     chunk, bdv = blocks.chunk_size, blocks.block_dv
     nc = s // chunk
     grid = (bh, nc, dhv // bdv)
-    seq = lambda width: pl.BlockSpec((None, chunk, width), lambda b, c, jv: (b, c, 0))  # noqa: E731
+    seq = lambda width: pl.BlockSpec((None, chunk, width), lambda b, c, jv: (b, c, 0))
     seq_v = pl.BlockSpec((None, chunk, bdv), lambda b, c, jv: (b, c, jv))
     return pl.pallas_call(
         functools.partial(_chunk_grads_kernel, scale=dhqk**-0.5, mm_dtype=mm_dtype),

@@ -132,7 +132,7 @@ def chunk_states(k, v, gcols, c0, n0, *, blocks, mm_dtype, interpret):
     dhv = v.shape[-1]
     chunk, bdqk, bdv = blocks.chunk_size, blocks.block_dqk, blocks.block_dv
     nc = s // chunk
-    prev = lambda c: jnp.maximum(c - 1, 0)  # noqa: E731
+    prev = lambda c: jnp.maximum(c - 1, 0)
     grid = (bh, dhqk // bdqk, nc + 1, dhv // bdv)
     return pl.pallas_call(
         functools.partial(_states_kernel, mm_dtype=mm_dtype),
@@ -169,7 +169,7 @@ def _outputs_kernel(
     bq = q_ref.shape[0]
     bkv = grow_ref.shape[-1]
     q = q_ref[...]
-    col = lambda j: gcol_ref[j]  # noqa: E731
+    col = lambda j: gcol_ref[j]
 
     # The entering memory's contribution.
     q_in = (q.astype(jnp.float32) * scale) * col(ALPHA)  # (bq, DHQK)
@@ -182,7 +182,7 @@ def _outputs_kernel(
         @pl.when(j * bkv < (iq + 1) * bq)
         def _(j=j):
             sl = slice(j * bkv, (j + 1) * bkv)
-            row = lambda r: grow_ref[j, r : r + 1, :]  # noqa: E731
+            row = lambda r: grow_ref[j, r : r + 1, :]
             decay = decay_matrix(col, row, iq * bq, j * bkv, (bq, bkv))
             p = dot(q, k_ref[sl, :], NT, mm_dtype) * scale * decay
             acc_scr[...] += dot(p, v_ref[sl, :], NN, mm_dtype)

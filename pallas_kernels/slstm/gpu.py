@@ -215,6 +215,15 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
 _scan = custom_vjp_scan(_forward_call, _backward_call)
 
 
+def choose_blocks(
+    batch: int, seq_len: int, dh: int, blocks: SLSTMBlocks | None = None, *, has_resets: bool = False, interpret=False
+) -> SLSTMBlocks:
+    """The tiles ``slstm_scan_gpu`` runs with: ``config.default_blocks("gpu", batch, dh)`` when None,
+    checked against the platform's tiling rules; raises ``ValueError`` if it cannot run."""
+    blocks = (blocks or default_blocks("gpu", batch, dh)).validate_for("gpu", dh)
+    return blocks
+
+
 @functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
 def slstm_scan_gpu(
     gates_x,
@@ -234,7 +243,7 @@ def slstm_scan_gpu(
       bias: (NH, 4, DH).
       initial_state: ``SLSTMState`` (h, c, n, m), each (B, NH, DH); zeros when None.
       resets: optional (B, S) bool; True where the state is reset to zeros before the token.
-      blocks: ``SLSTMBlocks``; ``default_blocks("gpu", B, DH)`` when None.
+      blocks: ``SLSTMBlocks``; None: the default of ``choose_blocks``, which also checks given ones.
       interpret: run the kernels in the Pallas interpreter.
 
     Returns:
@@ -242,7 +251,7 @@ def slstm_scan_gpu(
     """
     inputs = prepare(gates_x, recurrent_kernel, bias, initial_state, resets)
     b, s, _, nh, dh = gates_x.shape
-    blocks = (blocks or default_blocks("gpu", b, dh)).validate_for("gpu", dh)
+    blocks = choose_blocks(b, s, dh, blocks, has_resets=resets is not None, interpret=interpret)
     st = _Static(blocks, interpret)
     gates, r, state0, keep = to_kernel_layout(*inputs, resets, block_b=blocks.block_b, block_t=1)
 

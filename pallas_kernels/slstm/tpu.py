@@ -243,7 +243,7 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
     nh, sp, _, bp, dh = gates.shape
     bb, bt = st.block_b, st.block_t
     num_t = sp // bt
-    rev = lambda t: num_t - 1 - t  # noqa: E731
+    rev = lambda t: num_t - 1 - t
     seq_spec = pl.BlockSpec((None, bt, bb, dh), lambda h, b, t: (h, rev(t), b, 0))
     gate_spec = pl.BlockSpec((None, bt, GATES, bb, dh), lambda h, b, t: (h, rev(t), 0, b, 0))
     state_spec = pl.BlockSpec((None, bb, dh), lambda h, b, t: (h, b, 0))
@@ -288,6 +288,18 @@ def _backward_call(st: _Static, gates, r, prev, d_h, d_final, keep):
 _scan = custom_vjp_scan(_forward_call, _backward_call)
 
 
+def choose_blocks(
+    batch: int, seq_len: int, dh: int, blocks: SLSTMBlocks | None = None, *, has_resets: bool = False, interpret=False
+) -> SLSTMBlocks:
+    """The tiles ``slstm_scan_tpu`` runs with: ``config.default_blocks("tpu", batch, dh)`` when None,
+    checked against the platform's tiling rules and, unless ``interpret``, that the
+    kernels fit this TPU's VMEM (``check_fits``); raises ``ValueError`` if it cannot run."""
+    blocks = (blocks or default_blocks("tpu", batch, dh)).validate_for("tpu", dh)
+    if not interpret:
+        check_fits(blocks, seq_len, dh, has_resets=has_resets)
+    return blocks
+
+
 @functools.partial(jax.jit, static_argnames=("blocks", "interpret"))
 def slstm_scan_tpu(
     gates_x,
@@ -307,18 +319,16 @@ def slstm_scan_tpu(
       bias: (NH, 4, DH).
       initial_state: ``SLSTMState`` (h, c, n, m), each (B, NH, DH); zeros when None.
       resets: optional (B, S) bool; True where the state is reset to zeros before the token.
-      blocks: ``SLSTMBlocks``; ``default_blocks("tpu", B, DH)`` when None.
+      blocks: ``SLSTMBlocks``; None: the default of ``choose_blocks``, which also checks given ones.
       interpret: run the kernels in the Pallas interpreter (True or ``pltpu.InterpretParams()``).
-        Otherwise ``check_fits`` raises ``ValueError`` when the kernels need more VMEM than the TPU has.
+        Otherwise ``choose_blocks`` raises ``ValueError`` when the kernels need more VMEM than the TPU has.
 
     Returns:
       ``(h, state)``: h (B, S, NH, DH) in the dtype of gates_x, and the final state (float32).
     """
     inputs = prepare(gates_x, recurrent_kernel, bias, initial_state, resets)
     b, s, _, nh, dh = gates_x.shape
-    blocks = (blocks or default_blocks("tpu", b, dh)).validate_for("tpu", dh)
-    if not interpret:
-        check_fits(blocks, s, dh, has_resets=resets is not None)
+    blocks = choose_blocks(b, s, dh, blocks, has_resets=resets is not None, interpret=interpret)
     bb, bt = blocks.block_b, min(blocks.block_t, s)
     st = _Static(bb, bt, s, blocks.unroll, blocks.recurrent_dtype, interpret)
     gates, r, state0, keep = to_kernel_layout(*inputs, resets, block_b=bb, block_t=bt)

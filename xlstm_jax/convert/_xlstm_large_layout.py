@@ -158,7 +158,7 @@ def _sharding_lookup(sharding) -> Callable[[Path, nnx.Variable], jax.sharding.Sh
     if isinstance(sharding, nnx.State):
         flat = nnx.to_flat_state(sharding)
     else:
-        is_leaf = lambda _, x: not isinstance(x, Mapping)  # noqa: E731
+        is_leaf = lambda _, x: not isinstance(x, Mapping)
         flat = traverse_util.flatten_dict(sharding, is_leaf=is_leaf).items()
     table = {tuple(path): leaf.get_value() if isinstance(leaf, nnx.Variable) else leaf for path, leaf in flat}
     return lambda path, var: table[path]

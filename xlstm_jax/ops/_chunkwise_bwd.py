@@ -44,7 +44,7 @@ def _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final):
         decay_k, dc_read, dn_read = xs
         return (decay_k[..., None, None] * dc + dc_read, decay_k[..., None] * dn + dn_read), carry
 
-    chunk_first = lambda x: jnp.moveaxis(x, 2, 0)  # noqa: E731
+    chunk_first = lambda x: jnp.moveaxis(x, 2, 0)
     (dc0, dn0), (dc_after, dn_after) = jax.lax.scan(
         body,
         (dc_final, dn_final),
@@ -101,7 +101,7 @@ def backward(res: Residuals, cotangents, eps: float):
         final_cotangents=(dc_final, dn_final, dm_final),
     )
 
-    seq = lambda x: x.reshape(b, nh, nc * length, *x.shape[4:])  # noqa: E731
+    seq = lambda x: x.reshape(b, nh, nc * length, *x.shape[4:])
     dq = dq_scaled * (q.shape[-1] ** -0.5)
     return (
         seq(dq),

@@ -57,7 +57,7 @@ def chunk_states(k, v, logf, st: Stabilizers, c0, n0):
         decay_k, kv_k, ksum_k = xs
         return (decay_k[..., None, None] * c + kv_k, decay_k[..., None] * n + ksum_k), carry
 
-    chunk_first = lambda x: jnp.moveaxis(x, 2, 0)  # noqa: E731
+    chunk_first = lambda x: jnp.moveaxis(x, 2, 0)
     (c_final, n_final), (c_before, n_before) = jax.lax.scan(
         body, (c0, n0), (chunk_first(decay), chunk_first(kv), chunk_first(ksum))
     )
@@ -115,7 +115,7 @@ def forward(q, k, v, logf, i, c0, n0, m0, chunk_size: int, eps: float):
     Returns ``((h, c, n, m), residuals)`` with h (B, NH, S, DHV).
     """
     b, nh, s, _ = q.shape
-    split = lambda x: x.reshape(b, nh, s // chunk_size, chunk_size, *x.shape[3:])  # noqa: E731
+    split = lambda x: x.reshape(b, nh, s // chunk_size, chunk_size, *x.shape[3:])
     q, k, v, logf, i = map(split, (q, k, v, logf, i))
     st = stabilizers(logf, i, m0)
     c_before, n_before, c_final, n_final = chunk_states(k, v, logf, st, c0, n0)

@@ -81,6 +81,6 @@ def mlstm_recurrent(q, k, v, i, f, *, initial_state: MLSTMState | None = None, e
         h, state = _step(*xs, state, eps)
         return state, h
 
-    seq_first = lambda a: jnp.moveaxis(a, 2, 0)  # noqa: E731
+    seq_first = lambda a: jnp.moveaxis(a, 2, 0)
     final, h = jax.lax.scan(body, x.state, tuple(map(seq_first, (x.q, x.k, x.v, x.i, x.f))))
     return jnp.moveaxis(h, 0, 2).astype(x.out_dtype), final

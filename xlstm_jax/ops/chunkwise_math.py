@@ -66,7 +66,7 @@ def stabilizers(logf, i, m0) -> Stabilizers:
         m_next = jnp.maximum(g_k + m_prev, a_max_k)
         return m_next, m_prev
 
-    chunks_first = lambda x: jnp.moveaxis(x, -1, 0)  # noqa: E731
+    chunks_first = lambda x: jnp.moveaxis(x, -1, 0)
     m_final, m_before = jax.lax.scan(body, m0, (chunks_first(g), chunks_first(jnp.max(a, axis=-1))))
     m_before = jnp.moveaxis(m_before, 0, -1)
     m_after = jnp.concatenate([m_before[..., 1:], m_final[..., None]], axis=-1)

@@ -69,7 +69,7 @@ def prepare(q, k, v, i, f, state, *, sequence: bool, state_name: str) -> MLSTMIn
     dtype = compute_dtype(q, k, v, i, f, *(state or ()))
     if state is None:
         state = MLSTMState.zeros(bound["B"], bound["NH"], bound["DHQK"], bound["DHV"], dtype)
-    cast = lambda x: jnp.asarray(x, dtype)  # noqa: E731
+    cast = lambda x: jnp.asarray(x, dtype)
     return MLSTMInputs(
         q=cast(q),
         k=cast(k),

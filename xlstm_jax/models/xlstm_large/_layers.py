@@ -102,7 +102,7 @@ class mLSTMLayer(nnx.Module):
         q, k, v, o, i, f = self._projections(x)
         if resets is not None:
             f = jnp.where(resets[..., None], -jnp.inf, f)
-        heads = lambda t: t.reshape(b, s, c.num_heads, -1).transpose(0, 2, 1, 3)  # noqa: E731
+        heads = lambda t: t.reshape(b, s, c.num_heads, -1).transpose(0, 2, 1, 3)
         out = backends.mlstm(
             heads(q),
             heads(k),
