@@ -4,7 +4,8 @@ A run trains one model on one embedded task (``xlstm_jax.train.data.synthetic``)
 a warmup + cosine schedule, then measures sequence accuracy (every supervised position right) on
 held-out examples. Formal languages train on lengths 3-40 and are scored on longer ones; MQAR
 trains and is scored at one context length. One jitted step serves every run of the same model
-shape (the learning rate is an argument), so a grid compiles once per model, vocabulary and length.
+shape (the learning rate is an argument), so a grid compiles once per model, vocabulary and length,
+and evaluation reuses it at learning rate 0.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class RunSpec:
     num_kv_pairs: int = 0  # mqar only
     mqar_vocab: int = 0  # mqar only
     model_vocab: int = 0  # the model's vocabulary if larger than the task's (one compile for several tasks)
+    train_seq: int = 0  # training rows padded to this length (0: the longest training example)
 
     @property
     def experiment(self) -> str:
@@ -108,28 +110,30 @@ TX = optax.chain(
 )
 
 
-def _masked_loss(graphdef, rest, params, batch):
+def _loss_and_scores(graphdef, rest, params, batch):
+    """Mean masked cross entropy; per row (B,) the supervised positions predicted right and their number."""
     logits = nnx.merge(graphdef, params, rest)(batch["inputs"])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    return jnp.sum(ce * batch["loss_mask"]) / jnp.maximum(jnp.sum(batch["loss_mask"]), 1.0)
-
-
-@partial(jax.jit, static_argnums=0, donate_argnums=(2, 3))
-def train_step(graphdef, rest, params, opt_state, batch, lr):
-    """One AdamW step: -> (params, opt_state, loss)."""
-    loss, grads = jax.value_and_grad(_masked_loss, argnums=2)(graphdef, rest, params, batch)
-    updates, opt_state = TX.update(grads, opt_state, params)
-    params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
-    return params, opt_state, loss
+    loss = jnp.sum(ce * batch["loss_mask"]) / jnp.maximum(jnp.sum(batch["loss_mask"]), 1.0)
+    supervised = batch["loss_mask"] > 0
+    right = (jnp.argmax(logits, -1) == batch["targets"]) & supervised
+    return loss, (jnp.sum(right, axis=-1, dtype=jnp.int32), jnp.sum(supervised, axis=-1, dtype=jnp.int32))
 
 
 @partial(jax.jit, static_argnums=0)
-def rows_correct(graphdef, rest, params, batch):
-    """(B,) int32 pair: supervised positions of each row predicted right (greedy), and supervised positions."""
-    logits = nnx.merge(graphdef, params, rest)(batch["inputs"])
-    supervised = batch["loss_mask"] > 0
-    right = (jnp.argmax(logits, -1) == batch["targets"]) & supervised
-    return jnp.sum(right, axis=-1, dtype=jnp.int32), jnp.sum(supervised, axis=-1, dtype=jnp.int32)
+def step(graphdef, rest, params, opt_state, batch, lr):
+    """One AdamW step at ``lr``: -> (params, opt_state, loss, right (B,), answers (B,)).
+
+    ``right`` / ``answers``: per row, the supervised positions predicted right (greedy, before the
+    update) and the supervised positions. Evaluation calls it with ``lr = 0`` and drops the update,
+    so one compiled function per shape serves training and evaluation (compiles dominate on a CPU).
+    """
+    (loss, (right, answers)), grads = jax.value_and_grad(_loss_and_scores, argnums=2, has_aux=True)(
+        graphdef, rest, params, batch
+    )
+    updates, opt_state = TX.update(grads, opt_state, params)
+    params = optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates))
+    return params, opt_state, loss, right, answers
 
 
 def make_batch(cfg: DataConfig, split: str, indices, seq_len: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -152,13 +156,13 @@ def lr_at(step: int, steps: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
 
 
-def accuracy(graphdef, rest, params, cfg: DataConfig, n: int, seq_len: int, batch_size: int):
+def accuracy(graphdef, rest, params, opt_state, cfg: DataConfig, n: int, seq_len: int, batch_size: int):
     """For the first ``n`` examples of ``cfg``'s eval split, each (n,): right answers, answers, lengths."""
     right, answers, lengths = [], [], []
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)  # the last batch runs full size (one compile) and is cut
         batch, lens = make_batch(cfg, "eval", idx, seq_len)
-        r, a = rows_correct(graphdef, rest, params, batch)
+        *_, r, a = step(graphdef, rest, params, opt_state, batch, 0.0)
         right.append(np.asarray(r))
         answers.append(np.asarray(a))
         lengths.append(lens)
@@ -174,19 +178,16 @@ def run(spec: RunSpec) -> dict:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     opt_state = TX.init(params)
-    train_seq = spec.train_len[1]
+    train_seq = spec.train_seq or spec.train_len[1]
     losses = []
-    for step in range(spec.steps):
-        idx = np.arange(step * spec.batch_size, (step + 1) * spec.batch_size)
-        batch, _ = make_batch(train_cfg, "train", idx, train_seq)
-        params, opt_state, loss = train_step(graphdef, rest, params, opt_state, batch, lr_at(step, spec.steps, spec.lr))
+    for i in range(spec.steps):
+        batch, _ = make_batch(train_cfg, "train", np.arange(i * spec.batch_size, (i + 1) * spec.batch_size), train_seq)
+        params, opt_state, loss, _, _ = step(graphdef, rest, params, opt_state, batch, lr_at(i, spec.steps, spec.lr))
         losses.append(loss)
     losses = np.asarray(jax.device_get(losses), np.float64)
     train_s = time.perf_counter() - t0
-    eval_bs = min(spec.eval_examples, 128)
-    right, answers, lengths = accuracy(
-        graphdef, rest, params, spec.data(EVAL_SEED, spec.eval_len), spec.eval_examples, spec.eval_len[1], eval_bs
-    )
+    evaluate = partial(accuracy, graphdef, rest, params, opt_state, n=spec.eval_examples, batch_size=spec.batch_size)
+    right, answers, lengths = evaluate(spec.data(EVAL_SEED, spec.eval_len), seq_len=spec.eval_len[1])
     row = {
         "key": spec.key,
         "experiment": spec.experiment,
@@ -199,9 +200,8 @@ def run(spec: RunSpec) -> dict:
         "nonfinite_loss": bool(not np.all(np.isfinite(losses))),
     }
     if spec.task != "mqar":  # accuracy on the training lengths (held-out examples) and per long-length bucket
-        r_in, a_in, _ = accuracy(  # padded to the evaluation length: the same compiled function
-            graphdef, rest, params, spec.data(EVAL_SEED, spec.train_len), spec.eval_examples, spec.eval_len[1], eval_bs
-        )
+        # padded to the evaluation length: the same compiled function
+        r_in, a_in, _ = evaluate(spec.data(EVAL_SEED, spec.train_len), seq_len=spec.eval_len[1])
         row["seq_acc_train_len"] = float(np.mean(r_in == a_in))
         for lo, hi in LENGTH_BUCKETS:
             sel = (lengths >= lo) & (lengths <= hi)

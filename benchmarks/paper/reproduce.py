@@ -56,6 +56,7 @@ class Protocol:
     mqar_eval_examples: int
     formal_vocab: int = 10  # modular arithmetic mod 5 (the largest task vocabulary)
     longer: tuple[tuple[str, str, float, int], ...] = ()  # (task, model, lr, steps): longer training, seed 0
+    train_seq: int = 0  # formal training rows padded to this length (0: train_len[1])
 
     def _formal(self, task: str, model: str, lr: float, seed: int, steps: int | None = None) -> RunSpec:
         return RunSpec(
@@ -70,6 +71,7 @@ class Protocol:
             train_len=self.train_len,
             eval_len=self.eval_len,
             model_vocab=self.formal_vocab,
+            train_seq=self.train_seq,
         )
 
     def longer_runs(self) -> list[RunSpec]:
@@ -172,8 +174,9 @@ SMOKE = Protocol(
     formal_batch=4,
     train_len=(3, 12),
     eval_len=(13, 24),
+    train_seq=24,  # = the evaluation length and the MQAR context: one compile per model
     eval_examples=4,
-    mqar_settings=((12, 2),),  # context 12 = the formal training length: the MQAR runs reuse its compile
+    mqar_settings=((24, 2),),
     mqar_models=("xlstm11", "xlstm10", "transformer"),
     mqar_widths=(16,),
     mqar_lr=3e-3,
