@@ -77,6 +77,7 @@ def test_resume_modes(first_run, tmp_path):
         fit("quickstart", [*TINY, "train.steps=4"], out_dir=tmp_path / "empty", resume="yes")
 
 
+@pytest.mark.slow  # a second compile and 2 more steps (~1 min on 2 busy cores); test_trainer covers resuming
 def test_resume_with_more_steps_continues_under_a_new_run_id(first_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(first_run.out_dir, out)

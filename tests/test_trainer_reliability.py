@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -111,8 +112,8 @@ def test_a_failed_save_stops_the_run_at_once(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------- run folders
 
 
-def test_a_second_trainer_on_a_busy_folder_refuses_naming_the_holder(base_run, tmp_path):
-    _, overrides = base_run
+def test_a_second_trainer_on_a_busy_folder_refuses_naming_the_holder(tmp_path):
+    overrides = [*TINY, "train.steps=4"]
     out = tmp_path / "run"
     with RunLock(out, "holder-run"):
         with pytest.raises(RunFolderBusy, match=rf"in use by pid {os.getpid()} on host '{socket.gethostname()}' "
@@ -216,11 +217,24 @@ def test_token_ids_outside_the_vocabulary_are_refused_naming_file_and_id(tmp_pat
         resolve(raw)
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"steps": True}, "train.steps must be an integer >= 1, got True"),
+        ({"steps": "abc"}, "train.steps must be an integer >= 1, got 'abc'"),
+        ({"steps": 1.5}, "train.steps must be an integer >= 1, got 1.5"),
+        ({"max_consecutive_nonfinite": -1}, "train.max_consecutive_nonfinite must be an integer >= 1, got -1"),
+    ],
+)
+def test_bad_train_values_name_the_field(override, message):
+    raw = {"model": {"arch": "xlstm_lm", "embedding_dim": 16, "num_blocks": 1}, "train": override}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve(raw)
+
+
 def test_bad_values_on_the_command_line_name_the_field(tmp_path):
     for options, overrides, message in [
         (["--cpu-devices", "-1"], [], "--cpu-devices must be an integer >= 1 or None, got -1"),
-        ([], ["train.steps=true"], "train.steps must be an integer >= 1, got True"),
-        ([], ["train.steps=abc"], "train.steps must be an integer >= 1, got 'abc'"),
         (["--cpu-devices", "2"], ["train.global_batch_size=3", f"train.out_dir={tmp_path}"],
          "train.global_batch_size=3 must be divisible by the 2 batch shards of the mesh {'data': 2, 'fsdp': 1, "
          "'tensor': 1}"),
