@@ -23,6 +23,7 @@ from flax import nnx
 from test_xlstm_large import assert_logits_parity, forward, load_fixture
 
 from helpers import assert_close
+from xlstm_jax._validation import CheckpointError
 from xlstm_jax.convert import from_pretrained, from_torch_xlstm_large, safetensors_io, save_pretrained
 from xlstm_jax.convert import hf as hf_io
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
@@ -332,3 +333,101 @@ def test_from_pretrained_places_parameters_with_the_given_sharding(tmp_path):
     loaded = from_pretrained(tmp_path, sharding=tree)
     assert all(x.sharding == named() for x in jax.tree.leaves(nnx.state(loaded)))
     assert_same_params(loaded, model)
+
+
+# ---------------------------------------------------------------- the NeurIPS xLSTMLMModel
+
+
+def test_xlstm_lm_model_saves_and_loads(tmp_path):
+    """``save_pretrained``/``from_pretrained`` of the NeurIPS model: our config.json + the official
+    state dict as safetensors (what ``xLSTMLMModel.load_state_dict`` of the official code takes)."""
+    from safetensors.numpy import load_file
+
+    from xlstm_jax.convert import to_torch_xlstm_lm_state_dict
+    from xlstm_jax.generation import GenerationConfig
+    from xlstm_jax.models.xlstm_lm import MLSTMLayerConfig, SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
+
+    cfg = xLSTMLMConfig(vocab_size=50, embedding_dim=32, num_blocks=3, slstm_at=(1,), tie_weights=True,
+                        mlstm=MLSTMLayerConfig(num_heads=2), slstm=SLSTMLayerConfig(num_heads=2))  # fmt: skip
+    model = xLSTMLMModel(cfg, rngs=nnx.Rngs(0))
+    model.generation_config = GenerationConfig(bos_token_id=3, eos_token_id=4, pad_token_id=5)
+    save_pretrained(model, tmp_path / "one")
+    save_pretrained(model, tmp_path / "shards", max_shard_size="20KB")
+    assert (tmp_path / "shards" / hf_io.INDEX_NAME).exists()
+    official = to_torch_xlstm_lm_state_dict(model)
+    stored = load_file(tmp_path / "one" / hf_io.WEIGHTS_NAME)
+    assert stored.keys() == official.keys()
+    for key, x in official.items():
+        np.testing.assert_array_equal(stored[key], x, err_msg=key)
+    ids = np.arange(14).reshape(2, 7) % 50
+    for folder in ("one", "shards"):
+        loaded = from_pretrained(tmp_path / folder)
+        assert type(loaded) is xLSTMLMModel and loaded.config == cfg
+        assert loaded.generation_config == model.generation_config
+        assert_same_params(loaded, model)
+        np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(model(ids)))
+    assert from_pretrained(tmp_path / "one", param_dtype="bfloat16").config.param_dtype == "bfloat16"
+
+
+# ---------------------------------------------------------------- files that are not what they should be
+
+
+def _saved(tmp_path):
+    save_pretrained(tiny_model(), tmp_path)
+    return tmp_path / hf_io.WEIGHTS_NAME
+
+
+def _rewrite_header(path, edit) -> None:
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    new = json.dumps(header, separators=(",", ":")).encode()
+    new += b" " * (n - len(new))
+    assert len(new) == n
+    path.write_bytes(raw[:8] + new + raw[8 + n :])
+
+
+def test_a_tensor_stored_with_an_integer_dtype_is_refused(tmp_path):
+    weights = _saved(tmp_path)
+    key = "lm_head.weight"
+
+    def to_int32(header):
+        header[key]["dtype"] = "I32"  # same size as F32: the bytes alone cannot tell
+
+    _rewrite_header(weights, to_int32)
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained(tmp_path)
+    assert str(weights) in str(err.value) and f"{key!r} is stored as I32" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda raw: raw[:40], "declares a .*-byte header but holds 40 bytes"),  # cut inside the header
+        (lambda raw: raw[:5], "is 5 bytes, too short for a header"),
+        (lambda raw: (2**62).to_bytes(8, "little") + raw[8:], f"declares a {2**62}-byte header"),
+        (lambda raw: raw[:8] + b"{not json" + raw[17:], "the header is not JSON"),
+        (lambda raw: raw[: len(raw) - 100], "within the .* data bytes"),  # cut inside the data
+    ],
+)
+def test_a_damaged_safetensors_file_is_named(tmp_path, damage, message):
+    weights = _saved(tmp_path)
+    weights.write_bytes(damage(weights.read_bytes()))
+    with pytest.raises(CheckpointError, match=message) as err:
+        from_pretrained(tmp_path)
+    assert str(weights) in str(err.value)
+
+
+def test_a_config_json_that_is_not_json_is_named(tmp_path):
+    _saved(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "xlstm", ')
+    with pytest.raises(CheckpointError) as err:
+        from_pretrained(tmp_path)
+    assert str(tmp_path / "config.json") in str(err.value) and "is not JSON" in str(err.value)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="holds a JSON list: expected a Hugging Face model config"):
+        from_pretrained(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="config.json does not exist: from_pretrained needs the file"):
+        from_pretrained(tmp_path)

@@ -42,8 +42,9 @@ from xlstm_jax.generation.config import (
     write_generation_config,
 )
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+from xlstm_jax.models.xlstm_lm import xLSTMLMModel
 
-from . import safetensors_io
+from . import safetensors_io, xlstm_lm_folder
 from ._files import read_json
 from ._xlstm_large_layout import export, load
 
@@ -71,6 +72,7 @@ HF_DEFAULTS = {
 # token ids, add_out_norm, which HF's xLSTMModel ignores) or a generic PretrainedConfig attribute.
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+FLOAT_CODES = ("F32", "BF16", "F16", "F64")  # safetensors dtypes a weight may be stored in (cast to param_dtype)
 INDEX_NAME = "model.safetensors.index.json"
 
 
@@ -164,7 +166,12 @@ class CheckpointSource:
         self.files: dict[str, safetensors_io.SafetensorsFile] = {}
         for name in files:
             f = safetensors_io.SafetensorsFile(path / name)
-            for key in f.header:
+            for key, info in f.header.items():
+                if info["dtype"] not in FLOAT_CODES:
+                    raise CheckpointError(
+                        f"{f.path}: tensor {key!r} is stored as {info['dtype']}; expected a floating-point "
+                        f"dtype ({', '.join(FLOAT_CODES)}): model weights are never integers or booleans"
+                    )
                 if key in self.files:
                     raise ValueError(f"tensor {key!r} is in both {self.files[key].path} and {f.path}")
                 self.files[key] = f
@@ -228,11 +235,22 @@ def from_pretrained(
         local_files_only=local_files_only,
         token=token,
     )
-    hf = read_json(hub.require_file(folder, CONFIG_NAME, "from_pretrained"), "a Hugging Face model config")
+    config_path = hub.require_file(folder, CONFIG_NAME, "from_pretrained")
+    hf = read_json(config_path, "a Hugging Face model config")
     if dtype is not None:
         overrides["dtype"] = dtype
     if param_dtype is not None:
         overrides["param_dtype"] = param_dtype
+    if hf.get("model_type") == xlstm_lm_folder.MODEL_TYPE:
+        if sharding is not None:
+            raise ValueError(
+                "sharding= is supported for xLSTMLarge checkpoints only; place an xLSTMLMModel after loading"
+            )
+        source = CheckpointSource(folder)
+        cfg = xlstm_lm_folder.config_from_json(hf, str(config_path), **overrides)
+        model = xlstm_lm_folder.load(cfg, {k: source.read(k) for k in source.files})
+        model.generation_config = read_generation_config(folder, hf)
+        return model
     config = config_from_hf(hf, **overrides)
     defaults: dict[str, str | None] = {}
     if hf.get("tie_word_embeddings", HF_DEFAULTS["tie_word_embeddings"]):
@@ -257,8 +275,11 @@ def parse_size(size: int | str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2)])
 
 
-def save_pretrained(model: xLSTMLarge, path: str | os.PathLike, *, max_shard_size: int | str = "5GB") -> None:
-    """Write ``model`` as a Hugging Face xLSTM checkpoint (loads with ``xLSTMForCausalLM.from_pretrained``).
+def save_pretrained(
+    model: xLSTMLarge | xLSTMLMModel, path: str | os.PathLike, *, max_shard_size: int | str = "5GB"
+) -> None:
+    """Write ``model`` as a Hugging Face xLSTM checkpoint (loads with ``xLSTMForCausalLM.from_pretrained``),
+    or an ``xLSTMLMModel`` as a folder of ours (official state-dict names; see ``xlstm_lm_folder``).
 
     The special token ids go to ``config.json`` and ``generation_config.json`` from
     ``model.generation_config`` (``from_pretrained`` attaches the checkpoint's), or are
@@ -271,7 +292,15 @@ def save_pretrained(model: xLSTMLarge, path: str | os.PathLike, *, max_shard_siz
       ValueError: if HF cannot represent the model: ``add_out_norm=False`` (HF always
         applies an out_norm), a non-zero out_norm bias (HF's has none), or no soft cap.
     """
+    torch_dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "float64": "float64"}
     c = model.config
+    generation = generation_config_of(model) or GenerationConfig(**HF_SPECIAL_IDS)
+    if isinstance(model, xLSTMLMModel):
+        hf = xlstm_lm_folder.config_to_json(
+            model, torch_dtype=torch_dtype[c.param_dtype], special_ids=generation.special_ids()
+        )
+        _write_folder(Path(path), hf, generation, xlstm_lm_folder.export(model), max_shard_size)
+        return
     if not c.add_out_norm:
         raise ValueError("add_out_norm=False cannot be saved: Hugging Face's xLSTMModel always applies out_norm")
     for name in ("gate_soft_cap", "output_logit_soft_cap"):
@@ -283,21 +312,23 @@ def save_pretrained(model: xLSTMLarge, path: str | os.PathLike, *, max_shard_siz
         if np.any(bias[1]() != 0):
             raise ValueError("a non-zero out_norm bias cannot be saved: Hugging Face's out_norm has no bias")
         tensors.remove(bias)
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    torch_dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16", "float64": "float64"}
-    generation = generation_config_of(model) or GenerationConfig(**HF_SPECIAL_IDS)
     hf = config_to_hf(c, torch_dtype=torch_dtype[c.param_dtype], special_ids=generation.special_ids())
-    (path / CONFIG_NAME).write_text(json.dumps(hf, indent=2))
+    _write_folder(Path(path), hf, generation, tensors, max_shard_size)
+
+
+def _write_folder(path: Path, config: dict, generation: GenerationConfig, tensors: list, max_shard_size) -> None:
+    """config.json, generation_config.json and the tensors (one file, or shards + index)."""
+    limit = parse_size(max_shard_size)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     write_generation_config(generation, path)
     for stale in [WEIGHTS_NAME, INDEX_NAME, *(p.name for p in path.glob("model-*-of-*.safetensors"))]:
         (path / stale).unlink(missing_ok=True)
 
-    limit = parse_size(max_shard_size)
     shards: list[list] = [[]]
     size = 0
     for t in tensors:
-        nbytes = int(np.prod(t[2], dtype=np.int64)) * t[3].itemsize
+        nbytes = int(np.prod(t[2], dtype=np.int64)) * np.dtype(t[3]).itemsize
         if shards[-1] and size + nbytes > limit:
             shards.append([])
             size = 0
@@ -312,6 +343,6 @@ def save_pretrained(model: xLSTMLarge, path: str | os.PathLike, *, max_shard_siz
         name = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
         safetensors_io.write(path / name, shard, metadata)
         weight_map.update({t[0]: name for t in shard})
-    total = sum(int(np.prod(t[2], dtype=np.int64)) * t[3].itemsize for t in tensors)
+    total = sum(int(np.prod(t[2], dtype=np.int64)) * np.dtype(t[3]).itemsize for t in tensors)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (path / INDEX_NAME).write_text(json.dumps(index, indent=2))

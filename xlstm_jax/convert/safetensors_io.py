@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 import ml_dtypes
 import numpy as np
 
+from xlstm_jax._validation import CheckpointError
+
 DTYPES = {
     "F64": np.dtype("<f8"),
     "F32": np.dtype("<f4"),
@@ -37,15 +39,29 @@ class SafetensorsFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
+        expected = "a safetensors file (8-byte header length, JSON header, tensor data)"
+        size = os.path.getsize(self.path)
         with open(self.path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{self.path} is {size} bytes, too short for a header: expected {expected}")
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                raise CheckpointError(
+                    f"{self.path} declares a {n}-byte header but holds {size} bytes: the file is cut or not "
+                    f"safetensors; expected {expected}"
+                )
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CheckpointError(f"{self.path}: the header is not JSON ({e}); expected {expected}") from e
+        if not isinstance(header, dict):
+            raise CheckpointError(f"{self.path}: the header is a JSON {type(header).__name__}; expected {expected}")
         self.metadata = header.pop("__metadata__", None) or {}
         self.data_start = 8 + n
         self.header: dict[str, dict] = header
         for key, info in header.items():
-            if info["dtype"] not in DTYPES:
-                raise ValueError(f"{self.path}: tensor {key!r} has dtype {info['dtype']}; supported: {list(DTYPES)}")
+            _check_entry(self.path, key, info, size - self.data_start)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v["shape"]) for k, v in self.header.items()}
@@ -54,15 +70,36 @@ class SafetensorsFile:
         info = self.header[key]
         dtype, shape = DTYPES[info["dtype"]], tuple(info["shape"])
         begin, end = info["data_offsets"]
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        if end - begin != nbytes:
-            raise ValueError(f"{self.path}: tensor {key!r} spans {end - begin} bytes, expected {nbytes}")
+        nbytes = end - begin  # checked against the shape when the header was read
         buf = np.empty(nbytes, np.uint8)
         with open(self.path, "rb") as f:
             f.seek(self.data_start + begin)
             if f.readinto(buf) != nbytes:
-                raise ValueError(f"{self.path}: truncated data for tensor {key!r}")
+                raise CheckpointError(f"{self.path}: truncated data for tensor {key!r}")
         return buf.view(dtype).reshape(shape)
+
+
+def _check_entry(path: str, key: str, info, data_bytes: int) -> None:
+    """One header entry: a known dtype, a shape of ints >= 0, offsets inside the data that fit the shape."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise CheckpointError(f"{path}: tensor {key!r} must have dtype, shape and data_offsets, got {info!r}")
+    if info["dtype"] not in DTYPES:
+        raise CheckpointError(f"{path}: tensor {key!r} has dtype {info['dtype']!r}; supported: {list(DTYPES)}")
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise CheckpointError(f"{path}: tensor {key!r} must have a shape of integers >= 0, got {shape!r}")
+    ok = isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)
+    if not ok or not 0 <= offsets[0] <= offsets[1] <= data_bytes:
+        raise CheckpointError(
+            f"{path}: tensor {key!r} must have data_offsets [begin, end] within the {data_bytes} data bytes, "
+            f"got {offsets!r} (a cut file?)"
+        )
+    nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[info["dtype"]].itemsize
+    if offsets[1] - offsets[0] != nbytes:
+        raise CheckpointError(
+            f"{path}: tensor {key!r} spans {offsets[1] - offsets[0]} bytes, expected {nbytes} "
+            f"for {info['dtype']} {tuple(shape)}"
+        )
 
 
 TensorSpec = tuple[str, Callable[[], np.ndarray], tuple[int, ...], np.dtype]

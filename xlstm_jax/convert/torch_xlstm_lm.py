@@ -211,7 +211,12 @@ def from_torch_xlstm_lm(
       ValueError: listing every missing and unexpected key and every shape mismatch.
     """
     cfg = xLSTMLMConfig.from_dict(config, **overrides)
-    entries = _layout(cfg, _check_layout(slstm_layout, config))
+    return model_from_state_dict(cfg, state_dict, _check_layout(slstm_layout, config))
+
+
+def model_from_state_dict(cfg: xLSTMLMConfig, state_dict: Mapping[str, Any], slstm_layout: str) -> xLSTMLMModel:
+    """Our model for ``cfg`` from official state-dict tensors (every key checked, all problems listed)."""
+    entries = _layout(cfg, slstm_layout)
     arrays = {key: _numpy(value) for key, value in state_dict.items()}
     expected = {e.key for e in entries}
     problems = [f"missing: {e.key} {e.shape}" for e in entries if e.key not in arrays]
