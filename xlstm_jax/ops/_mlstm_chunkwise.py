@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from ._checks import check_eps, check_positive_int
 from ._chunkwise_bwd import backward
 from ._chunkwise_fwd import Residuals, forward
-from ._mlstm_inputs import prepare
+from ._mlstm_inputs import isolate_nonfinite, prepare
 from ._states import MLSTMState
 
 
@@ -69,7 +69,8 @@ def mlstm_chunkwise(
     Returns:
       ``(h, state)``: h (B, NH, S, DHV) in the dtype of q, k, v; the final state in
       float32 (float64 for float64 inputs). Equal to ``mlstm_recurrent`` up to
-      floating-point rounding.
+      floating-point rounding. A NaN or inf in k or v at step s makes h (and the
+      final c, n) NaN from s on and not before, as in the recurrent form.
     """
     chunk_size = check_positive_int("chunk_size", chunk_size)
     eps = check_eps(eps)
@@ -78,7 +79,8 @@ def mlstm_chunkwise(
     chunk_size = min(chunk_size, seq_len)
     pad = -seq_len % chunk_size
     logf = jax.nn.log_sigmoid(x.f)
-    q_, k_, v_, logf, i_ = x.q, x.k, x.v, logf, x.i
+    k_, v_, reached = isolate_nonfinite(x.k, x.v)
+    q_, i_ = x.q, x.i
     if pad:
         pad_seq = lambda a, value=0.0: jnp.pad(  # noqa: E731
             a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3), constant_values=value
@@ -86,4 +88,5 @@ def mlstm_chunkwise(
         q_, k_, v_, logf = map(pad_seq, (q_, k_, v_, logf))
         i_ = pad_seq(i_, -jnp.inf)
     h, c, n, m = _chunkwise(q_, k_, v_, logf, i_, *x.state, chunk_size, eps)
-    return h[:, :, :seq_len].astype(x.out_dtype), MLSTMState(c, n, m)
+    c, n = reached.state(c, n)
+    return reached.h(h[:, :, :seq_len]).astype(x.out_dtype), MLSTMState(c, n, m)
