@@ -1,4 +1,6 @@
-"""Gate pre-activations of +-1e4: every mLSTM form's output and gradients are finite and agree.
+"""Extreme inputs: every mLSTM form behaves like the recurrent definition.
+
+Gate pre-activations of +-1e4: every form's output and gradients are finite and agree.
 
 Before the fix, ``exp(-m)`` (the normalizer's floor) overflowed where the stabilizer m
 reached -1e4, and its infinite derivative met a zero cotangent (0 * inf = NaN) in the
@@ -103,3 +105,53 @@ def test_finite_and_equal_to_truth(form, dtype, truth):
         for name, actual, ref in zip(NAMES, out, truth):
             floor = grad_scale if name != "h" else 1e-30
             assert_close(actual[row], ref[row], REL[dtype], f"{pattern}/{form}/{dtype}/{name}", floor=floor)
+
+
+# A non-finite value in one input at step BAD_STEP, one case per batch row: the outputs it
+# reaches, as in the recurrent form (q is read by its own step only; k, v, i, f by every
+# later step through the memory or the stabilizer).
+BAD_STEP = 5
+NONFINITE = {"nan_q": (0, np.nan), "nan_k": (1, np.nan), "nan_v": (2, np.nan), "inf_k": (1, np.inf)}
+NONFINITE |= {"neg_inf_v": (2, -np.inf), "nan_i": (3, np.nan), "nan_f": (4, np.nan)}
+
+
+def test_nonfinite_inputs_reach_only_later_outputs():
+    rng = np.random.default_rng(2)
+    b = len(NONFINITE)
+    clean = [rng.normal(size=(b, NH, S, d)) for d in (DHQK, DHQK, DHV)] + list(rng.normal(size=(2, b, NH, S)))
+    args = [a.copy() for a in clean]
+    for row, (arg, value) in enumerate(NONFINITE.values()):
+        args[arg][row, :, BAD_STEP] = value
+    expected = np.zeros((b, NH, S), bool)
+    for row, (arg, _) in enumerate(NONFINITE.values()):
+        expected[row, :, BAD_STEP:] = True
+        if arg == 0:
+            expected[row, :, BAD_STEP + 1 :] = False
+    f32 = lambda xs: [jnp.asarray(a, jnp.float32) for a in xs]  # noqa: E731
+    reference = np.asarray(mlstm_recurrent(*f32(clean))[0])
+    for form, fn in FORMS.items():
+        h = np.asarray(fn(*f32(args)))
+        for row, case in enumerate(NONFINITE):
+            nan_at = np.isnan(h[row]).all(axis=-1)
+            assert (nan_at == expected[row]).all(), f"{form}/{case}: NaN outputs at {np.argwhere(nan_at).tolist()}"
+            before = ~expected[row]
+            assert_close(h[row][before], reference[row][before], 1e-5, f"{form}/{case}: unaffected outputs")
+
+
+def test_one_nonfinite_component_reaches_what_it_reaches_in_the_recurrent_form():
+    """A NaN in one component of v spoils that component of h and that column of c; one in
+    a key component spoils every component of h (through the normalizer), a row of c, n[d]."""
+    rng = np.random.default_rng(3)
+    args = [rng.normal(size=(2, NH, S, d)).astype(np.float32) for d in (DHQK, DHQK, DHV)]
+    args += list(rng.normal(size=(2, 2, NH, S)).astype(np.float32))
+    args[2][0, 0, BAD_STEP, 1] = np.nan  # batch 0, head 0: value component 1
+    args[1][1, 0, BAD_STEP, 2] = np.nan  # batch 1, head 0: key component 2
+    h_ref, state_ref = mlstm_recurrent(*args)
+    nan_ref = [np.isnan(np.asarray(x)) for x in (h_ref, state_ref.c, state_ref.n)]
+    assert nan_ref[0][0, 0, BAD_STEP:, 1].all() and not nan_ref[0][0, 0, :, [0, 2]].any()
+    assert nan_ref[0][1, 0, BAD_STEP:].all() and not nan_ref[0][:, 1].any()
+    h, state = mlstm_chunkwise(*args, chunk_size=3)
+    for name, nan, ref in zip(("h", "c", "n"), (h, state.c, state.n), nan_ref):
+        assert (np.isnan(np.asarray(nan)) == ref).all(), name
+    assert (np.isnan(np.asarray(mlstm_parallel(*args))) == nan_ref[0]).all(), "parallel h"
+    assert np.isfinite(np.asarray(state.m)).all()

@@ -17,7 +17,7 @@ from ._chunkwise_bwd import backward
 from ._chunkwise_fwd import Residuals, forward
 from ._states import MLSTMState
 from .chunkwise_math import pad_to_chunks
-from .mlstm_inputs import prepare
+from .mlstm_inputs import isolate_nonfinite, prepare
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(8, 9))
@@ -69,13 +69,16 @@ def mlstm_chunkwise(
     Returns:
       ``(h, state)``: h (B, NH, S, DHV) in the dtype of q, k, v; the final state in
       float32 (float64 for float64 inputs). Equal to ``mlstm_recurrent`` up to
-      floating-point rounding.
+      floating-point rounding. A NaN or inf in k or v at step s makes h (and the
+      final c, n) NaN from s on and not before, as in the recurrent form.
     """
     chunk_size = check_positive_int("chunk_size", chunk_size)
     eps = check_eps(eps)
     x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
     seq_len = x.q.shape[2]
     chunk_size = min(chunk_size, seq_len)
-    q_, k_, v_, logf, i_ = pad_to_chunks(chunk_size, x.q, x.k, x.v, jax.nn.log_sigmoid(x.f), x.i)
+    k_, v_, reached = isolate_nonfinite(x.k, x.v)
+    q_, k_, v_, logf, i_ = pad_to_chunks(chunk_size, x.q, k_, v_, jax.nn.log_sigmoid(x.f), x.i)
     h, c, n, m = _chunkwise(q_, k_, v_, logf, i_, *x.state, chunk_size, eps)
-    return h[:, :, :seq_len].astype(x.out_dtype), MLSTMState(c, n, m)
+    c, n = reached.state(c, n)
+    return reached.h(h[:, :, :seq_len]).astype(x.out_dtype), MLSTMState(c, n, m)

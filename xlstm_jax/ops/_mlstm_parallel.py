@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from ._checks import check_eps
 from .decay import cumulative_forget, log_decay_matrix
-from .mlstm_inputs import normalizer_floor, prepare
+from .mlstm_inputs import isolate_nonfinite, normalizer_floor, prepare
 
 
 @partial(jax.jit, static_argnames=("eps",))
@@ -28,6 +28,8 @@ def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
     Unlike the chunkwise and recurrent forms there is no initial state, and m has
     no ``m_0 = 0`` term: h agrees with them except where the ``exp(-m)`` floor is
     active (float64 differences of order 1e-6 relative, as in the official code).
+    A NaN or inf in k or v at step s makes h NaN from s on and not before, as in
+    the recurrent form (``_mlstm_inputs.isolate_nonfinite``).
 
     Args:
       q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S) pre-activations.
@@ -40,8 +42,9 @@ def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
     x = prepare(q, k, v, i, f, None, sequence=True, state_name="initial_state")
     log_d = log_decay_matrix(cumulative_forget(jax.nn.log_sigmoid(x.f)), x.i)  # (B, NH, S, S)
     m = jnp.max(log_d, axis=-1)  # (B, NH, S)
-    scores = jnp.einsum("bhtd,bhsd->bhts", x.q * (x.q.shape[-1] ** -0.5), x.k)
+    k, v, reached = isolate_nonfinite(x.k, x.v)
+    scores = jnp.einsum("bhtd,bhsd->bhts", x.q * (x.q.shape[-1] ** -0.5), k)
     p = scores * jnp.exp(log_d - m[..., None])
     den = jnp.maximum(jnp.abs(jnp.sum(p, axis=-1)), normalizer_floor(m)) + eps
-    h = jnp.einsum("bhts,bhsd->bhtd", p / den[..., None], x.v)
-    return h.astype(x.out_dtype)
+    h = jnp.einsum("bhts,bhsd->bhtd", p / den[..., None], v)
+    return reached.h(h).astype(x.out_dtype)

@@ -95,4 +95,56 @@ def normalizer_floor(m: jax.Array) -> jax.Array:
     return jnp.exp(jnp.minimum(-m, cap))
 
 
-__all__ = ["MLSTMInputs", "check_eps", "check_positive_int", "normalizer_floor", "prepare"]
+class NonFinite(NamedTuple):
+    """Where a NaN or inf in k or v has reached, per component: True from its step on."""
+
+    k: jax.Array  # (B, NH, S, DHQK)
+    v: jax.Array  # (B, NH, S, DHV)
+
+    def h(self, h: jax.Array) -> jax.Array:
+        """h (B, NH, S, DHV) with NaN where the recurrent form has it: every component
+        after a bad key (it enters the normalizer), component e after a bad value[e]."""
+        return _nan_where(jnp.any(self.k, axis=-1, keepdims=True) | self.v, h)
+
+    def state(self, c: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Final c (B, NH, DHQK, DHV) and n (B, NH, DHQK): NaN in the rows of bad key
+        components and the columns of bad value components."""
+        k, v = self.k[..., -1, :], self.v[..., -1, :]
+        return _nan_where(k[..., :, None] | v[..., None, :], c), _nan_where(k, n)
+
+
+def _nan_where(mask, x):
+    return jnp.where(mask, jnp.asarray(jnp.nan, x.dtype), x)
+
+
+def isolate_nonfinite(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, NonFinite]:
+    """Keep a non-finite key or value from reaching earlier outputs in the masked forms.
+
+    In the recurrent form a NaN or inf in k or v at step s reaches the memory, and the
+    outputs from s on, and nothing before s. The parallel and chunkwise forms multiply
+    masked (future) entries by zero inside matrix products, and 0 * NaN = NaN would
+    reach outputs before s. So those forms zero the non-finite entries and put NaN
+    back where the recurrent form has it (``NonFinite``): the same causality for the
+    cost of a few elementwise passes over k, v and h.
+
+    Args:
+      k: (B, NH, S, DHQK); v: (B, NH, S, DHV).
+
+    Returns:
+      ``(k, v, reached)`` with the non-finite entries of k and v zeroed.
+    """
+    bad_k, bad_v = ~jnp.isfinite(k), ~jnp.isfinite(v)
+    ever = lambda bad: jax.lax.cummax(bad.astype(jnp.int8), axis=2) > 0
+    zero = lambda x, bad: jnp.where(bad, jnp.zeros((), x.dtype), x)
+    return zero(k, bad_k), zero(v, bad_v), NonFinite(ever(bad_k), ever(bad_v))
+
+
+__all__ = [
+    "MLSTMInputs",
+    "NonFinite",
+    "check_eps",
+    "check_positive_int",
+    "isolate_nonfinite",
+    "normalizer_floor",
+    "prepare",
+]
