@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from xlstm_jax._validation import CheckpointError
-from xlstm_jax.models.xlstm_lm import config as lm_config
+from xlstm_jax.models import xlstm_lm as lm_config
 from xlstm_jax.models.xlstm_lm import xLSTMLMModel
 
 from .torch_xlstm_lm import model_from_state_dict, to_torch_xlstm_lm_state_dict
@@ -28,8 +28,8 @@ from .torch_xlstm_lm import model_from_state_dict, to_torch_xlstm_lm_state_dict
 MODEL_TYPE = "xlstm_jax_lm"
 SLSTM_LAYOUT = "vanilla"
 _NESTED = {
-    "mlstm": lm_config.MLSTMLayerConfig,
-    "slstm": lm_config.SLSTMLayerConfig,
+    "mlstm": lm_config.mLSTMLayerConfig,
+    "slstm": lm_config.sLSTMLayerConfig,
     "feedforward": lm_config.FeedForwardConfig,
 }
 
