@@ -261,8 +261,11 @@ def mesh_axes(batch: int, heads: int) -> tuple[tuple[str, ...] | None, tuple[str
         return None
     rules = _AXIS_RULES.get()
 
+    def used(logical: str) -> tuple[str, ...]:
+        return tuple(a for a in _rule_axes(rules, logical) if mesh.shape.get(a, 1) > 1)
+
     def split(logical: str, size: int):
-        axes = tuple(a for a in _rule_axes(rules, logical) if mesh.shape.get(a, 1) > 1)
+        axes = used(logical)
         sizes = {a: mesh.shape[a] for a in axes}
         if size % math.prod(sizes.values()):
             raise ValueError(
@@ -271,7 +274,7 @@ def mesh_axes(batch: int, heads: int) -> tuple[tuple[str, ...] | None, tuple[str
             )
         return axes or None
 
-    length = split("length", 1)
+    length = used("length")
     if length:
         raise ValueError(
             f"the cell kernels run whole sequences per shard; axis rule 'length' maps the sequence to mesh axes "
