@@ -345,10 +345,13 @@ def test_xlstm_lm_model_saves_and_loads(tmp_path):
 
     from xlstm_jax.convert import to_torch_xlstm_lm_state_dict
     from xlstm_jax.generation import GenerationConfig
-    from xlstm_jax.models.xlstm_lm import MLSTMLayerConfig, SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
+    from xlstm_jax.models import xlstm_lm
+    from xlstm_jax.models.xlstm_lm import xLSTMLMConfig, xLSTMLMModel
 
+    mlstm_cfg = getattr(xlstm_lm, "mLSTMLayerConfig", None) or xlstm_lm.MLSTMLayerConfig  # renamed on main
+    slstm_cfg = getattr(xlstm_lm, "sLSTMLayerConfig", None) or xlstm_lm.SLSTMLayerConfig
     cfg = xLSTMLMConfig(vocab_size=50, embedding_dim=32, num_blocks=3, slstm_at=(1,), tie_weights=True,
-                        mlstm=MLSTMLayerConfig(num_heads=2), slstm=SLSTMLayerConfig(num_heads=2))  # fmt: skip
+                        mlstm=mlstm_cfg(num_heads=2), slstm=slstm_cfg(num_heads=2))  # fmt: skip
     model = xLSTMLMModel(cfg, rngs=nnx.Rngs(0))
     model.generation_config = GenerationConfig(bos_token_id=3, eos_token_id=4, pad_token_id=5)
     save_pretrained(model, tmp_path / "one")

@@ -16,22 +16,26 @@ the Hugging Face folder conventions:
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Any
 
 from xlstm_jax._validation import CheckpointError
-from xlstm_jax.models import xlstm_lm as lm_config
-from xlstm_jax.models.xlstm_lm import xLSTMLMModel
+from xlstm_jax.models.xlstm_lm import xLSTMLMConfig, xLSTMLMModel
 
 from .torch_xlstm_lm import model_from_state_dict, to_torch_xlstm_lm_state_dict
 
 MODEL_TYPE = "xlstm_jax_lm"
 SLSTM_LAYOUT = "vanilla"
-_NESTED = {
-    "mlstm": lm_config.mLSTMLayerConfig,
-    "slstm": lm_config.sLSTMLayerConfig,
-    "feedforward": lm_config.FeedForwardConfig,
-}
+
+
+def _nested_classes() -> dict[str, type]:
+    """The config classes of the nested fields (mlstm, slstm, feedforward), from the annotations."""
+    hints = typing.get_type_hints(xLSTMLMConfig)
+    return {
+        name: next(a for a in typing.get_args(hints[name]) if dataclasses.is_dataclass(a))
+        for name in ("mlstm", "slstm", "feedforward")
+    }
 
 
 def config_to_json(model: xLSTMLMModel, *, torch_dtype: str, special_ids: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,7 +51,7 @@ def config_to_json(model: xLSTMLMModel, *, torch_dtype: str, special_ids: Mappin
     }
 
 
-def config_from_json(d: Mapping[str, Any], source: str, **overrides) -> lm_config.xLSTMLMConfig:
+def config_from_json(d: Mapping[str, Any], source: str, **overrides) -> xLSTMLMConfig:
     """The ``xLSTMLMConfig`` of a ``config.json`` dict written by ``config_to_json``."""
     cfg = d.get("xlstm_lm_config")
     if not isinstance(cfg, dict):
@@ -56,12 +60,12 @@ def config_from_json(d: Mapping[str, Any], source: str, **overrides) -> lm_confi
         raise CheckpointError(f"{source}: slstm_layout must be {SLSTM_LAYOUT!r}, got {d['slstm_layout']!r}")
     kwargs = {**cfg, **overrides}
     try:
-        for name, cls in _NESTED.items():
+        for name, cls in _nested_classes().items():
             if isinstance(kwargs.get(name), dict):
                 kwargs[name] = cls(**kwargs[name])
         if isinstance(kwargs.get("slstm_at"), list):
             kwargs["slstm_at"] = tuple(kwargs["slstm_at"])
-        return lm_config.xLSTMLMConfig(**kwargs)
+        return xLSTMLMConfig(**kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: xlstm_lm_config is not a valid xLSTMLMConfig ({e})") from e
 
@@ -72,6 +76,6 @@ def export(model: xLSTMLMModel) -> list[tuple]:
     return [(k, lambda v=v: v, v.shape, v.dtype) for k, v in state.items()]
 
 
-def load(cfg: lm_config.xLSTMLMConfig, tensors: Mapping[str, Any]) -> xLSTMLMModel:
+def load(cfg: xLSTMLMConfig, tensors: Mapping[str, Any]) -> xLSTMLMModel:
     """Our model from ``cfg`` and the folder's tensors (official names)."""
     return model_from_state_dict(cfg, tensors, SLSTM_LAYOUT)
