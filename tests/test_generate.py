@@ -96,18 +96,17 @@ def test_padded_array_prompts_and_zero_new_tokens():
 
 
 def test_memory_is_constant_in_the_generated_length():
-    """The compiled decode loop's temporary memory does not grow with max_new_tokens
-    (only the (B, max_new_tokens) output buffer does)."""
-    from xlstm_jax.generation import _generate
+    """The compiled decode loop's temporary memory does not grow with the number of steps
+    (only the (B, steps) output buffer does)."""
+    from xlstm_jax.generation import _loop
+    from xlstm_jax.generation._generate import _prepare
 
     model = _model("xlstm_lm")
-    graphdef, params = nnx.split(model)
+    p = _prepare(model, [[1, 2, 3, 4]] * 2, 8, 0.0, None, None, None, (), 0, None, None, True)
 
     def temp_bytes(n):
-        args = (graphdef, params, jnp.ones((2, 4), jnp.int32), jnp.full((2,), 4, jnp.int32), jax.random.key(0),
-                jnp.int32(-1), jnp.int32(0))  # fmt: skip
-        kw = dict(prefill=4, max_new_tokens=n, temperature=0.0, top_k=None, top_p=None)
-        return _generate.lower(*args, **kw).compile().memory_analysis().temp_size_in_bytes
+        lowered = _loop.decode.lower(p.graphdef, p.params, p.carry, p.settings, steps=n)
+        return lowered.compile().memory_analysis().temp_size_in_bytes
 
     small, large = temp_bytes(8), temp_bytes(4096)
     assert large - small <= 2 * (4096 - 8) * 4 * 2, (small, large)  # at most the output buffer, twice
@@ -124,17 +123,41 @@ def test_memory_is_constant_in_the_generated_length():
         (dict(prompt_ids=np.ones((2, 3), np.float32), max_new_tokens=2), "must hold integer token ids"),
         (dict(prompt_ids=[[1.5, 2.0]], max_new_tokens=2), "must hold integer token ids"),
         (dict(prompt_ids=[[1, 2]], max_new_tokens=2, temperature=1.0), "needs rng"),
-        (dict(prompt_ids=[[1, 2]], max_new_tokens=2, temperature=-1.0), "temperature must be a float >= 0"),
-        (dict(prompt_ids=[[1, 2]], max_new_tokens=2, top_k=0), "top_k must be an integer in \\[1, 48\\]"),
-        (dict(prompt_ids=[[1, 2]], max_new_tokens=2, top_p=1.5), "top_p must be in \\(0, 1\\]"),
+        (
+            dict(prompt_ids=[[1, 2]], max_new_tokens=2, temperature=-1.0),
+            "temperature must be a finite number >= 0, got -1.0",
+        ),
+        (
+            dict(prompt_ids=[[1, 2]], max_new_tokens=2, top_k=0),
+            "top_k must be an integer >= 1 and <= 48 or None, got 0",
+        ),
+        (
+            dict(prompt_ids=[[1, 2]], max_new_tokens=2, top_p=1.5),
+            "top_p must be a finite number > 0 and <= 1 or None, got 1.5",
+        ),
         (dict(prompt_ids=[[1, 2]], max_new_tokens=2, eos_id=VOCAB), "eos_id must be a token id"),
+        (
+            dict(prompt_ids=[[1, 2]], max_new_tokens=2, temperature=float("nan"), rng=jax.random.key(0)),
+            "temperature must be a finite number >= 0, got nan",
+        ),
+        (
+            dict(prompt_ids=[[1, 2]], max_new_tokens=2, temperature=float("inf"), rng=jax.random.key(0)),
+            "temperature must be a finite number >= 0, got inf",
+        ),
+        (
+            dict(prompt_ids=[[1, 2]], max_new_tokens=2, temperature=1.0, top_p=float("nan"), rng=jax.random.key(0)),
+            "top_p must be a finite number > 0 and <= 1 or None, got nan",
+        ),
+        (dict(prompt_ids=[[1, 2]], max_new_tokens=True), "max_new_tokens must be an integer >= 0, got True"),
+        (dict(prompt_ids=[[1, 2]]), "max_new_tokens must be given"),
         (dict(prompt_ids=np.ones((2, 3), np.int32), max_new_tokens=2, prompt_lengths=[3, 4]), "<= the padded width"),
     ],
 )
 def test_bad_input_is_reported_before_compiling(kwargs, message, monkeypatch):
-    import xlstm_jax.generation as gen
+    from xlstm_jax.generation import _loop
 
-    monkeypatch.setattr(gen, "_generate", lambda *a, **k: pytest.fail("compiled despite bad input"))
+    for name in ("prefill", "decode"):
+        monkeypatch.setattr(_loop, name, lambda *a, **k: pytest.fail("compiled despite bad input"))
     with pytest.raises(ValueError, match=message):
         generate(_model("xlstm_lm"), **kwargs)
 
@@ -185,3 +208,45 @@ def test_eos_list_and_the_models_generation_config():
         assert int(generate(model, [[3, 7, 1]], 8, eos_id=()).lengths[0]) == 8  # () switches it off
     finally:
         del model.generation_config
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_bucketed_and_exact_shapes_give_the_same_tokens(arch):
+    """Left-padding the prompts to a bucket (a state reset at each prompt's start) and a
+    larger step bucket change nothing: greedy tokens equal the unpadded, exact-size run."""
+    model = _model(arch)
+    for prompts in (
+        [[3, 7, 1, 9, 4, 4, 2], [5], [8, 8, 2, 30]],
+        [[3, 7, 1, 9, 4, 4, 2, 11, 12, 13, 1, 2, 3, 4, 5, 6, 7]],
+    ):
+        bucketed = generate(model, prompts, 5)
+        exact = generate(model, prompts, 5, buckets=False)
+        np.testing.assert_array_equal(bucketed.tokens, exact.tokens)
+        np.testing.assert_array_equal(bucketed.lengths, exact.lengths)
+
+
+def test_new_settings_and_lengths_in_a_bucket_do_not_recompile():
+    from xlstm_jax.generation import _loop
+
+    model = _model("xlstm_large")
+    key = jax.random.key(0)
+    generate(model, [[1, 2, 3]], 5, temperature=0.5, top_k=3, rng=key)
+    sizes = _loop.prefill._cache_size(), _loop.decode._cache_size()
+    generate(model, [[1, 2, 3, 4, 5, 6, 7]], 9, temperature=1.3, top_k=7, top_p=0.9, rng=key)
+    generate(model, [[4, 5]], 16, eos_id=[3, 4], rng=key)
+    generate(model, [[4, 5, 9, 9, 9]], 1, temperature=0.0, top_p=0.5, eos_id=7, pad_id=2, rng=key)
+    assert (_loop.prefill._cache_size(), _loop.decode._cache_size()) == sizes
+    generate(model, [[1] * 40] * 3, 5)  # a new shape (B=3, width bucket 64): one more prefill program
+    assert _loop.prefill._cache_size() == sizes[0] + 1
+
+
+def test_stream_chunks_join_to_generate():
+    from xlstm_jax.generation import stream
+
+    model = _model("xlstm_lm")
+    prompts, key = [[3, 7, 1], [5, 6]], jax.random.key(1)
+    full = generate(model, prompts, 11, temperature=1.0, top_k=10, rng=key, eos_id=5)
+    chunks = list(stream(model, prompts, 11, chunk_size=4, temperature=1.0, top_k=10, rng=key, eos_id=5))
+    assert [c.tokens.shape[1] for c in chunks][:-1] == [4] * (len(chunks) - 1)
+    np.testing.assert_array_equal(np.concatenate([c.tokens for c in chunks], axis=1), full.tokens[:, : 4 * len(chunks)])
+    np.testing.assert_array_equal(sum(np.asarray(c.lengths) for c in chunks), full.lengths)

@@ -23,7 +23,7 @@ import importlib
 from xlstm_jax import ops
 from xlstm_jax._validation import CheckpointError
 from xlstm_jax.convert import from_pretrained, save_pretrained
-from xlstm_jax.generation import Generation, generate
+from xlstm_jax.generation import Generation, GenerationConfig, generate, stream
 from xlstm_jax.models import xlstm_large, xlstm_lm
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from xlstm_jax.models.xlstm_lm import (
@@ -40,6 +40,7 @@ from xlstm_jax.models.xlstm_lm import (
     xLSTMLMConfig,
     xLSTMLMModel,
 )
+from xlstm_jax.tokenizer import load_tokenizer
 
 __version__ = "0.1.0"
 
@@ -51,10 +52,12 @@ __all__ = [
     "FeedForwardConfig",
     "GatedFeedForward",
     "Generation",
+    "GenerationConfig",
     "fit",
     "from_pretrained",
     "generate",
     "load_run",
+    "load_tokenizer",
     "mLSTMBlock",
     "mLSTMBlockState",
     "mLSTMLayer",
@@ -65,6 +68,7 @@ __all__ = [
     "sLSTMLayer",
     "sLSTMLayerConfig",
     "save_pretrained",
+    "stream",
     "xLSTMLMConfig",
     "xLSTMLMModel",
     "xLSTMLarge",

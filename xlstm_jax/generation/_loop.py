@@ -1,0 +1,95 @@
+"""The compiled parts of generation: prefill of a left-padded prompt batch, and a decode loop.
+
+Compiled programs are keyed only by shapes: the prompt width and the number of decode
+steps come in power-of-two buckets (``bucket``), and the sampling settings, the end ids,
+the pad id and the number of tokens to generate are traced values.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ._sampling import sample
+
+MIN_BUCKET = 16
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+    """The smallest power of two >= max(n, minimum)."""
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+class Settings(NamedTuple):
+    """Traced decoding settings (scalars unless noted)."""
+
+    temperature: jax.Array  # float32; 0: greedy
+    top_k: jax.Array  # int32; 0: off
+    top_p: jax.Array  # float32; 1: off
+    eos_ids: jax.Array  # (E,) int32, E a multiple of 8; -1 entries never match
+    pad_id: jax.Array  # int32
+    max_new_tokens: jax.Array  # int32
+
+
+class Carry(NamedTuple):
+    """Decoding state between calls of ``decode`` (one generation, B rows)."""
+
+    logits: jax.Array  # (B, V) float32: the next token's logits
+    model_state: object
+    count: jax.Array  # (B,) int32 tokens generated so far
+    done: jax.Array  # (B,) bool
+    step: jax.Array  # int32 steps taken (for the rng)
+    rng: jax.Array
+
+
+@partial(jax.jit, static_argnames=("graphdef",))
+def prefill(graphdef, params, ids, segment_ids, rng, max_new_tokens) -> Carry:
+    """ids (B, W) left-padded prompts; segment_ids (B, W) 0 on the padding and 1 on the prompt,
+    so that every recurrent state restarts at the prompt's first token: the state after the
+    padded row equals the state after the prompt alone."""
+    model = nnx.merge(graphdef, params)
+    logits, state = model(ids, return_state=True, segment_ids=segment_ids)
+    batch = ids.shape[0]
+    return Carry(
+        logits=logits[:, -1].astype(jnp.float32),
+        model_state=state,
+        count=jnp.zeros((batch,), jnp.int32),
+        done=jnp.full((batch,), max_new_tokens <= 0),
+        step=jnp.zeros((), jnp.int32),
+        rng=rng,
+    )
+
+
+@partial(jax.jit, static_argnames=("graphdef", "steps"))
+def decode(graphdef, params, carry: Carry, settings: Settings, *, steps: int) -> tuple[jax.Array, Carry]:
+    """Up to ``steps`` tokens per row, stopping once every row is done.
+
+    Returns:
+      tokens (B, steps) int32 (``pad_id`` where a row emitted nothing) and the new carry.
+    """
+    model = nnx.merge(graphdef, params)
+    batch = carry.count.shape[0]
+
+    def cond(s):
+        i, _, c = s
+        return (i < steps) & jnp.logical_not(jnp.all(c.done))
+
+    def body(s):
+        i, out, c = s
+        token = sample(c.logits, jax.random.fold_in(c.rng, c.step), *settings[:3])
+        emit = ~c.done
+        out = out.at[:, i].set(jnp.where(emit, token, settings.pad_id))
+        count = c.count + emit
+        ends = jnp.any(token[:, None] == settings.eos_ids[None, :], axis=1)
+        done = c.done | (emit & ends) | (count >= settings.max_new_tokens)
+        logits, state = model(token[:, None], state=c.model_state, return_state=True)
+        c = Carry(logits[:, -1].astype(jnp.float32), state, count, done, c.step + 1, c.rng)
+        return i + 1, out, c
+
+    out = jnp.full((batch, steps), settings.pad_id, jnp.int32)
+    _, out, carry = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), out, carry))
+    return out, carry
