@@ -25,6 +25,8 @@ from xlstm_jax._validation import CheckpointError
 from xlstm_jax.convert import from_pretrained, save_pretrained
 from xlstm_jax.generation import Generation, generate
 from xlstm_jax.models import xlstm_large, xlstm_lm
+from xlstm_jax.models._inputs import checked
+from xlstm_jax.models._output import xLSTMOutput
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from xlstm_jax.models.xlstm_lm import (
     FeedForwardConfig,
@@ -51,6 +53,7 @@ __all__ = [
     "FeedForwardConfig",
     "GatedFeedForward",
     "Generation",
+    "checked",
     "fit",
     "from_pretrained",
     "generate",
@@ -69,6 +72,7 @@ __all__ = [
     "xLSTMLMModel",
     "xLSTMLarge",
     "xLSTMLargeConfig",
+    "xLSTMOutput",
     "xlstm_large",
     "xlstm_lm",
 ]
