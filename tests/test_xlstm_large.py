@@ -279,7 +279,9 @@ def test_scan_blocks_and_remat_give_the_same_logits(single):
     ref = forward(model, data["ids"])[0]
     for scan_blocks, remat in [(False, False), (True, True), (False, True)]:
         m = from_torch_xlstm_large(data["arch"], data["weights"], scan_blocks=scan_blocks, remat=remat)
-        assert_close(forward(m, data["ids"])[0], ref, 1e-6, f"logits scan_blocks={scan_blocks} remat={remat}")
+        # the same arithmetic, compiled as a loop or a scan: at most a different summation order
+        bound = layout_rounding_bound(m.config)
+        assert_close(forward(m, data["ids"])[0], ref, bound, f"logits scan_blocks={scan_blocks} remat={remat}")
 
 
 @pytest.mark.slow
@@ -337,17 +339,26 @@ def test_bad_state_and_ids_are_rejected(single):
     "kwargs, match",
     [
         (dict(num_heads=3), r"num_heads=3 must divide qk_dim"),
-        (dict(embedding_dim=0), r"embedding_dim=0 must be an integer >= 1"),
-        (dict(num_blocks=1.5), r"num_blocks=1.5"),
-        (dict(weight_mode="tied"), r"weight_mode='tied' is not supported; choose one of \('single', 'fused'\)"),
-        (dict(backend="flash"), r"backend='flash' is not supported; choose one of \('auto', 'xla', 'chunkwise'"),
-        (dict(dtype="int8"), r"dtype='int8' is not supported"),
-        (dict(param_dtype="float8"), r"param_dtype='float8' is not supported"),
-        (dict(gate_soft_cap=0.0), r"gate_soft_cap=0.0 must be a positive number or None"),
-        (dict(norm_eps=-1.0), r"norm_eps=-1.0 must be a positive number"),
-        (dict(chunk_size=0), r"chunk_size=0 must be an integer >= 1"),
-        (dict(use_bias=1), r"use_bias=1 must be True or False"),
-        (dict(scan_blocks="yes"), r"scan_blocks='yes' must be True or False"),
+        (dict(embedding_dim=0), r"embedding_dim must be an integer >= 1, got 0"),
+        (dict(num_blocks=1.5), r"num_blocks must be an integer >= 1, got 1.5"),
+        (dict(weight_mode="tied"), r"weight_mode must be one of 'single', 'fused', got 'tied'"),
+        (dict(backend="flash"), r"backend must be one of 'auto', 'xla', 'chunkwise'"),
+        (dict(dtype="int8"), r"^dtype must be one of 'float32', 'bfloat16', 'float16', 'float64', got 'int8'"),
+        (dict(param_dtype="float8"), r"param_dtype must be one of .*, got 'float8'"),
+        (dict(gate_soft_cap=0.0), r"gate_soft_cap must be a finite number > 0 or None, got 0.0"),
+        (dict(norm_eps=-1.0), r"norm_eps must be a finite number > 0, got -1.0"),
+        (dict(chunk_size=0), r"chunk_size must be an integer >= 1, got 0"),
+        (dict(use_bias=1), r"use_bias must be True or False, got 1"),
+        (dict(scan_blocks="yes"), r"scan_blocks must be True or False, got 'yes'"),
+        (dict(gate_soft_cap=float("inf")), r"gate_soft_cap must be a finite number > 0 or None, got inf"),
+        (
+            dict(output_logit_soft_cap=float("inf")),
+            r"output_logit_soft_cap must be a finite number > 0 or None, got inf",
+        ),
+        (dict(norm_eps=float("inf")), r"norm_eps must be a finite number > 0, got inf"),
+        (dict(eps=float("nan")), r"eps must be a finite number > 0, got nan"),
+        (dict(ffn_proj_factor=float("inf")), r"ffn_proj_factor must be a finite number > 0, got inf"),
+        (dict(qk_dim_factor=float("inf")), r"qk_dim_factor must be a finite number > 0, got inf"),
         (dict(v_dim_factor=0.01), r"v_dim=int\(embedding_dim \* v_dim_factor\)"),
     ],
 )
@@ -393,7 +404,7 @@ def test_from_dict_reads_the_official_config():
         xLSTMLargeConfig.from_dict({**OFFICIAL_DEFAULTS, "tie": True, "dropout": 0.0})
     with pytest.raises(ValueError, match="mLSTMsig"):
         xLSTMLargeConfig.from_dict({**OFFICIAL_DEFAULTS, "chunkwise_kernel": "chunkwise--triton_xl_chunk_siging"})
-    with pytest.raises(ValueError, match=r"mode='eval' is not supported"):
+    with pytest.raises(ValueError, match=r"mode must be one of 'train', 'train_with_padding', 'inference', got 'eval'"):
         xLSTMLargeConfig.from_dict({**OFFICIAL_DEFAULTS, "mode": "eval"})
 
 

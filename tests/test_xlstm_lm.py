@@ -376,7 +376,7 @@ def _cfg(**kw) -> xLSTMLMConfig:
 @pytest.mark.parametrize(
     "kw,message",
     [
-        (dict(vocab_size=0), "vocab_size=0 must be an integer >= 1"),
+        (dict(vocab_size=0), "vocab_size must be an integer >= 1, got 0"),
         (dict(embedding_dim=30, slstm=sLSTMLayerConfig(num_heads=4)), "slstm.num_heads=4 must divide embedding_dim=30"),
         (dict(mlstm=mLSTMLayerConfig(num_heads=3)), "mlstm.num_heads=3 must divide the mLSTM inner dim 64"),
         (dict(mlstm=mLSTMLayerConfig(qkv_proj_blocksize=5)), "mlstm.qkv_proj_blocksize=5 must divide"),
@@ -388,12 +388,15 @@ def _cfg(**kw) -> xLSTMLMConfig:
         (dict(mlstm=None), "leaves mLSTM blocks, but mlstm=None"),
         (
             dict(backend="flash"),
-            "backend='flash' is not supported; choose one of ('auto', 'xla', 'chunkwise', 'parallel', 'recurrent'",
+            "backend must be one of 'auto', 'xla', 'chunkwise', 'parallel', 'recurrent'",
         ),
-        (dict(chunk_size=0), "chunk_size=0"),
-        (dict(dtype="int8"), "dtype='int8' is not supported"),
-        (dict(param_dtype="float8"), "param_dtype='float8' is not supported"),
-        (dict(scan_blocks=1), "scan_blocks=1 must be True or False"),
+        (dict(chunk_size=0), "chunk_size must be an integer >= 1, got 0"),
+        (dict(dtype="int8"), "dtype must be one of 'float32', 'bfloat16', 'float16', 'float64', got 'int8'"),
+        (
+            dict(param_dtype="float8"),
+            "param_dtype must be one of 'float32', 'bfloat16', 'float16', 'float64', got 'float8'",
+        ),
+        (dict(scan_blocks=1), "scan_blocks must be True or False, got 1"),
         (dict(feedforward=dict()), "feedforward must be a FeedForwardConfig or None"),
         (dict(embedding_dim=4, slstm=sLSTMLayerConfig(num_heads=4)), "needs a head dim >= 2"),
     ],
@@ -406,11 +409,25 @@ def test_config_errors(kw, message):
 @pytest.mark.parametrize(
     "make,message",
     [
-        (lambda: mLSTMLayerConfig(conv1d_kernel_size=0), "mlstm.conv1d_kernel_size=0 must be an integer >= 1"),
-        (lambda: mLSTMLayerConfig(proj_factor=0), "mlstm.proj_factor=0 must be a positive number"),
-        (lambda: sLSTMLayerConfig(bias_init="ones"), "slstm.bias_init='ones' is not supported; choose one of"),
-        (lambda: sLSTMLayerConfig(recurrent_weight_init="x"), "slstm.recurrent_weight_init='x'"),
-        (lambda: FeedForwardConfig(act_fn="tanh"), "feedforward.act_fn='tanh' is not supported"),
+        (lambda: mLSTMLayerConfig(conv1d_kernel_size=0), "mlstm.conv1d_kernel_size must be an integer >= 1, got 0"),
+        (lambda: mLSTMLayerConfig(proj_factor=0), "mlstm.proj_factor must be a finite number > 0, got 0"),
+        (
+            lambda: sLSTMLayerConfig(bias_init="ones"),
+            "slstm.bias_init must be one of 'powerlaw_blockdependent', 'small_init', 'standard', 'zeros', got 'ones'",
+        ),
+        (
+            lambda: sLSTMLayerConfig(recurrent_weight_init="x"),
+            "slstm.recurrent_weight_init must be one of 'zeros', 'standard', got 'x'",
+        ),
+        (lambda: mLSTMLayerConfig(proj_factor=float("inf")), "mlstm.proj_factor must be a finite number > 0, got inf"),
+        (lambda: mLSTMLayerConfig(proj_factor=float("nan")), "mlstm.proj_factor must be a finite number > 0, got nan"),
+        (lambda: FeedForwardConfig(proj_factor=float("inf")), "feedforward.proj_factor must be a finite number > 0"),
+        (lambda: mLSTMLayerConfig(embedding_dim=0), "mlstm.embedding_dim must be an integer >= 1, got 0"),
+        (lambda: sLSTMLayerConfig(backend="cuda"), "slstm.backend must be one of"),
+        (
+            lambda: FeedForwardConfig(act_fn="tanh"),
+            "feedforward.act_fn must be one of 'gelu', 'relu', 'relu^2', 'sigmoid', 'swish', 'selu', got 'tanh'",
+        ),
     ],
 )
 def test_sub_config_errors(make, message):

@@ -25,6 +25,8 @@ from xlstm_jax._validation import CheckpointError
 from xlstm_jax.convert import from_pretrained, save_pretrained
 from xlstm_jax.generation import Generation, GenerationConfig, generate, stream
 from xlstm_jax.models import xlstm_large, xlstm_lm
+from xlstm_jax.models._inputs import checked
+from xlstm_jax.models._output import xLSTMOutput
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from xlstm_jax.models.xlstm_lm import (
     FeedForwardConfig,
@@ -53,6 +55,7 @@ __all__ = [
     "GatedFeedForward",
     "Generation",
     "GenerationConfig",
+    "checked",
     "fit",
     "from_pretrained",
     "generate",
@@ -73,6 +76,7 @@ __all__ = [
     "xLSTMLMModel",
     "xLSTMLarge",
     "xLSTMLargeConfig",
+    "xLSTMOutput",
     "xlstm_large",
     "xlstm_lm",
 ]

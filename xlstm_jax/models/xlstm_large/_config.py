@@ -11,10 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from xlstm_jax._validation import check_bool, check_choice, check_int, check_number
 from xlstm_jax.backends import MLSTM_BACKENDS
 from xlstm_jax.nn import REMAT_POLICIES
 
-from .._validate import check_bool, check_choice, check_int, check_positive, dtype_name
+from .._dtypes import dtype_name
 
 WEIGHT_MODES = ("single", "fused")
 
@@ -55,6 +56,77 @@ OFFICIAL_RUNTIME_KEYS = {
 def round_up(x: float, multiple_of: int) -> int:
     """Smallest multiple of ``multiple_of`` >= x (official ``round_up_to_next_multiple_of``)."""
     return int(((x + multiple_of - 1) // multiple_of) * multiple_of)
+
+
+@dataclass(frozen=True)
+class mLSTMBlockConfig:  # noqa: N801 (the official naming)
+    """One xLSTM-7B block (``mLSTMLayer``, ``FeedForward``, ``mLSTMBlock``) on its own.
+
+    ``xLSTMLargeConfig.block`` gives the one of a model; the attributes mean the same as there.
+    ``num_blocks`` (the depth of the model it belongs to) only scales the init of the output projections.
+    """
+
+    embedding_dim: int
+    num_heads: int
+    num_blocks: int = 1
+    use_bias: bool = False
+    norm_eps: float = 1e-6
+    qk_dim_factor: float = 0.5
+    v_dim_factor: float = 1.0
+    ffn_proj_factor: float = 2.6667
+    ffn_round_up_to_multiple_of: int = 64
+    gate_soft_cap: float | None = 15.0
+    weight_mode: str = "single"
+    eps: float = 1e-6
+    backend: str = "chunkwise"
+    chunk_size: int = 64
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        check_int("embedding_dim", self.embedding_dim, 1)
+        check_int("num_heads", self.num_heads, 1)
+        check_int("num_blocks", self.num_blocks, 1)
+        check_bool("use_bias", self.use_bias)
+        check_number("norm_eps", self.norm_eps, 0, low_open=True)
+        check_number("qk_dim_factor", self.qk_dim_factor, 0, low_open=True)
+        check_number("v_dim_factor", self.v_dim_factor, 0, low_open=True)
+        for name, dim in (("qk_dim", self.qk_dim), ("v_dim", self.v_dim)):
+            if dim < 1 or dim % self.num_heads:
+                factor = f"{name[:-4]}_dim_factor"
+                raise ValueError(
+                    f"num_heads={self.num_heads} must divide {name}=int(embedding_dim * {factor})="
+                    f"int({self.embedding_dim} * {getattr(self, factor)})={dim} (and {name} must be >= 1)"
+                )
+        check_number("ffn_proj_factor", self.ffn_proj_factor, 0, low_open=True)
+        check_int("ffn_round_up_to_multiple_of", self.ffn_round_up_to_multiple_of, 1)
+        check_number("gate_soft_cap", self.gate_soft_cap, 0, low_open=True, optional=True)
+        check_choice("weight_mode", self.weight_mode, WEIGHT_MODES)
+        check_number("eps", self.eps, 0, low_open=True)
+        check_choice("backend", self.backend, MLSTM_BACKENDS)
+        check_int("chunk_size", self.chunk_size, 1)
+        object.__setattr__(self, "dtype", dtype_name("dtype", self.dtype))
+        object.__setattr__(self, "param_dtype", dtype_name("param_dtype", self.param_dtype))
+
+    @property
+    def qk_dim(self) -> int:
+        return int(self.embedding_dim * self.qk_dim_factor)
+
+    @property
+    def v_dim(self) -> int:
+        return int(self.embedding_dim * self.v_dim_factor)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_dim // self.num_heads
+
+    @property
+    def v_head_dim(self) -> int:
+        return self.v_dim // self.num_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        return round_up(self.embedding_dim * self.ffn_proj_factor, self.ffn_round_up_to_multiple_of)
 
 
 @dataclass(frozen=True)
@@ -107,55 +179,40 @@ class xLSTMLargeConfig:
     remat_policy: str = "full"  # with remat: full | dots | dots_no_batch (xlstm_jax.nn.REMAT_POLICIES)
 
     def __post_init__(self):
-        check_int("embedding_dim", self.embedding_dim, 1)
-        check_int("num_heads", self.num_heads, 1)
-        check_int("num_blocks", self.num_blocks, 1)
         check_int("vocab_size", self.vocab_size, 1)
-        check_bool("use_bias", self.use_bias)
-        check_positive("norm_eps", self.norm_eps)
         check_bool("add_out_norm", self.add_out_norm)
-        check_positive("qk_dim_factor", self.qk_dim_factor)
-        check_positive("v_dim_factor", self.v_dim_factor)
-        for name, dim in (("qk_dim", self.qk_dim), ("v_dim", self.v_dim)):
-            if dim < 1 or dim % self.num_heads:
-                factor = f"{name[:-4]}_dim_factor"
-                raise ValueError(
-                    f"num_heads={self.num_heads} must divide {name}=int(embedding_dim * {factor})="
-                    f"int({self.embedding_dim} * {getattr(self, factor)})={dim} (and {name} must be >= 1)"
-                )
-        check_positive("ffn_proj_factor", self.ffn_proj_factor)
-        check_int("ffn_round_up_to_multiple_of", self.ffn_round_up_to_multiple_of, 1)
-        check_positive("gate_soft_cap", self.gate_soft_cap, allow_none=True)
-        check_positive("output_logit_soft_cap", self.output_logit_soft_cap, allow_none=True)
-        check_choice("weight_mode", self.weight_mode, WEIGHT_MODES)
-        check_positive("eps", self.eps)
-        check_choice("backend", self.backend, MLSTM_BACKENDS)
-        check_int("chunk_size", self.chunk_size, 1)
-        object.__setattr__(self, "dtype", dtype_name("dtype", self.dtype))
-        object.__setattr__(self, "param_dtype", dtype_name("param_dtype", self.param_dtype))
+        check_number("output_logit_soft_cap", self.output_logit_soft_cap, 0, low_open=True, optional=True)
         check_bool("scan_blocks", self.scan_blocks)
         check_bool("remat", self.remat)
         check_choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
+        block = self.block  # checks the block's fields
+        object.__setattr__(self, "dtype", block.dtype)
+        object.__setattr__(self, "param_dtype", block.param_dtype)
+
+    @property
+    def block(self) -> mLSTMBlockConfig:
+        """The config of each of the ``num_blocks`` blocks."""
+        return mLSTMBlockConfig(**{f.name: getattr(self, f.name) for f in fields(mLSTMBlockConfig)})
 
     @property
     def qk_dim(self) -> int:
-        return int(self.embedding_dim * self.qk_dim_factor)
+        return self.block.qk_dim
 
     @property
     def v_dim(self) -> int:
-        return int(self.embedding_dim * self.v_dim_factor)
+        return self.block.v_dim
 
     @property
     def qk_head_dim(self) -> int:
-        return self.qk_dim // self.num_heads
+        return self.block.qk_head_dim
 
     @property
     def v_head_dim(self) -> int:
-        return self.v_dim // self.num_heads
+        return self.block.v_head_dim
 
     @property
     def ffn_dim(self) -> int:
-        return round_up(self.embedding_dim * self.ffn_proj_factor, self.ffn_round_up_to_multiple_of)
+        return self.block.ffn_dim
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], **overrides) -> xLSTMLargeConfig:

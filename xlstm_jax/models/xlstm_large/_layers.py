@@ -21,7 +21,7 @@ from xlstm_jax import backends, ops
 from xlstm_jax.nn import LayerNorm, Linear, MultiHeadLayerNorm, constant, linspace, small_init, wang_init, zeros
 from xlstm_jax.nn.params import Init
 
-from ._config import xLSTMLargeConfig
+from ._config import mLSTMBlockConfig, xLSTMLargeConfig
 
 
 def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
@@ -39,7 +39,16 @@ def concat_init(*parts: tuple[Init, int]) -> Init:
     return init
 
 
-def rms_norm(config: xLSTMLargeConfig) -> LayerNorm:
+def block_config(config: mLSTMBlockConfig | xLSTMLargeConfig) -> mLSTMBlockConfig:
+    """The block config of a model config; a block config as is."""
+    if isinstance(config, xLSTMLargeConfig):
+        return config.block
+    if not isinstance(config, mLSTMBlockConfig):
+        raise ValueError(f"config must be an mLSTMBlockConfig or xLSTMLargeConfig, got {type(config).__name__}")
+    return config
+
+
+def rms_norm(config: mLSTMBlockConfig | xLSTMLargeConfig) -> LayerNorm:
     """RMSNorm over D, weight applied directly (init 1), bias if ``use_bias``."""
     return LayerNorm(
         config.embedding_dim,
@@ -52,10 +61,13 @@ def rms_norm(config: xLSTMLargeConfig) -> LayerNorm:
 
 
 class mLSTMLayer(nnx.Module):
-    """x (B, S, D) -> (y (B, S, D), state): projections, soft-capped gates, cell, per-head norm, o-gate."""
+    """x (B, S, D) -> (y (B, S, D), state): projections, soft-capped gates, cell, per-head norm, o-gate.
 
-    def __init__(self, config: xLSTMLargeConfig, *, rngs: nnx.Rngs):
-        c = config
+    On its own: ``mLSTMLayer(mLSTMBlockConfig(embedding_dim=D, num_heads=NH), rngs=...)``.
+    """
+
+    def __init__(self, config: mLSTMBlockConfig | xLSTMLargeConfig, *, rngs: nnx.Rngs):
+        c = block_config(config)
         d, nh = c.embedding_dim, c.num_heads
         self.config = c
         dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
@@ -94,7 +106,12 @@ class mLSTMLayer(nnx.Module):
         return q, k, v, o, soft_cap(i, c.gate_soft_cap), soft_cap(f, c.gate_soft_cap)
 
     def __call__(
-        self, x: jax.Array, state: ops.MLSTMState | None, *, return_state: bool, resets: jax.Array | None = None
+        self,
+        x: jax.Array,
+        state: ops.MLSTMState | None = None,
+        *,
+        return_state: bool = False,
+        resets: jax.Array | None = None,
     ) -> tuple[jax.Array, ops.MLSTMState | None]:
         """``resets`` (B, S) bool: the memory is erased before these tokens (forget gate exactly 0)."""
         c = self.config
@@ -124,8 +141,8 @@ class mLSTMLayer(nnx.Module):
 class FeedForward(nnx.Module):
     """SwiGLU: proj_down(SiLU(proj_up_gate(x)) * proj_up(x)), width ``config.ffn_dim``."""
 
-    def __init__(self, config: xLSTMLargeConfig, *, rngs: nnx.Rngs):
-        c = config
+    def __init__(self, config: mLSTMBlockConfig | xLSTMLargeConfig, *, rngs: nnx.Rngs):
+        c = block_config(config)
         d, p = c.embedding_dim, c.ffn_dim
         self.fused = c.weight_mode == "fused"
         kw = dict(use_bias=c.use_bias, dtype=jnp.dtype(c.dtype), param_dtype=jnp.dtype(c.param_dtype), rngs=rngs)
@@ -147,14 +164,20 @@ class FeedForward(nnx.Module):
 class mLSTMBlock(nnx.Module):
     """x (B, S, D) -> x + mLSTM(RMSNorm(x)), then + FFN(RMSNorm(.)); returns the cell state too."""
 
-    def __init__(self, config: xLSTMLargeConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: mLSTMBlockConfig | xLSTMLargeConfig, *, rngs: nnx.Rngs):
+        config = block_config(config)
         self.norm_mlstm = rms_norm(config)
         self.mlstm_layer = mLSTMLayer(config, rngs=rngs)
         self.norm_ffn = rms_norm(config)
         self.ffn = FeedForward(config, rngs=rngs)
 
     def __call__(
-        self, x: jax.Array, state: ops.MLSTMState | None, *, return_state: bool, resets: jax.Array | None = None
+        self,
+        x: jax.Array,
+        state: ops.MLSTMState | None = None,
+        *,
+        return_state: bool = False,
+        resets: jax.Array | None = None,
     ) -> tuple[jax.Array, ops.MLSTMState | None]:
         h, state = self.mlstm_layer(self.norm_mlstm(x), state, return_state=return_state, resets=resets)
         x = x + h

@@ -20,6 +20,9 @@ from flax import nnx
 from xlstm_jax import nn, ops
 from xlstm_jax.nn import Embed, Linear, small_init
 
+from .._inputs import check_embeds, one_input
+from .._inputs import check_ids as check_ids_in
+from .._output import xLSTMOutput
 from ._config import xLSTMLargeConfig
 from ._layers import mLSTMBlock, rms_norm, soft_cap
 
@@ -32,7 +35,7 @@ def _stacked_blocks(config: xLSTMLargeConfig, rngs: nnx.Rngs) -> mLSTMBlock:
     @nnx.split_rngs(splits=config.num_blocks)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: None})
     def make(rngs: nnx.Rngs) -> mLSTMBlock:
-        return mLSTMBlock(config, rngs=rngs)
+        return mLSTMBlock(config.block, rngs=rngs)
 
     return make(rngs)
 
@@ -72,34 +75,71 @@ class xLSTMLarge(nnx.Module):
 
     def __call__(
         self,
-        ids: jax.Array,
+        ids: jax.Array | None = None,
         *,
+        inputs_embeds: jax.Array | None = None,
         state: Sequence | None = None,
         return_state: bool = False,
         segment_ids: jax.Array | None = None,
+        check_ids: bool = False,
     ) -> jax.Array | tuple[jax.Array, State]:
         """Logits for ``ids`` (B, S), continuing from ``state`` (one ``MLSTMState`` per block) if given.
 
         ``segment_ids`` (B, S) int marks packed documents (training rows): the mLSTM memory
         restarts where the id changes (forget gate exactly 0 there), so no information
-        passes between documents.
+        passes between documents. See ``forward`` for ``inputs_embeds`` and ``check_ids``.
 
         Returns:
           logits (B, S, V) float32, or ``(logits, state)`` if ``return_state``.
         """
+        out = self.forward(
+            ids, inputs_embeds=inputs_embeds, state=state, return_state=return_state, segment_ids=segment_ids,
+            check_ids=check_ids,
+        )  # fmt: skip
+        return (out.logits, out.state) if return_state else out.logits
+
+    def forward(
+        self,
+        ids: jax.Array | None = None,
+        *,
+        inputs_embeds: jax.Array | None = None,
+        state: Sequence | None = None,
+        return_state: bool = False,
+        segment_ids: jax.Array | None = None,
+        output_hidden_states: bool = False,
+        check_ids: bool = False,
+        compute_logits: bool = True,
+    ) -> xLSTMOutput:
+        """The model on ids (B, S) or on ``inputs_embeds`` (B, S, D) in place of the token embedding.
+
+        Returns an ``xLSTMOutput``: soft-capped logits (unless ``compute_logits=False``), the last
+        hidden state (after ``out_norm``), the state if ``return_state``, every block's input if
+        ``output_hidden_states``. Concrete ids are checked against ``vocab_size``; traced ids only
+        with ``check_ids=True`` inside a function wrapped by ``xlstm_jax.checked``.
+        """
         c = self.config
-        ids = jnp.asarray(ids)
-        if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise ValueError(f"ids must be an integer array of shape (B, S), got {ids.dtype} {ids.shape}")
+        one_input(ids, inputs_embeds)
+        if ids is not None:
+            x = self.embedding(check_ids_in(ids, c.vocab_size, traced=check_ids))
+        else:
+            x = check_embeds(inputs_embeds, c.embedding_dim).astype(jnp.dtype(c.dtype))
         if state is not None:
             state = self._check_state(state)
-        resets = nn.document_starts(segment_ids, ids.shape)
-        x = self.embedding(ids)
-        x, state = self._run_blocks(x, state, resets, stateful=state is not None or return_state)
+        resets = nn.document_starts(segment_ids, x.shape[:2])
+        stateful = state is not None or return_state
+        x, state, hidden = self._run_blocks(x, state, resets, stateful=stateful, collect=output_hidden_states)
         if self.out_norm is not None:
             x = self.out_norm(x)
-        logits = soft_cap(self.lm_head(x).astype(jnp.float32), c.output_logit_soft_cap)
-        return (logits, state) if return_state else logits
+        logits = None
+        if compute_logits:
+            logits = soft_cap(self.lm_head(x).astype(jnp.float32), c.output_logit_soft_cap)
+        return xLSTMOutput(
+            logits=logits, last_hidden_state=x, state=state if return_state else None, hidden_states=hidden
+        )
+
+    def backbone(self, ids: jax.Array | None = None, **kwargs) -> xLSTMOutput:
+        """``forward`` without the head: ``backbone(ids).last_hidden_state`` (B, S, D) are the features."""
+        return self.forward(ids, **kwargs, compute_logits=False)
 
     def _check_state(self, state: Sequence) -> State:
         n = self.config.num_blocks
@@ -108,10 +148,11 @@ class xLSTMLarge(nnx.Module):
         return tuple(ops.MLSTMState(*s) for s in state)
 
     def _run_blocks(
-        self, x: jax.Array, state: State | None, resets: jax.Array | None, *, stateful: bool
-    ) -> tuple[jax.Array, State | None]:
+        self, x: jax.Array, state: State | None, resets: jax.Array | None, *, stateful: bool, collect: bool = False
+    ) -> tuple[jax.Array, State | None, tuple[jax.Array, ...] | None]:
         """x (B, S, D) through every block: a ``lax.scan`` over the stacked parameters (and
-        states, stacked for the scan), or an unrolled loop over their slices."""
+        states, stacked for the scan), or an unrolled loop over their slices. Returns x, the
+        new states (if ``stateful``) and, if ``collect``, every block's input and the last output."""
         c = self.config
         graphdef, params = nnx.split(self.blocks)
 
@@ -121,19 +162,23 @@ class xLSTMLarge(nnx.Module):
         if c.remat:
             run = nn.remat(run, c.remat_policy)
         if not c.scan_blocks:
-            outs = []
+            outs, hidden = [], [x]
             for idx in range(c.num_blocks):
                 s = None if state is None else state[idx]
                 x, s = run(jax.tree.map(itemgetter(idx), params), x, s)
                 outs.append(s)
-            return x, (tuple(outs) if stateful else None)
+                hidden.append(x)
+            return x, (tuple(outs) if stateful else None), (tuple(hidden) if collect else None)
 
         def body(x, params_and_state):
             p, s = params_and_state
-            return run(p, x, s)
+            y, s = run(p, x, s)
+            return y, (s, y if collect else None)
 
+        x0 = x
         stacked = None if state is None else jax.tree.map(lambda *a: jnp.stack(a), *state)
-        x, stacked = jax.lax.scan(body, x, (params, stacked))
+        x, (stacked, ys) = jax.lax.scan(body, x, (params, stacked))
+        hidden = (x0, *(ys[idx] for idx in range(c.num_blocks))) if collect else None
         if not stateful:
-            return x, None
-        return x, tuple(jax.tree.map(itemgetter(idx), stacked) for idx in range(c.num_blocks))
+            return x, None, hidden
+        return x, tuple(jax.tree.map(itemgetter(idx), stacked) for idx in range(c.num_blocks)), hidden

@@ -5,6 +5,7 @@ Names follow the official ``xlstm`` package: ``mLSTMLayer``, ``mLSTMBlock``, ``s
 """
 
 from .._deprecated import deprecated_aliases
+from .._output import xLSTMOutput
 from ._config import FeedForwardConfig, mLSTMLayerConfig, sLSTMLayerConfig, xLSTMLMConfig
 from ._feedforward import GatedFeedForward
 from ._mlstm_layer import mLSTMBlockState, mLSTMLayer
@@ -24,6 +25,7 @@ __all__ = [
     "sLSTMLayerConfig",
     "xLSTMLMConfig",
     "xLSTMLMModel",
+    "xLSTMOutput",
 ]
 
 # The names before the official spelling was adopted (0.1.0).

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax.numpy as jnp
 
+from xlstm_jax._validation import check_bool, check_choice, check_int, check_number
 from xlstm_jax.backends import MLSTM_BACKENDS, SLSTM_BACKENDS
 from xlstm_jax.nn import REMAT_POLICIES
 
-from .._validate import check_bool, check_choice, check_int, check_positive, dtype_name
+from .._dtypes import dtype_name
 
 ACT_FNS = ("gelu", "relu", "relu^2", "sigmoid", "swish", "selu")
 SLSTM_BIAS_INITS = ("powerlaw_blockdependent", "small_init", "standard", "zeros")
@@ -30,9 +31,17 @@ def up_projection_dim(factor: float, dim: int, multiple_of: int, round_up: bool)
     return int((math.ceil(multiplier) if round_up else math.floor(multiplier)) * multiple_of)
 
 
+_MODEL_WIDE_DOC = """
+    Model-wide attributes (an ``xLSTMLMConfig`` sets them from its own fields; set them only for a
+    layer or block used on its own):
+      embedding_dim: model width D (required on its own; None inside an ``xLSTMLMConfig``).
+      num_blocks: depth of the model it belongs to; only scales the init of the output projection.
+      dtype, param_dtype: compute and parameter dtypes (see ``xLSTMLMConfig``)."""
+
+
 @dataclass(frozen=True)
-class mLSTMLayerConfig:
-    """The pre-up-projection mLSTM layer (official ``mLSTMLayerConfig``).
+class mLSTMLayerConfig:  # noqa: N801 (the official name)
+    """The pre-up-projection mLSTM layer and its block (official ``mLSTMLayerConfig``).
 
     Attributes:
       num_heads: cell heads NH; must divide the inner dim.
@@ -40,6 +49,7 @@ class mLSTMLayerConfig:
       qkv_proj_blocksize: block size of the block-diagonal q/k/v projections.
       proj_factor, round_proj_up_dim_up, round_proj_up_to_multiple_of: inner dim
         ``I = round(proj_factor * D)`` to a multiple (up or down).
+      bias, backend, chunk_size: model-wide (``xLSTMLMConfig``'s ``bias``, ``backend``, ``chunk_size``).
     """
 
     num_heads: int = 4
@@ -48,23 +58,50 @@ class mLSTMLayerConfig:
     proj_factor: float = 2.0
     round_proj_up_dim_up: bool = True
     round_proj_up_to_multiple_of: int = 64
+    embedding_dim: int | None = None
+    num_blocks: int = 1
+    bias: bool = False
+    backend: str = "chunkwise"
+    chunk_size: int = 64
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    __doc__ += _MODEL_WIDE_DOC
 
     def __post_init__(self):
         check_int("mlstm.num_heads", self.num_heads, 1)
         check_int("mlstm.conv1d_kernel_size", self.conv1d_kernel_size, 1)
         check_int("mlstm.qkv_proj_blocksize", self.qkv_proj_blocksize, 1)
-        check_positive("mlstm.proj_factor", self.proj_factor)
+        check_number("mlstm.proj_factor", self.proj_factor, 0, low_open=True)
         check_bool("mlstm.round_proj_up_dim_up", self.round_proj_up_dim_up)
         check_int("mlstm.round_proj_up_to_multiple_of", self.round_proj_up_to_multiple_of, 1)
+        check_bool("mlstm.bias", self.bias)
+        check_choice("mlstm.backend", self.backend, MLSTM_BACKENDS)
+        check_int("mlstm.chunk_size", self.chunk_size, 1)
+        _check_model_wide(self, "mlstm")
+        if self.embedding_dim is not None:
+            self.check_dims(self.embedding_dim)
 
     def inner_dim(self, embedding_dim: int) -> int:
         return up_projection_dim(
             self.proj_factor, embedding_dim, self.round_proj_up_to_multiple_of, self.round_proj_up_dim_up
         )
 
+    def check_dims(self, d: int) -> None:
+        """The inner dim for width ``d`` is non-empty and split evenly into heads and q/k/v blocks."""
+        inner = self.inner_dim(d)
+        if inner < 1:
+            raise ValueError(f"mlstm.proj_factor={self.proj_factor} gives an empty inner dim for D={d}")
+        if inner % self.num_heads:
+            raise ValueError(f"mlstm.num_heads={self.num_heads} must divide the mLSTM inner dim {inner}")
+        if inner % self.qkv_proj_blocksize:
+            raise ValueError(
+                f"mlstm.qkv_proj_blocksize={self.qkv_proj_blocksize} must divide the mLSTM inner dim {inner}"
+            )
+
 
 @dataclass(frozen=True)
-class sLSTMLayerConfig:
+class sLSTMLayerConfig:  # noqa: N801 (the official name)
     """The sLSTM layer (official ``sLSTMLayerConfig``; hidden size = embedding dim).
 
     Attributes:
@@ -73,6 +110,7 @@ class sLSTMLayerConfig:
       group_norm_weight: learnable (1 + w) scale of the per-head output norm.
       bias_init: forget-gate bias init, one of ``SLSTM_BIAS_INITS``.
       recurrent_weight_init: ``"zeros"`` or ``"standard"`` (U(+-1/sqrt(D))).
+      backend: model-wide (``xLSTMLMConfig.slstm_backend``), one of ``backends.SLSTM_BACKENDS``.
     """
 
     num_heads: int = 4
@@ -80,6 +118,13 @@ class sLSTMLayerConfig:
     group_norm_weight: bool = True
     bias_init: str = "powerlaw_blockdependent"
     recurrent_weight_init: str = "zeros"
+    embedding_dim: int | None = None
+    num_blocks: int = 1
+    backend: str = "scan"
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    __doc__ += _MODEL_WIDE_DOC
 
     def __post_init__(self):
         check_int("slstm.num_heads", self.num_heads, 1)
@@ -87,6 +132,20 @@ class sLSTMLayerConfig:
         check_bool("slstm.group_norm_weight", self.group_norm_weight)
         check_choice("slstm.bias_init", self.bias_init, SLSTM_BIAS_INITS)
         check_choice("slstm.recurrent_weight_init", self.recurrent_weight_init, SLSTM_RECURRENT_INITS)
+        check_choice("slstm.backend", self.backend, SLSTM_BACKENDS)
+        _check_model_wide(self, "slstm")
+        if self.embedding_dim is not None:
+            self.check_dims(self.embedding_dim)
+
+    def check_dims(self, d: int) -> None:
+        """The heads split width ``d`` evenly (and into at least 2 features for the power-law init)."""
+        if d % self.num_heads:
+            raise ValueError(f"slstm.num_heads={self.num_heads} must divide embedding_dim={d}")
+        if self.bias_init == "powerlaw_blockdependent" and d // self.num_heads < 2:
+            raise ValueError(
+                "slstm.bias_init='powerlaw_blockdependent' needs a head dim >= 2 "
+                f"(embedding_dim={d}, slstm.num_heads={self.num_heads})"
+            )
 
 
 @dataclass(frozen=True)
@@ -98,18 +157,66 @@ class FeedForwardConfig:
     bias: bool = False
     round_proj_up_dim_up: bool = True
     round_proj_up_to_multiple_of: int = 64
+    embedding_dim: int | None = None
+    num_blocks: int = 1
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    __doc__ += _MODEL_WIDE_DOC
 
     def __post_init__(self):
-        check_positive("feedforward.proj_factor", self.proj_factor)
+        check_number("feedforward.proj_factor", self.proj_factor, 0, low_open=True)
         check_choice("feedforward.act_fn", self.act_fn, ACT_FNS)
         check_bool("feedforward.bias", self.bias)
         check_bool("feedforward.round_proj_up_dim_up", self.round_proj_up_dim_up)
         check_int("feedforward.round_proj_up_to_multiple_of", self.round_proj_up_to_multiple_of, 1)
+        _check_model_wide(self, "feedforward")
+        if self.embedding_dim is not None:
+            self.check_dims(self.embedding_dim)
 
     def hidden_dim(self, embedding_dim: int) -> int:
         return up_projection_dim(
             self.proj_factor, embedding_dim, self.round_proj_up_to_multiple_of, self.round_proj_up_dim_up
         )
+
+    def check_dims(self, d: int) -> None:
+        if self.hidden_dim(d) < 1:
+            raise ValueError(f"feedforward.proj_factor={self.proj_factor} gives an empty FFN for D={d}")
+
+
+def _check_model_wide(config, section: str) -> None:
+    """Check (and canonicalize the dtypes of) the model-wide fields of a layer config."""
+    if config.embedding_dim is not None:
+        check_int(f"{section}.embedding_dim", config.embedding_dim, 1)
+    check_int(f"{section}.num_blocks", config.num_blocks, 1)
+    object.__setattr__(config, "dtype", dtype_name(f"{section}.dtype", config.dtype))
+    object.__setattr__(config, "param_dtype", dtype_name(f"{section}.param_dtype", config.param_dtype))
+
+
+def required_width(config, section: str) -> int:
+    """``config.embedding_dim``, which a layer built on its own must be given."""
+    if config.embedding_dim is None:
+        raise ValueError(
+            f"{section}.embedding_dim must be set for a layer or block built on its own "
+            "(an xLSTMLMConfig sets it from its embedding_dim), got None"
+        )
+    return config.embedding_dim
+
+
+def inherit(config, section: str, owner: str, **model_wide):
+    """``config`` with its model-wide fields set to ``model_wide`` (the values of ``owner``'s config).
+
+    A field the user set on ``config`` (not its default) to another value is refused: the model's
+    value would replace it silently.
+    """
+    conflicts = []
+    for name, value in model_wide.items():
+        own, default = getattr(config, name), type(config).__dataclass_fields__[name].default
+        if own != default and own != value:
+            conflicts.append(f"{section}.{name}={own!r} differs from {owner}'s {name}={value!r}")
+    if conflicts:
+        raise ValueError("; ".join(conflicts) + f" (inside a model, set them on {owner})")
+    return replace(config, **model_wide)
 
 
 @dataclass(frozen=True)
@@ -197,31 +304,36 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
         return tuple(sorted(at))
 
     def _check_layers(self) -> None:
-        d = self.embedding_dim
         if self.slstm_at and self.slstm is None:
             raise ValueError(f"slstm_at={list(self.slstm_at)} places sLSTM blocks, but slstm=None")
         if len(self.slstm_at) < self.num_blocks and self.mlstm is None:
             raise ValueError(f"slstm_at={list(self.slstm_at)} leaves mLSTM blocks, but mlstm=None; use slstm_at='all'")
         if self.mlstm is not None and len(self.slstm_at) < self.num_blocks:
-            inner = self.mlstm.inner_dim(d)
-            if inner < 1:
-                raise ValueError(f"mlstm.proj_factor={self.mlstm.proj_factor} gives an empty inner dim for D={d}")
-            if inner % self.mlstm.num_heads:
-                raise ValueError(f"mlstm.num_heads={self.mlstm.num_heads} must divide the mLSTM inner dim {inner}")
-            if inner % self.mlstm.qkv_proj_blocksize:
-                raise ValueError(
-                    f"mlstm.qkv_proj_blocksize={self.mlstm.qkv_proj_blocksize} must divide the mLSTM inner dim {inner}"
-                )
+            self.mlstm_config()
         if self.slstm is not None and self.slstm_at:
-            if d % self.slstm.num_heads:
-                raise ValueError(f"slstm.num_heads={self.slstm.num_heads} must divide embedding_dim={d}")
-            if self.slstm.bias_init == "powerlaw_blockdependent" and d // self.slstm.num_heads < 2:
-                raise ValueError(
-                    "slstm.bias_init='powerlaw_blockdependent' needs a head dim >= 2 "
-                    f"(embedding_dim={d}, slstm.num_heads={self.slstm.num_heads})"
-                )
-            if self.feedforward is not None and self.feedforward.hidden_dim(d) < 1:
-                raise ValueError(f"feedforward.proj_factor={self.feedforward.proj_factor} gives an empty FFN for D={d}")
+            self.slstm_config()
+            if self.feedforward is not None:
+                self.feedforward_config()
+
+    def _model_wide(self) -> dict[str, Any]:
+        return dict(
+            embedding_dim=self.embedding_dim, num_blocks=self.num_blocks, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+
+    def mlstm_config(self) -> mLSTMLayerConfig:
+        """``mlstm`` completed with this model's width, depth, bias, backend, chunk size and dtypes."""
+        return inherit(
+            self.mlstm, "mlstm", "xLSTMLMConfig", **self._model_wide(), bias=self.bias, backend=self.backend,
+            chunk_size=self.chunk_size,
+        )  # fmt: skip
+
+    def slstm_config(self) -> sLSTMLayerConfig:
+        """``slstm`` completed with this model's width, depth, sLSTM backend and dtypes."""
+        return inherit(self.slstm, "slstm", "xLSTMLMConfig", **self._model_wide(), backend=self.slstm_backend)
+
+    def feedforward_config(self) -> FeedForwardConfig:
+        """``feedforward`` completed with this model's width, depth and dtypes."""
+        return inherit(self.feedforward, "feedforward", "xLSTMLMConfig", **self._model_wide())
 
     @property
     def block_types(self) -> tuple[str, ...]:

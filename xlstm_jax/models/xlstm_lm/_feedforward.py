@@ -13,7 +13,7 @@ from flax import nnx
 
 from xlstm_jax import nn
 
-from ._config import xLSTMLMConfig
+from ._config import FeedForwardConfig, required_width
 
 ACTIVATIONS = {
     "gelu": partial(jax.nn.gelu, approximate=False),  # torch's default gelu is the exact erf form
@@ -26,12 +26,14 @@ ACTIVATIONS = {
 
 
 class GatedFeedForward(nnx.Module):
-    def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
-        ff, d = config.feedforward, config.embedding_dim
+    """The gated FFN; ``GatedFeedForward(FeedForwardConfig(embedding_dim=D, ...), rngs=...)`` on its own."""
+
+    def __init__(self, config: FeedForwardConfig, *, rngs: nnx.Rngs):
+        ff, d = config, required_width(config, "feedforward")
         p = ff.hidden_dim(d)
-        kw = dict(use_bias=ff.bias, dtype=config.compute_dtype, param_dtype=config.parameter_dtype, rngs=rngs)
+        kw = dict(use_bias=ff.bias, dtype=jnp.dtype(ff.dtype), param_dtype=jnp.dtype(ff.param_dtype), rngs=rngs)
         self.proj_up = nn.Linear(d, 2 * p, kernel_init=nn.small_init(d), names=("embed", "mlp"), **kw)
-        self.proj_down = nn.Linear(p, d, kernel_init=nn.wang_init(d, config.num_blocks), names=("mlp", "embed"), **kw)
+        self.proj_down = nn.Linear(p, d, kernel_init=nn.wang_init(d, ff.num_blocks), names=("mlp", "embed"), **kw)
         self.act_fn = ff.act_fn
 
     def __call__(self, x: jax.Array) -> jax.Array:

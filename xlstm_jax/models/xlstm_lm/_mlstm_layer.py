@@ -23,7 +23,7 @@ from flax import nnx
 
 from xlstm_jax import backends, nn, ops
 
-from ._config import xLSTMLMConfig
+from ._config import mLSTMLayerConfig, required_width
 
 
 class mLSTMBlockState(NamedTuple):
@@ -34,15 +34,17 @@ class mLSTMBlockState(NamedTuple):
     conv: jax.Array
 
 
-class mLSTMLayer(nnx.Module):
-    def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
-        cfg, d = config.mlstm, config.embedding_dim
+class mLSTMLayer(nnx.Module):  # noqa: N801 (the official name)
+    """The mLSTM layer; ``mLSTMLayer(mLSTMLayerConfig(embedding_dim=D, ...), rngs=...)`` on its own."""
+
+    def __init__(self, config: mLSTMLayerConfig, *, rngs: nnx.Rngs):
+        cfg, d = config, required_width(config, "mlstm")
         inner = cfg.inner_dim(d)
         blocks = inner // cfg.qkv_proj_blocksize
-        dtype, pdtype = config.compute_dtype, config.parameter_dtype
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         kw = dict(dtype=dtype, param_dtype=pdtype, rngs=rngs)
         self.proj_up = nn.Linear(
-            d, 2 * inner, use_bias=config.bias, kernel_init=nn.small_init(d), names=("embed", "heads"), **kw
+            d, 2 * inner, use_bias=cfg.bias, kernel_init=nn.small_init(d), names=("embed", "heads"), **kw
         )
         conv_bound = cfg.conv1d_kernel_size**-0.5  # PyTorch's Conv1d default, fan_in = K (depthwise)
         self.conv1d = nn.CausalConv1d(
@@ -53,9 +55,9 @@ class mLSTMLayer(nnx.Module):
             **kw,
         )
         bs = cfg.qkv_proj_blocksize
-        self.q_proj = nn.HeadwiseLinear(blocks, bs, bs, use_bias=config.bias, init=nn.small_init(d), **kw)
-        self.k_proj = nn.HeadwiseLinear(blocks, bs, bs, use_bias=config.bias, init=nn.small_init(d), **kw)
-        self.v_proj = nn.HeadwiseLinear(blocks, bs, bs, use_bias=config.bias, init=nn.small_init(d), **kw)
+        self.q_proj = nn.HeadwiseLinear(blocks, bs, bs, use_bias=cfg.bias, init=nn.small_init(d), **kw)
+        self.k_proj = nn.HeadwiseLinear(blocks, bs, bs, use_bias=cfg.bias, init=nn.small_init(d), **kw)
+        self.v_proj = nn.HeadwiseLinear(blocks, bs, bs, use_bias=cfg.bias, init=nn.small_init(d), **kw)
         # Gate pre-activations in float32 whatever the compute dtype; weights 0, bias always on.
         gate_kw = dict(
             use_bias=True, kernel_init=nn.zeros, names=("heads", None), dtype=jnp.float32, param_dtype=pdtype
@@ -69,12 +71,12 @@ class mLSTMLayer(nnx.Module):
         self.proj_down = nn.Linear(
             inner,
             d,
-            use_bias=config.bias,
-            kernel_init=nn.wang_init(d, config.num_blocks),
+            use_bias=cfg.bias,
+            kernel_init=nn.wang_init(d, cfg.num_blocks),
             names=("heads", "embed"),
             **kw,
         )
-        self.num_heads, self.backend, self.chunk_size = cfg.num_heads, config.backend, config.chunk_size
+        self.num_heads, self.backend, self.chunk_size = cfg.num_heads, cfg.backend, cfg.chunk_size
 
     def __call__(
         self,

@@ -22,7 +22,10 @@ from flax import nnx
 
 from xlstm_jax import nn, ops
 
-from ._config import xLSTMLMConfig
+from .._inputs import check_embeds, one_input
+from .._inputs import check_ids as check_ids_in
+from .._output import xLSTMOutput
+from ._config import FeedForwardConfig, inherit, mLSTMLayerConfig, required_width, sLSTMLayerConfig, xLSTMLMConfig
 from ._feedforward import GatedFeedForward
 from ._mlstm_layer import mLSTMBlockState, mLSTMLayer
 from ._slstm_layer import sLSTMBlockState, sLSTMLayer
@@ -30,39 +33,64 @@ from ._slstm_layer import sLSTMBlockState, sLSTMLayer
 BlockState = mLSTMBlockState | sLSTMBlockState
 
 
-def _norm(config: xLSTMLMConfig) -> nn.LayerNorm:
+def _norm(config: mLSTMLayerConfig | sLSTMLayerConfig) -> nn.LayerNorm:
     return nn.LayerNorm(
-        config.embedding_dim,
+        required_width(config, "mlstm" if isinstance(config, mLSTMLayerConfig) else "slstm"),
         eps=1e-5,
         residual_weight=True,
-        dtype=config.compute_dtype,
-        param_dtype=config.parameter_dtype,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
     )
 
 
-class mLSTMBlock(nnx.Module):
-    def __init__(self, config: xLSTMLMConfig, *, rngs: nnx.Rngs):
+class mLSTMBlock(nnx.Module):  # noqa: N801 (the official name)
+    """x + mLSTMLayer(LayerNorm(x)); ``mLSTMBlock(mLSTMLayerConfig(embedding_dim=D, ...), rngs=...)``."""
+
+    def __init__(self, config: mLSTMLayerConfig, *, rngs: nnx.Rngs):
         self.xlstm_norm = _norm(config)
         self.xlstm = mLSTMLayer(config, rngs=rngs)
 
-    def __call__(self, x: jax.Array, state: mLSTMBlockState | None, *, return_state: bool, resets=None):
-        """x (B, S, D) residual stream -> (x, new state or None)."""
+    def __call__(
+        self, x: jax.Array, state: mLSTMBlockState | None = None, *, return_state: bool = False, resets=None
+    ) -> tuple[jax.Array, mLSTMBlockState | None]:
+        """x (B, S, D) residual stream -> (x, new state if ``return_state`` else None)."""
         y, state = self.xlstm(self.xlstm_norm(x), state, return_state=return_state, resets=resets)
         return x + y.astype(x.dtype), state
 
 
-class sLSTMBlock(nnx.Module):
-    def __init__(self, config: xLSTMLMConfig, block_idx: int, *, rngs: nnx.Rngs):
+class sLSTMBlock(nnx.Module):  # noqa: N801 (the official name)
+    """x + sLSTMLayer(LayerNorm(x)), then + GatedFeedForward(LayerNorm(.)) unless ``feedforward`` is None.
+
+    On its own: ``sLSTMBlock(sLSTMLayerConfig(embedding_dim=D, ...), FeedForwardConfig(...), rngs=...)``;
+    the FFN takes its width, depth and dtypes from the sLSTM config. ``block_idx`` only shapes the
+    ``powerlaw_blockdependent`` bias init.
+    """
+
+    def __init__(
+        self,
+        config: sLSTMLayerConfig,
+        feedforward: FeedForwardConfig | None = FeedForwardConfig(),  # noqa: B008 (frozen)
+        *,
+        block_idx: int = 0,
+        rngs: nnx.Rngs,
+    ):
         self.xlstm_norm = _norm(config)
-        self.xlstm = sLSTMLayer(config, block_idx, rngs=rngs)
-        if config.feedforward is not None:
+        self.xlstm = sLSTMLayer(config, block_idx=block_idx, rngs=rngs)
+        if feedforward is not None:
+            wide = dict(embedding_dim=required_width(config, "slstm"), num_blocks=config.num_blocks)
+            feedforward = inherit(
+                feedforward, "feedforward", "sLSTMLayerConfig", **wide, dtype=config.dtype,
+                param_dtype=config.param_dtype,
+            )  # fmt: skip
             self.ffn_norm = _norm(config)
-            self.ffn = GatedFeedForward(config, rngs=rngs)
+            self.ffn = GatedFeedForward(feedforward, rngs=rngs)
         else:
             self.ffn_norm = self.ffn = None
 
-    def __call__(self, x: jax.Array, state: sLSTMBlockState | None, *, return_state: bool, resets=None):
-        """x (B, S, D) residual stream -> (x, new state or None)."""
+    def __call__(
+        self, x: jax.Array, state: sLSTMBlockState | None = None, *, return_state: bool = False, resets=None
+    ) -> tuple[jax.Array, sLSTMBlockState | None]:
+        """x (B, S, D) residual stream -> (x, new state if ``return_state`` else None)."""
         y, state = self.xlstm(self.xlstm_norm(x), state, return_state=return_state, resets=resets)
         x = x + y.astype(x.dtype)
         if self.ffn is not None:
@@ -96,9 +124,14 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
         self.token_embedding = nn.Embed(
             config.vocab_size, d, init=nn.small_init(d), dtype=dtype, param_dtype=pdtype, rngs=rngs
         )
+        if "s" in config.block_types:
+            slstm = config.slstm_config()
+            feedforward = None if config.feedforward is None else config.feedforward_config()
         self.blocks = nnx.List(
             [
-                sLSTMBlock(config, idx, rngs=rngs) if kind == "s" else mLSTMBlock(config, rngs=rngs)
+                sLSTMBlock(slstm, feedforward, block_idx=idx, rngs=rngs)
+                if kind == "s"
+                else mLSTMBlock(config.mlstm_config(), rngs=rngs)
                 for idx, kind in enumerate(config.block_types)
             ]
         )
@@ -119,11 +152,13 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
 
     def __call__(
         self,
-        ids: jax.Array,
+        ids: jax.Array | None = None,
         *,
+        inputs_embeds: jax.Array | None = None,
         state: Sequence[BlockState] | None = None,
         return_state: bool = False,
         segment_ids: jax.Array | None = None,
+        check_ids: bool = False,
     ) -> jax.Array | tuple[jax.Array, tuple[BlockState, ...]]:
         """ids (B, S) int -> logits (B, S, V) float32, or ``(logits, state)`` if ``return_state``.
 
@@ -131,22 +166,56 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
         sequence; S = 1 with a state is one generation step. ``segment_ids`` (B, S) int
         marks packed documents (training rows): every recurrent state (mLSTM memory,
         sLSTM cell, conv windows) restarts where the id changes, so no information
-        passes between documents.
+        passes between documents. See ``forward`` for ``inputs_embeds`` and ``check_ids``.
         """
-        ids = jnp.asarray(ids)
-        if ids.ndim != 2 or not jnp.issubdtype(ids.dtype, jnp.integer):
-            raise ValueError(f"ids must be an integer array of shape (B, S), got {ids.dtype} {ids.shape}")
+        out = self.forward(
+            ids, inputs_embeds=inputs_embeds, state=state, return_state=return_state, segment_ids=segment_ids,
+            check_ids=check_ids,
+        )  # fmt: skip
+        return (out.logits, out.state) if return_state else out.logits
+
+    def forward(
+        self,
+        ids: jax.Array | None = None,
+        *,
+        inputs_embeds: jax.Array | None = None,
+        state: Sequence[BlockState] | None = None,
+        return_state: bool = False,
+        segment_ids: jax.Array | None = None,
+        output_hidden_states: bool = False,
+        check_ids: bool = False,
+        compute_logits: bool = True,
+    ) -> xLSTMOutput:
+        """The model on ids (B, S) or on ``inputs_embeds`` (B, S, D) in place of the token embedding.
+
+        Returns an ``xLSTMOutput``: logits (unless ``compute_logits=False``), the last hidden state,
+        the state if ``return_state``, every block's input if ``output_hidden_states``. Concrete ids
+        are checked against ``vocab_size``; traced ids only with ``check_ids=True`` inside a function
+        wrapped by ``xlstm_jax.checked``.
+        """
+        one_input(ids, inputs_embeds)
+        if ids is not None:
+            ids = check_ids_in(ids, self.config.vocab_size, traced=check_ids)
+            x = self.token_embedding(ids)
+        else:
+            x = check_embeds(inputs_embeds, self.config.embedding_dim)
+        shape = x.shape[:2]
         if state is not None:
-            state = self._check_state(state, ids.shape[0])
-        resets = nn.document_starts(segment_ids, ids.shape)
-        x = self.token_embedding(ids)
+            state = self._check_state(state, shape[0])
+        resets = nn.document_starts(segment_ids, shape)
         x = x.astype(jnp.promote_types(jnp.float32, x.dtype))  # float32 residual stream
-        x, new_state = self._run_blocks(x, state, return_state, resets)
+        x, new_state, hidden = self._run_blocks(x, state, return_state, resets, output_hidden_states)
         if self.post_blocks_norm is not None:
             x = self.post_blocks_norm(x)
-        logits = self.token_embedding.attend(x) if self.lm_head is None else self.lm_head(x)
-        logits = logits.astype(jnp.promote_types(jnp.float32, logits.dtype))
-        return (logits, new_state) if return_state else logits
+        logits = None
+        if compute_logits:
+            logits = self.token_embedding.attend(x) if self.lm_head is None else self.lm_head(x)
+            logits = logits.astype(jnp.promote_types(jnp.float32, logits.dtype))
+        return xLSTMOutput(logits=logits, last_hidden_state=x, state=new_state, hidden_states=hidden)
+
+    def backbone(self, ids: jax.Array | None = None, **kwargs) -> xLSTMOutput:
+        """``forward`` without the head: ``backbone(ids).last_hidden_state`` (B, S, D) are the features."""
+        return self.forward(ids, **kwargs, compute_logits=False)
 
     def _runs(self) -> list[tuple[int, int]]:
         """[start, stop) ranges of consecutive blocks of the same type (one ``lax.scan`` each)."""
@@ -157,14 +226,16 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
                 start = j
         return runs
 
-    def _run_blocks(self, x, state, return_state: bool, resets):
-        remat, new_states = self.config.remat, []
+    def _run_blocks(self, x, state, return_state: bool, resets, collect: bool = False):
+        """x (B, S, D) through every block -> (x, new states or None, block inputs + output or None)."""
+        remat, new_states, hidden = self.config.remat, [], [x]
         for start, stop in self._runs():
             blocks = list(self.blocks[start:stop])
             states = [None] * (stop - start) if state is None else list(state[start:stop])
             if self.config.scan_blocks and len(blocks) > 1:
-                x, run_states = self._scan(blocks, x, states, return_state, resets)
+                x, run_states, run_hidden = self._scan(blocks, x, states, return_state, resets, collect)
                 new_states += run_states
+                hidden += run_hidden
                 continue
             for block, block_state in zip(blocks, states):
                 if remat:
@@ -174,9 +245,10 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
                 else:
                     x, block_state = block(x, block_state, return_state=return_state, resets=resets)
                 new_states.append(block_state)
-        return x, (tuple(new_states) if return_state else None)
+                hidden.append(x)
+        return x, (tuple(new_states) if return_state else None), (tuple(hidden) if collect else None)
 
-    def _scan(self, blocks, x, states, return_state: bool, resets):
+    def _scan(self, blocks, x, states, return_state: bool, resets, collect: bool):
         """One ``lax.scan`` over identical blocks: their parameters (and states) stacked on a new axis."""
         graphdef = nnx.split(blocks[0])[0]
         params = _stack([nnx.split(block)[1] for block in blocks])
@@ -184,14 +256,16 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
 
         def body(carry, xs):
             block_params, block_state = xs
-            return _apply_block(graphdef, block_params, carry, block_state, resets, return_state=return_state)
+            y, new_state = _apply_block(graphdef, block_params, carry, block_state, resets, return_state=return_state)
+            return y, (new_state, y if collect else None)
 
         if self.config.remat:
             body = nn.remat(body, self.config.remat_policy)
-        x, out = jax.lax.scan(body, x, (params, stacked_state))
+        x, (out, ys) = jax.lax.scan(body, x, (params, stacked_state))
+        hidden = [ys[j] for j in range(len(blocks))] if collect else []
         if not return_state:
-            return x, [None] * len(blocks)
-        return x, [jax.tree.map(lambda a, j=j: a[j], out) for j in range(len(blocks))]
+            return x, [None] * len(blocks), hidden
+        return x, [jax.tree.map(lambda a, j=j: a[j], out) for j in range(len(blocks))], hidden
 
     def _check_state(self, state, batch: int) -> tuple[BlockState, ...]:
         """Accept any (cell, conv) tuples of the right structure; name the block on a bad shape."""

@@ -23,7 +23,7 @@ from flax import nnx
 
 from xlstm_jax import backends, nn, ops
 
-from ._config import xLSTMLMConfig
+from ._config import required_width, sLSTMLayerConfig
 
 _GATES = 4  # i, f, z, o
 _EPS = 1e-5
@@ -69,12 +69,17 @@ def _head_norm(h: jax.Array) -> jax.Array:
     return h.reshape(*h.shape[:-2], -1)
 
 
-class sLSTMLayer(nnx.Module):
-    def __init__(self, config: xLSTMLMConfig, block_idx: int, *, rngs: nnx.Rngs):
-        cfg, d = config.slstm, config.embedding_dim
+class sLSTMLayer(nnx.Module):  # noqa: N801 (the official name)
+    """The sLSTM layer; ``sLSTMLayer(sLSTMLayerConfig(embedding_dim=D, ...), rngs=...)`` on its own.
+
+    ``block_idx`` (the position in the model) only shapes the ``powerlaw_blockdependent`` bias init.
+    """
+
+    def __init__(self, config: sLSTMLayerConfig, *, block_idx: int = 0, rngs: nnx.Rngs):
+        cfg, d = config, required_width(config, "slstm")
         nh, dh = cfg.num_heads, d // cfg.num_heads
-        dtype, pdtype = config.compute_dtype, config.parameter_dtype
-        self.backend = config.slstm_backend
+        dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+        self.backend = cfg.backend
         if cfg.conv1d_kernel_size > 0:
             bound = cfg.conv1d_kernel_size**-0.5  # PyTorch's Conv1d default, fan_in = K (depthwise)
             self.conv1d = nn.CausalConv1d(
@@ -100,7 +105,7 @@ class sLSTMLayer(nnx.Module):
         self.recurrent_kernel = nn.param(
             rngs, recurrent_init, (nh, dh, _GATES, dh), ("heads", None, None, None), pdtype
         )
-        bias_init = slstm_bias_init(cfg.bias_init, nh, dh, d, block_idx, config.num_blocks)
+        bias_init = slstm_bias_init(cfg.bias_init, nh, dh, d, block_idx, cfg.num_blocks)
         self.bias = nn.param(rngs, bias_init, (nh, _GATES, dh), ("heads", None, None), pdtype)
         if cfg.group_norm_weight:
             self.group_norm = nn.MultiHeadLayerNorm(
