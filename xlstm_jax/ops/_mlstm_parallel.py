@@ -14,9 +14,9 @@ import jax.numpy as jnp
 from ._checks import check_eps
 from ._decay import cumulative_forget, log_decay_matrix
 from ._mlstm_inputs import isolate_nonfinite, normalizer_floor, prepare
+from ._transforms import static_setting
 
 
-@partial(jax.jit, static_argnames=("eps",))
 def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
     """Stabilized quadratic mLSTM::
 
@@ -38,7 +38,11 @@ def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
     Returns:
       h: (B, NH, S, DHV) in the dtype of q, k, v.
     """
-    eps = check_eps(eps)
+    return _parallel(q, k, v, i, f, eps=check_eps(static_setting("mlstm_parallel", "eps", eps)))
+
+
+@partial(jax.jit, static_argnames=("eps",))
+def _parallel(q, k, v, i, f, *, eps: float) -> jax.Array:
     x = prepare(q, k, v, i, f, None, sequence=True, state_name="initial_state")
     log_d = log_decay_matrix(cumulative_forget(jax.nn.log_sigmoid(x.f)), x.i)  # (B, NH, S, S)
     m = jnp.max(log_d, axis=-1)  # (B, NH, S)
