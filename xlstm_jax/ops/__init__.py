@@ -8,6 +8,19 @@ mLSTM forms (same contract as the official ``mlstm_kernels``):
 sLSTM:
   ``slstm_scan``       ``lax.scan`` of ``slstm_step`` over a sequence.
   ``slstm_step``       one token.
+
+Transformations: every op works under ``jax.jit``, ``jax.vmap`` (over any leading axis)
+and ``jax.grad`` / ``jax.vjp``. The settings ``chunk_size`` and ``eps`` are static:
+``jax.jit(mlstm_chunkwise, static_argnames=("chunk_size", "eps"))`` or
+``jax.jit(functools.partial(mlstm_chunkwise, chunk_size=64))``; a traced setting raises a
+``TypeError`` that says this. ``mlstm_chunkwise`` and ``slstm_scan`` have hand-written
+reverse-mode gradients only: ``jax.jvp`` / ``jax.jacfwd`` through them raise a ``TypeError``
+naming the alternatives (``jax.jacrev``, or ``mlstm_recurrent`` / ``mlstm_parallel`` /
+a scan of ``slstm_step``, which support forward mode). Inside an outer ``jax.jit`` that
+error is JAX's own "can't apply forward-mode autodiff (jvp) to a custom_vjp function".
+
+Non-finite inputs: a NaN or inf in k or v at step s reaches the outputs from s on and
+none before, in every mLSTM form (as in the recurrent definition).
 """
 
 from ._mlstm_chunkwise import mlstm_chunkwise

@@ -16,6 +16,7 @@ from ._checks import check_eps, check_positive_int
 from ._chunkwise_bwd import backward
 from ._chunkwise_fwd import Residuals, forward
 from ._states import MLSTMState
+from ._transforms import reverse_mode_only, static_setting
 from .chunkwise_math import pad_to_chunks
 from .mlstm_inputs import isolate_nonfinite, prepare
 
@@ -36,7 +37,6 @@ def _chunkwise_bwd(chunk_size, eps, res: Residuals, cotangents):
 _chunkwise.defvjp(_chunkwise_fwd, _chunkwise_bwd)
 
 
-@partial(jax.jit, static_argnames=("chunk_size", "eps"))
 def mlstm_chunkwise(
     q,
     k,
@@ -71,9 +71,24 @@ def mlstm_chunkwise(
       float32 (float64 for float64 inputs). Equal to ``mlstm_recurrent`` up to
       floating-point rounding. A NaN or inf in k or v at step s makes h (and the
       final c, n) NaN from s on and not before, as in the recurrent form.
+
+    Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) is not available through the
+    custom VJP: use ``jax.jacrev`` / ``jax.vjp``, or ``mlstm_recurrent``.
     """
-    chunk_size = check_positive_int("chunk_size", chunk_size)
-    eps = check_eps(eps)
+    chunk_size = check_positive_int("chunk_size", static_setting("mlstm_chunkwise", "chunk_size", chunk_size))
+    eps = check_eps(static_setting("mlstm_chunkwise", "eps", eps))
+    with reverse_mode_only("mlstm_chunkwise", _FORWARD_MODE_ALTERNATIVES):
+        return _chunkwise_op(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+
+
+_FORWARD_MODE_ALTERNATIVES = (
+    "use jax.jacrev, jax.vjp or jax.grad, or mlstm_recurrent or mlstm_parallel (the same function, "
+    "differentiated by plain autodiff) for forward mode"
+)
+
+
+@partial(jax.jit, static_argnames=("chunk_size", "eps"))
+def _chunkwise_op(q, k, v, i, f, *, chunk_size: int, initial_state: MLSTMState | None, eps: float):
     x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
     seq_len = x.q.shape[2]
     chunk_size = min(chunk_size, seq_len)

@@ -12,11 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from ._checks import check_eps
+from ._transforms import static_setting
 from .decay import cumulative_forget, log_decay_matrix
 from .mlstm_inputs import isolate_nonfinite, normalizer_floor, prepare
 
 
-@partial(jax.jit, static_argnames=("eps",))
 def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
     """Stabilized quadratic mLSTM::
 
@@ -29,7 +29,7 @@ def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
     no ``m_0 = 0`` term: h agrees with them except where the ``exp(-m)`` floor is
     active (float64 differences of order 1e-6 relative, as in the official code).
     A NaN or inf in k or v at step s makes h NaN from s on and not before, as in
-    the recurrent form (``_mlstm_inputs.isolate_nonfinite``).
+    the recurrent form (``mlstm_inputs.isolate_nonfinite``).
 
     Args:
       q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); i, f: (B, NH, S) pre-activations.
@@ -38,7 +38,11 @@ def mlstm_parallel(q, k, v, i, f, *, eps: float = 1e-6) -> jax.Array:
     Returns:
       h: (B, NH, S, DHV) in the dtype of q, k, v.
     """
-    eps = check_eps(eps)
+    return _parallel(q, k, v, i, f, eps=check_eps(static_setting("mlstm_parallel", "eps", eps)))
+
+
+@partial(jax.jit, static_argnames=("eps",))
+def _parallel(q, k, v, i, f, *, eps: float) -> jax.Array:
     x = prepare(q, k, v, i, f, None, sequence=True, state_name="initial_state")
     log_d = log_decay_matrix(cumulative_forget(jax.nn.log_sigmoid(x.f)), x.i)  # (B, NH, S, S)
     m = jnp.max(log_d, axis=-1)  # (B, NH, S)

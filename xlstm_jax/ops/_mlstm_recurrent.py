@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ._checks import check_eps
 from ._states import MLSTMState
+from ._transforms import static_setting
 from .mlstm_inputs import normalizer_floor, prepare
 
 
@@ -38,7 +39,6 @@ def _step(q, k, v, i, f, state: MLSTMState, eps: float):
     return num / den[..., None], MLSTMState(c_new, n_new, m_new)
 
 
-@partial(jax.jit, static_argnames=("eps",))
 def mlstm_step(q, k, v, i, f, state: MLSTMState | None, *, eps: float = 1e-6):
     """One mLSTM token.
 
@@ -54,13 +54,16 @@ def mlstm_step(q, k, v, i, f, state: MLSTMState | None, *, eps: float = 1e-6):
       ``(h, state)``: h (B, NH, DHV) in the dtype of q, k, v; the new state in float32
       (float64 for float64 inputs).
     """
-    eps = check_eps(eps)
+    return _step_op(q, k, v, i, f, state, eps=check_eps(static_setting("mlstm_step", "eps", eps)))
+
+
+@partial(jax.jit, static_argnames=("eps",))
+def _step_op(q, k, v, i, f, state: MLSTMState | None, *, eps: float):
     x = prepare(q, k, v, i, f, state, sequence=False, state_name="state")
     h, new_state = _step(x.q, x.k, x.v, x.i, x.f, x.state, eps)
     return h.astype(x.out_dtype), new_state
 
 
-@partial(jax.jit, static_argnames=("eps",))
 def mlstm_recurrent(q, k, v, i, f, *, initial_state: MLSTMState | None = None, eps: float = 1e-6):
     """mLSTM over a sequence by a ``lax.scan`` of the step (O(S) time, O(1) state).
 
@@ -74,7 +77,12 @@ def mlstm_recurrent(q, k, v, i, f, *, initial_state: MLSTMState | None = None, e
     Returns:
       ``(h, state)``: h (B, NH, S, DHV) in the dtype of q, k, v, and the final state.
     """
-    eps = check_eps(eps)
+    eps = check_eps(static_setting("mlstm_recurrent", "eps", eps))
+    return _recurrent(q, k, v, i, f, initial_state=initial_state, eps=eps)
+
+
+@partial(jax.jit, static_argnames=("eps",))
+def _recurrent(q, k, v, i, f, *, initial_state: MLSTMState | None, eps: float):
     x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
 
     def body(state, xs):

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from ._states import SLSTMState
+from ._transforms import reverse_mode_only
 from .slstm_math import GATES, local_jacobian, pointwise, pointwise_backward, prepare
 
 
@@ -123,7 +124,6 @@ def _scan_bwd(res, d_states: SLSTMState):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-@jax.jit
 def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | None = None, resets=None):
     """sLSTM over a sequence with ``lax.scan``.
 
@@ -135,12 +135,25 @@ def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | N
       recurrent_kernel: (NH, DH, 4, DH); ``raw[b, g, h, o] += sum_d h_prev[b, h, d] R[h, d, g, o]``.
       bias: (NH, 4, DH).
       initial_state: ``SLSTMState`` (h, c, n, m), each (B, NH, DH); zeros when None.
-      resets: optional (B, S) bool; True where the state is reset to zeros before the
-        token (the first token of a new document in a packed row).
+      resets: optional (B, S) bool array (or nested lists / numpy); True where the state
+        is reset to zeros before the token (the first token of a new document in a packed row).
 
     Returns:
       ``(h, state)``: h (B, S, NH, DH) in the dtype of gates_x, and the final state.
+
+    Forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) is not available through the
+    custom VJP: use ``jax.jacrev`` / ``jax.vjp``, or a ``lax.scan`` of ``slstm_step``.
     """
+    if resets is not None:
+        resets = jnp.asarray(resets)  # lists, tuples and numpy arrays as well as jax arrays
+    with reverse_mode_only(
+        "slstm_scan", "use jax.jacrev, jax.vjp or jax.grad, or a jax.lax.scan of slstm_step for forward mode"
+    ):
+        return _scan_op(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)
+
+
+@jax.jit
+def _scan_op(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | None, resets):
     gates, kernel, state = prepare(
         gates_x, recurrent_kernel, bias, initial_state, sequence=True, state_name="initial_state"
     )
@@ -149,7 +162,9 @@ def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | N
         keep = jnp.ones((s, b), bool)
     else:
         if jnp.shape(resets) != (b, s) or jnp.asarray(resets).dtype != jnp.bool_:
-            raise ValueError(f"resets must be a (B={b}, S={s}) bool array, got {jnp.shape(resets)} {resets.dtype}")
+            raise ValueError(
+                f"resets must be a (B={b}, S={s}) bool array, got shape {jnp.shape(resets)} and dtype {resets.dtype}"
+            )
         keep = jnp.logical_not(resets).T
     gates = jnp.transpose(gates, (1, 3, 0, 2, 4))  # (S, NH, B, 4, DH), bias already added
     states = _scan(gates, kernel, _to_heads_first(state), keep)  # fields (S, NH, B, DH)
