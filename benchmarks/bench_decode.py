@@ -62,7 +62,7 @@ ONCE (after the 1024 case warmed it up); ours with ``--reps`` calls.
 run) minus the median of the later calls of the same length, for the ``N`` call
 (``compile_s_2n``: the ``2N`` call). Torch has no compile step (``compile_s`` null).
 
-Timing hygiene (docs/xlstm-reference.md B.7 item 9; helpers in ``_timing.py``): before every
+Timing hygiene (docs/design.md §Benchmarks; helpers in ``_timing.py``): before every
 case the script waits until the machine's busy fraction is below ``--busy-threshold``
 (``cpu_busy_before``, 0..1 of all cores, in the last 0.5 s window), measures the CPU used by
 OTHER processes during the timed calls (``cpu_other_during``), and re-runs a contaminated case

@@ -57,7 +57,7 @@ timed steps (each blocked on: ``jax.block_until_ready`` of the new state and met
 is synchronous). ``median_s`` is the median step time; ``tokens_per_s = B*S / median_s``.
 torch has no compile step (``compile_s`` null); ``first_step_s`` is each impl's first step.
 
-Timing hygiene (docs/xlstm-reference.md B.7 item 9; helpers in ``_timing.py``): before every
+Timing hygiene (docs/design.md §Benchmarks; helpers in ``_timing.py``): before every
 case the script waits until the machine's busy fraction is below ``--busy-threshold``
 (``cpu_busy_before``, 0..1 of all cores, in the last 0.5 s window), measures the CPU used by OTHER
 processes during the timed steps (``cpu_other_during``), and re-runs a contaminated case up to

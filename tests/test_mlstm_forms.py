@@ -1,7 +1,7 @@
 """All mLSTM forms agree with each other and with float64 truth: h, final state, gradients.
 
 Truth is ``mlstm_recurrent`` (the step definition) in float64; ``test_parity_official``
-ties that to the official PyTorch kernels. Tolerances (issue 2): float32 forward within
+ties that to the official PyTorch kernels. Tolerances (docs/design.md §Numerical bounds): float32 forward within
 1e-4 x max|ref|, gradients within 1e-3 x max|ref| per tensor; state passing within 1e-5.
 """
 

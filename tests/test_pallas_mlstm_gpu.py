@@ -5,7 +5,7 @@ chosen so that chunks hold several query / key tiles and the head dims several D
 The production tiles are cross-lowered for CUDA (Triton), which catches block-shape and lowering
 errors without a GPU; compiling and running them needs an H100.
 
-Tolerances as for the XLA forms (issue 2): float32 forward within 1e-4 x max|ref|, gradients within
+Tolerances of the XLA forms (docs/design.md §Numerical bounds): float32 forward within 1e-4 x max|ref|, gradients within
 1e-3 x max|ref|. bfloat16 inputs: the kernel's matmuls take bfloat16 operands (float32 accumulation)
 while the reference computes in float32 on the same bf16 inputs; the bounds are those the XLA forms
 meet against float64 truth (test_mlstm_forms.test_bfloat16_inputs): h within 1e-2, gradients within

@@ -99,7 +99,7 @@ def test_live_parity(name):
 
 def _to_cuda_layout(case: dict) -> dict[str, np.ndarray]:
     """The vanilla state dict of ``case`` with its sLSTM cell tensors in the CUDA layout
-    (xlstm-reference.md part B 6.2, through the external layout ext (NH, DH, 4, DH) / (NH, 4, DH))."""
+    (docs/design.md §Checkpoints, through the external layout ext (NH, DH, 4, DH) / (NH, 4, DH))."""
     nh = case["config"]["slstm_block"]["slstm"]["num_heads"]
     dh = case["config"]["embedding_dim"] // nh
     out = dict(case["state_dict"])

@@ -7,7 +7,7 @@ the O(S) gate and stabilizer terms stay in plain JAX (``gpu._backward``). Layout
 * ``RDEN`` 1 / (max(|d_t|, exp(-m_t)) + eps), so dnum_t = dh_t * RDEN_t;
 * ``DD`` the cotangent of the signed normalizer d_t.
 
-Kernels (TFLA's split, xlstm-reference.md 5.5):
+Kernels (TFLA's split, docs/design.md §Kernel contract):
 
 * ``memory_cotangents``: the reverse walk over chunks, grid (BH, DHQK / block_dqk, DHV / block_dv):
   cotangent of the memory after every chunk, and of the initial memory.

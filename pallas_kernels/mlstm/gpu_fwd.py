@@ -6,7 +6,7 @@ below, built in plain JAX (``gpu._token_table``) from the O(S) stabilizers of
 ``xlstm_jax.ops.chunkwise_math.stabilizers``; the kernels never take a running max: the
 per-token stabilizer m_t already combines the intra-chunk maximum and the entering memory.
 
-Two kernels (TFLA's structure, xlstm-reference.md 5.5):
+Two kernels (TFLA's structure, docs/design.md §Kernel contract):
 
 * ``chunk_states``: the inter-chunk recurrence, grid (BH, DHQK / block_dqk, DHV / block_dv),
   each program walking the NC chunks in order with one (block_dqk, block_dv) memory tile in

@@ -1,6 +1,6 @@
 """Forward pass of the chunkwise mLSTM: linear cost in S, the XLA twin of the TFLA kernels.
 
-The sequence is cut into NC chunks of length L (xlstm-reference.md 2.3). Per chunk,
+The sequence is cut into NC chunks of length L (docs/design.md §mLSTM chunkwise). Per chunk,
 with ``b`` the cumulative log forget gates inside the chunk and ``g = b[L-1]``:
 
 * Stabilizers (``stabilizers``, O(S) work): the memory's log scale after each chunk,

@@ -1,7 +1,7 @@
 """mLSTM recurrent form: one step, and a ``lax.scan`` of it over a sequence.
 
 The step is the definition every other form is checked against
-(xlstm-reference.md part B 6.1)::
+(docs/design.md §mLSTM recurrent)::
 
     logf_t = log_sigmoid(f_t)
     m_t    = max(logf_t + m_{t-1}, i_t)

@@ -1,6 +1,6 @@
 """sLSTM cell: scalar memory with exponential gating and a block-diagonal recurrence.
 
-Pointwise step, as the official vanilla cell (xlstm-reference.md part B 6.2)::
+Pointwise step, as the official vanilla cell (docs/design.md §sLSTM)::
 
     raw[b, g, h, o] = gates_x[b, g, h, o] + sum_d h_prev[b, h, d] R[h, d, g, o] + bias[h, g, o]
     logfm  = m + log_sigmoid(f_raw)
