@@ -177,6 +177,9 @@ FULL = Protocol(
         ("parity", "xlstm01", 3e-3, 2000),
         ("parity", "xlstm10", 3e-3, 2000),
         ("mqar_c64_p4", "xlstm10", 3e-3, 1200),
+        ("parity", "xlstm11", 3e-3, 2000),
+        ("parity", "transformer", 3e-3, 2000),
+        ("mqar_c64_p4", "transformer", 3e-3, 1200),
     ),
 )
 
