@@ -117,15 +117,26 @@ def bucket_table(rows: list[dict], cells) -> str:
 
 
 def longer_table(rows: list[dict]) -> str:
+    """Formal runs: accuracy on the training lengths and per evaluation bucket; MQAR runs: query accuracy."""
     buckets = sorted(
-        (k for k in rows[0] if k.startswith("seq_acc_") and k[8].isdigit()), key=lambda k: int(k.split("_")[2])
+        {k for r in rows for k in r if k.startswith("seq_acc_") and k[8].isdigit()}, key=lambda k: int(k.split("_")[2])
     )
-    head = ["steps x batch", "lr", "train lengths", *[k.removeprefix("seq_acc_").replace("_", "-") for k in buckets]]
+    head = [
+        "steps x batch",
+        "lr",
+        "train lengths / MQAR queries",
+        *[k.removeprefix("seq_acc_").replace("_", "-") for k in buckets],
+    ]
     lines = ["| task | model | " + " | ".join(head) + " |", "|---" * (len(head) + 2) + "|"]
     for r in rows:
-        accs = [f"{100 * r[k]:.1f}" for k in ("seq_acc_train_len", *buckets)]
+        if r["experiment"] == "mqar":
+            task = f"MQAR {r['train_len'][1]}, {r['num_kv_pairs']} (d={r['width']})"
+            accs = [f"{100 * r['query_acc']:.1f}", *["-" for _ in buckets]]
+        else:
+            task = r["task"].replace("_", " ")
+            accs = [f"{100 * r[k]:.1f}" if k in r else "-" for k in ("seq_acc_train_len", *buckets)]
         cells = [f"{r['steps']} x {r['batch_size']}", f"{r['lr']:g}", *accs]
-        lines.append(f"| {r['task'].replace('_', ' ')} | {MODEL_NAMES[r['model']]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {task} | {MODEL_NAMES[r['model']]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -217,7 +228,8 @@ def write_report(
             bucket_table(rows, formal) if formal else "(no runs yet)",
             "### MQAR: held-out accuracy (%) of the queries",
             mqar_table(mqar) if mqar else "(no runs yet)",
-            "### Longer training (seed 0): sequence accuracy (%) on the training lengths and per evaluation length",
+            "### Longer training (seed 0): held-out accuracy (%) on the training lengths (MQAR: of the queries) and "
+            "per evaluation length",
             longer_table(longer) if longer else "(no runs yet)",
             f"{len(rows) + len(longer)} runs, {(wall + sum(r['wall_s'] for r in longer)) / 60:.1f} min of run wall "
             "time in total.",

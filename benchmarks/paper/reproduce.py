@@ -74,30 +74,42 @@ class Protocol:
             train_seq=self.train_seq,
         )
 
+    def _mqar(
+        self, context: int, pairs: int, model: str, width: int, lr: float | None = None, steps: int | None = None
+    ):
+        return RunSpec(
+            task="mqar",
+            model=model,
+            width=width,
+            lr=lr or self.mqar_lr,
+            seed=self.seeds[0],
+            steps=steps or self.mqar_steps,
+            batch_size=self.mqar_batch,
+            eval_examples=self.mqar_eval_examples,
+            train_len=(context, context),
+            eval_len=(context, context),
+            num_kv_pairs=pairs,
+            mqar_vocab=self.mqar_vocab,
+        )
+
     def longer_runs(self) -> list[RunSpec]:
-        """The investigation: a few formal runs trained longer than the grid."""
-        return [self._formal(t, m, lr, self.seeds[0], steps) for t, m, lr, steps in self.longer]
+        """The investigation: a few runs trained longer than the grid (MQAR tasks named ``mqar_c{context}_p{pairs}``,
+        at the largest MQAR width)."""
+        out = []
+        for task, model, lr, steps in self.longer:
+            if task.startswith("mqar_c"):
+                context, pairs = (int(v) for v in task.removeprefix("mqar_c").split("_p"))
+                out.append(self._mqar(context, pairs, model, max(self.mqar_widths), lr, steps))
+            else:
+                out.append(self._formal(task, model, lr, self.seeds[0], steps))
+        return out
 
     def runs(self) -> list[RunSpec]:
         """Every run, most informative first."""
 
         formal = self._formal
 
-        def mqar(context, pairs, model, width):
-            return RunSpec(
-                task="mqar",
-                model=model,
-                width=width,
-                lr=self.mqar_lr,
-                seed=self.seeds[0],
-                steps=self.mqar_steps,
-                batch_size=self.mqar_batch,
-                eval_examples=self.mqar_eval_examples,
-                train_len=(context, context),
-                eval_len=(context, context),
-                num_kv_pairs=pairs,
-                mqar_vocab=self.mqar_vocab,
-            )
+        mqar = self._mqar
 
         first_lr, first_seed = self.formal_lrs[0], self.seeds[0]
         order = [formal(t, m, first_lr, first_seed) for t in self.formal_tasks[:1] for m in self.formal_models]
@@ -161,7 +173,14 @@ FULL = Protocol(
     mqar_steps=300,
     mqar_batch=32,
     mqar_eval_examples=256,
-    longer=(("parity", "xlstm01", 3e-3, 2000), ("parity", "xlstm10", 3e-3, 2000)),
+    longer=(
+        ("parity", "xlstm01", 3e-3, 2000),
+        ("parity", "xlstm10", 3e-3, 2000),
+        ("mqar_c64_p4", "xlstm10", 3e-3, 1200),
+        ("parity", "xlstm11", 3e-3, 2000),
+        ("parity", "transformer", 3e-3, 2000),
+        ("mqar_c64_p4", "transformer", 3e-3, 1200),
+    ),
 )
 
 SMOKE = Protocol(
@@ -184,7 +203,7 @@ SMOKE = Protocol(
     mqar_steps=2,
     mqar_batch=4,
     mqar_eval_examples=4,
-    longer=(("parity", "xlstm01", 3e-3, 3),),
+    longer=(("parity", "xlstm01", 3e-3, 3), ("mqar_c24_p2", "xlstm10", 3e-3, 3)),
 )
 
 
@@ -239,7 +258,8 @@ def main(argv: list[str] | None = None) -> None:
                 f.write(json.dumps(row) + "\n")
             elapsed = time.perf_counter() - start
             print(
-                f"[{n}/{len(todo)} {elapsed / 60:.1f} min] {spec.key}: acc {row['seq_acc']:.3f}"
+                f"[{n}/{len(todo)} {elapsed / 60:.1f} min] {spec.key}: sequence acc {row['seq_acc']:.3f}"
+                + (f" query acc {row['query_acc']:.3f}" if spec.experiment == "mqar" else "")
                 + (f" (train lengths {row['seq_acc_train_len']:.3f})" if "seq_acc_train_len" in row else "")
                 + f" loss {row['final_loss']:.3f} {row['wall_s']:.0f} s",
                 flush=True,
