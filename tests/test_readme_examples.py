@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flax import nnx
-from generate_xlstm_lm_fixtures import load_fixture as load_lm_fixture
-from test_xlstm_large import load_fixture as load_large_fixture
+
+from xlstm_large_cases import load_fixture as load_large_fixture
+from xlstm_lm_cases import load_fixture as load_lm_fixture
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SUBSTITUTIONS = {

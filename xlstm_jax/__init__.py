@@ -24,9 +24,7 @@ from xlstm_jax import ops
 from xlstm_jax._validation import CheckpointError
 from xlstm_jax.convert import from_pretrained, save_pretrained
 from xlstm_jax.generation import Generation, GenerationConfig, generate, stream
-from xlstm_jax.models import xlstm_large, xlstm_lm
-from xlstm_jax.models._inputs import checked
-from xlstm_jax.models._output import xLSTMOutput
+from xlstm_jax.models import checked, xlstm_large, xlstm_lm, xLSTMOutput
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from xlstm_jax.models.xlstm_lm import (
     FeedForwardConfig,

@@ -19,8 +19,10 @@ The checks accept only Python values that mean what they say: ``True`` is not an
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -111,4 +113,29 @@ def check_known_keys(
         raise error(f"unknown key(s) {', '.join(prefix + str(k) for k in unknown)}; known: {', '.join(known)}")
 
 
-__all__ = ["CheckpointError", "check_bool", "check_choice", "check_int", "check_known_keys", "check_number"]
+def read_json(path: Path, expected: str) -> dict[str, Any]:
+    """The JSON object in ``path``; a ``CheckpointError`` naming the file and ``expected`` otherwise."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{path} does not exist: expected {expected}") from e
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} cannot be read as text ({e}): expected {expected}") from e
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not JSON ({e}): expected {expected}") from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(value).__name__}: expected {expected} (a JSON object)")
+    return value
+
+
+__all__ = [
+    "read_json",
+    "CheckpointError",
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_known_keys",
+    "check_number",
+]

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from xlstm_jax import hub
-from xlstm_jax._validation import CheckpointError
+from xlstm_jax._validation import CheckpointError, read_json
 from xlstm_jax.generation.config import (
     HF_SPECIAL_IDS,
     GenerationConfig,
@@ -45,7 +45,6 @@ from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from xlstm_jax.models.xlstm_lm import xLSTMLMModel
 
 from . import safetensors_io, xlstm_lm_folder
-from ._files import read_json
 from ._xlstm_large_layout import export, load
 
 # HF xLSTMConfig fields that define the function, with HF's defaults for keys absent from config.json.

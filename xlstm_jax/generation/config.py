@@ -115,7 +115,7 @@ class GenerationConfig:
 def read_generation_config(folder: str | os.PathLike, model_config: Mapping[str, Any]) -> GenerationConfig:
     """The special ids of ``config.json`` (``model_config``), overridden by ``generation_config.json``
     in ``folder`` when there is one (as transformers does)."""
-    from xlstm_jax.convert._files import read_json
+    from xlstm_jax._validation import read_json
 
     d = {k: model_config[k] for k in SPECIAL_IDS if model_config.get(k) is not None}
     path = Path(folder) / GENERATION_CONFIG_NAME
