@@ -13,7 +13,7 @@ from flax import nnx
 from helpers import perturbed
 from xlstm_jax import generate
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
-from xlstm_jax.models.xlstm_lm import MLSTMLayerConfig, SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
+from xlstm_jax.models.xlstm_lm import mLSTMLayerConfig, sLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
 
 VOCAB = 48
 
@@ -22,7 +22,7 @@ VOCAB = 48
 def _model(arch: str):
     if arch == "xlstm_lm":
         cfg = xLSTMLMConfig(vocab_size=VOCAB, embedding_dim=32, num_blocks=2, slstm_at=(1,), chunk_size=4,
-                            mlstm=MLSTMLayerConfig(num_heads=2), slstm=SLSTMLayerConfig(num_heads=2))  # fmt: skip
+                            mlstm=mLSTMLayerConfig(num_heads=2), slstm=sLSTMLayerConfig(num_heads=2))  # fmt: skip
         return perturbed(xLSTMLMModel(cfg, rngs=nnx.Rngs(0)), scale=0.2)
     cfg = xLSTMLargeConfig(embedding_dim=32, num_heads=2, num_blocks=2, vocab_size=VOCAB, chunk_size=4)
     return perturbed(xLSTMLarge(cfg, rngs=nnx.Rngs(0)), scale=0.2)

@@ -348,8 +348,8 @@ def test_xlstm_lm_model_saves_and_loads(tmp_path):
     from xlstm_jax.models import xlstm_lm
     from xlstm_jax.models.xlstm_lm import xLSTMLMConfig, xLSTMLMModel
 
-    mlstm_cfg = getattr(xlstm_lm, "mLSTMLayerConfig", None) or xlstm_lm.MLSTMLayerConfig  # renamed on main
-    slstm_cfg = getattr(xlstm_lm, "sLSTMLayerConfig", None) or xlstm_lm.SLSTMLayerConfig
+    mlstm_cfg = getattr(xlstm_lm, "mLSTMLayerConfig", None) or xlstm_lm.mLSTMLayerConfig  # renamed on main
+    slstm_cfg = getattr(xlstm_lm, "sLSTMLayerConfig", None) or xlstm_lm.sLSTMLayerConfig
     cfg = xLSTMLMConfig(vocab_size=50, embedding_dim=32, num_blocks=3, slstm_at=(1,), tie_weights=True,
                         mlstm=mlstm_cfg(num_heads=2), slstm=slstm_cfg(num_heads=2))  # fmt: skip
     model = xLSTMLMModel(cfg, rngs=nnx.Rngs(0))

@@ -173,15 +173,15 @@ def test_kernels_run_under_shard_map_in_a_mesh():
 
 
 def _lm_logits(backend: str, slstm_backend: str, ids):
-    from xlstm_jax.models.xlstm_lm import MLSTMLayerConfig, SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
+    from xlstm_jax.models.xlstm_lm import mLSTMLayerConfig, sLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
 
     config = xLSTMLMConfig(
         vocab_size=50,
         embedding_dim=32,
         num_blocks=2,
         slstm_at=(1,),
-        mlstm=MLSTMLayerConfig(num_heads=2),  # inner dim 64: DHQK = DHV = 32
-        slstm=SLSTMLayerConfig(num_heads=2),  # DH = 16
+        mlstm=mLSTMLayerConfig(num_heads=2),  # inner dim 64: DHQK = DHV = 32
+        slstm=sLSTMLayerConfig(num_heads=2),  # DH = 16
         backend=backend,
         slstm_backend=slstm_backend,
         chunk_size=8,
