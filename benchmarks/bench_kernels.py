@@ -1,6 +1,6 @@
 """Chunkwise mLSTM kernels on an accelerator: forward and forward+backward time, side by side in one run.
 
-The issue-5 benchmark, for a GPU (or TPU) machine::
+The kernel benchmark, for a GPU (or TPU) machine::
 
     python benchmarks/bench_kernels.py                  # S in 2048, 8192, 32768 at 65,536 tokens per call
     python benchmarks/bench_kernels.py --seq 8192 --reps 20

@@ -7,7 +7,7 @@ Run from the repository root::
     python benchmarks/bench_train.py --quick     # smoke test: 1 timed step per case, short idle waits
     python benchmarks/bench_train.py --reps 9
 
-Model (the issue's config): xLSTM[3:1], D=256, 4 blocks [mLSTM, sLSTM, mLSTM, mLSTM], vocab 1024,
+Model (the target's config): xLSTM[3:1], D=256, 4 blocks [mLSTM, sLSTM, mLSTM, mLSTM], vocab 1024,
 B=8, S=256, float32.
 
 * mLSTM blocks: num_heads 4, conv1d_kernel_size 4, qkv_proj_blocksize 4, proj_factor 2.0
@@ -48,7 +48,7 @@ Implementations (all in ONE process, on the same CPU):
   and step, but every ``mLSTMCell.backend_fn`` replaced by ``functools.partial(
   xlstm.blocks.mlstm.backends.chunkwise_simple, chunk_size=64)``, the chunkwise function that
   ships in the official ``backends.py`` but is not used by the model. NOT an official option;
-  reported because the issue asks for the official chunkwise form if there is one.
+  reported because the target asks for the official chunkwise form if there is one.
 
 Method: ours is compiled ahead of time (``jit(...).lower(state, batch).compile()``; ``compile_s``
 = trace + lower + compile). Every implementation runs two untimed steps from the SAME weights on
@@ -86,7 +86,7 @@ reads ``path[-1]``, which on the trainer's ``nnx.State`` of ``nnx.Param`` is the
 attribute key for every leaf with flax 0.12, so as of this writing it selects no parameter).
 
 Summary (``bench="summary"``): per ours backend, ``tokens_per_s`` / official tokens/s measured in
-this run (target >= 4), / the patched official chunkwise, and / the 957 tokens/s the issue quotes
+this run (target >= 4), / the patched official chunkwise, and / the 957 tokens/s quoted for the target
 for the official code; plus ``hygiene``.
 """
 
@@ -112,7 +112,7 @@ FFN = dict(proj_factor=1.3, act_fn="gelu")
 CHUNK = 64
 OPTIM = dict(lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
 SPEEDUP_TARGET = 4.0
-ISSUE_OFFICIAL_TOKENS_PER_S = 957.0  # the official code's training speed quoted in the issue
+ISSUE_OFFICIAL_TOKENS_PER_S = 957.0  # the official code's training speed quoted for the target
 WEIGHT_SEED, DATA_SEED = 0, 1234
 
 
@@ -648,8 +648,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke test: 1 timed step per case, short idle waits")
     p.add_argument("--reps", type=int, default=None, help="timed steps per case (default 7; quick 1)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps before the timed ones (default 1)")
-    p.add_argument("--batch", type=int, default=8, help="B (default 8, the issue's)")
-    p.add_argument("--seq-len", type=int, default=256, help="S (default 256, the issue's; also context_length)")
+    p.add_argument("--batch", type=int, default=8, help="B (default 8, the target's)")
+    p.add_argument("--seq-len", type=int, default=256, help="S (default 256, the target's; also context_length)")
     p.add_argument("--backends", default="chunkwise,parallel", help="ours' mLSTM backends (comma list)")
     p.add_argument("--no-official-chunkwise", action="store_true", help="skip the patched official chunkwise row")
     p.add_argument("--check-rtol", type=float, default=1e-4, help="relative tolerance of the parity check")
