@@ -65,7 +65,7 @@ def _env(**extra) -> dict:
     return env
 
 
-def _train(config: Path, *args: str, timeout: int = 300, check: bool = True) -> subprocess.CompletedProcess:
+def _train(config: Path, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "xlstm_jax.train", "--config", str(config), *args],
         cwd=REPO,
@@ -163,7 +163,7 @@ def test_sigterm_saves_a_usable_checkpoint_and_exits_cleanly(tmp_path, reference
         if "step 3/8" in line:
             proc.send_signal(signal.SIGTERM)
             break
-    rest = proc.communicate(timeout=120)[0]
+    rest = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, rest
     assert "saving a checkpoint" in rest
     saved = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
@@ -196,7 +196,7 @@ def test_bad_configs_give_clear_errors(tmp_path):
         ("data.kind=wikipedia", "kind"),
         ("mesh.data=3", "mesh"),
     ]:
-        proc = _train(cfg, override, check=False, timeout=120)
+        proc = _train(cfg, override, check=False, timeout=600)
         assert proc.returncode == 2, (override, proc.stdout, proc.stderr[-2000:])
         assert message in proc.stderr, (override, proc.stderr[-2000:])
 
@@ -274,7 +274,7 @@ def _two_processes(cfg: Path, *args: str) -> list[str]:
         )  # fmt: skip
         for pid in range(2)
     ]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
     for p, text in zip(procs, outs):
         assert p.returncode == 0, text[-4000:]
     return outs
