@@ -106,9 +106,9 @@ def test_decay_mask_on_real_model_parameters():
     """On an nnx.State (each leaf a Variable's ``.value``), as the trainer passes it."""
     from flax import nnx
 
-    from xlstm_jax.models.xlstm_lm import SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
+    from xlstm_jax.models.xlstm_lm import sLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
 
-    cfg = xLSTMLMConfig(vocab_size=40, embedding_dim=32, num_blocks=2, slstm=SLSTMLayerConfig(num_heads=2),
+    cfg = xLSTMLMConfig(vocab_size=40, embedding_dim=32, num_blocks=2, slstm=sLSTMLayerConfig(num_heads=2),
                         slstm_at=(1,))  # fmt: skip
     params = nnx.state(xLSTMLMModel(cfg, rngs=nnx.Rngs(0)), nnx.Param)
     mask = decay_mask(params, OptimConfig())

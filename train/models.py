@@ -21,12 +21,12 @@ from typing import Any
 from flax import nnx
 
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
-from xlstm_jax.models.xlstm_lm import FeedForwardConfig, MLSTMLayerConfig, SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
+from xlstm_jax.models.xlstm_lm import FeedForwardConfig, mLSTMLayerConfig, sLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
 
 from .config import ConfigError, build_dataclass
 
 ARCHS = {"xlstm_lm": (xLSTMLMConfig, xLSTMLMModel), "xlstm_large": (xLSTMLargeConfig, xLSTMLarge)}
-_LM_SUBCONFIGS = {"mlstm": MLSTMLayerConfig, "slstm": SLSTMLayerConfig, "feedforward": FeedForwardConfig}
+_LM_SUBCONFIGS = {"mlstm": mLSTMLayerConfig, "slstm": sLSTMLayerConfig, "feedforward": FeedForwardConfig}
 
 
 def model_config(

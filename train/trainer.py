@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from xlstm_jax import backends
 from xlstm_jax._validation import check_choice
 from xlstm_jax.generation import generate
 
@@ -465,6 +466,7 @@ def train(
         ckpt = stack.enter_context(Checkpointer(out_dir / "checkpoints", keep=t.keep_checkpoints))
         session = init(spec, logger, ckpt, model=model, optimizer=optimizer, data=data, resume=resume)
         stack.enter_context(jax.set_mesh(session.mesh))
+        stack.enter_context(backends.axis_rules(spec.mesh.rules))  # the kernels' shard_map axes
         with _StopFlag() as stop:
             reason = loop(session, stop)
         summary = finish(session, reason)
