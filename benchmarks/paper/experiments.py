@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from transformer import CausalTransformer
 
-from xlstm_jax.models.xlstm_lm import FeedForwardConfig, MLSTMLayerConfig, SLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
+from xlstm_jax.models.xlstm_lm import FeedForwardConfig, mLSTMLayerConfig, sLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
 from xlstm_jax.train.data.config import DataConfig
 from xlstm_jax.train.data.packing import single_example_row
 from xlstm_jax.train.data.synthetic import generate_example, task_vocab_size
@@ -89,8 +89,8 @@ def build_model(name: str, vocab_size: int, width: int, seed: int) -> nnx.Module
         embedding_dim=width,
         num_blocks=2,
         slstm_at=slstm_at[name],
-        mlstm=None if name == "xlstm01" else MLSTMLayerConfig(num_heads=1, conv1d_kernel_size=4, proj_factor=2.0),
-        slstm=None if name == "xlstm10" else SLSTMLayerConfig(num_heads=1, conv1d_kernel_size=4),
+        mlstm=None if name == "xlstm01" else mLSTMLayerConfig(num_heads=1, conv1d_kernel_size=4, proj_factor=2.0),
+        slstm=None if name == "xlstm10" else sLSTMLayerConfig(num_heads=1, conv1d_kernel_size=4),
         feedforward=FeedForwardConfig(proj_factor=1.3, act_fn="gelu"),
         backend="parallel",  # the quadratic form: fastest to run and to compile at these lengths (<= 256)
     )
