@@ -12,6 +12,7 @@ README text                    replaced by                             why
 ``slstm_at=(3, 20)``           ``slstm_at=(3,)``                       (block 20 no longer exists)
 ``"path/to/xLSTM-7b"``         a folder ``save_pretrained`` wrote      a tiny xLSTM-7B-architecture
 ``"out/"``                     a temporary folder                      checkpoint, no download
+``"runs/readme"``               a temporary folder                      a training run
 =============================  ======================================  ===========================
 
 Inputs provided to every block (what the prose says the reader has):
@@ -85,7 +86,8 @@ def inputs(tmp_path_factory) -> dict:
         official_large_cfg=_stand_in_config(large["arch"]),
         state_dict=large["weights"],
         model=model,
-        _paths={'"path/to/xLSTM-7b"': repr(str(checkpoint)), '"out/"': repr(str(tmp_path_factory.mktemp("out")))},
+        _paths={'"path/to/xLSTM-7b"': repr(str(checkpoint)), '"out/"': repr(str(tmp_path_factory.mktemp("out"))),
+                '"runs/readme"': repr(str(tmp_path_factory.mktemp("runs") / "readme"))},
     )  # fmt: skip
 
 
