@@ -132,3 +132,23 @@ def require_official():
     import torch
 
     return torch
+
+
+def layout_rounding_bound(config) -> float:
+    """How far two float32 evaluations of one model that differ only in summation order may drift apart,
+    relative to max|logits|, for an ``xLSTMLargeConfig``.
+
+    The fused layout computes the same dot products as the single one (q, k, v and o share one
+    matmul, so do i and f, and the FFN's two up-projections), but XLA may block and sum the longer
+    fused matmuls in another order. A length-K float32 dot product carries a rounding error of at most
+    K u sum|x w| (Higham's gamma_K, u = 2^-24), so two orders differ by up to 2 K u there. First order,
+    these differences add up along the path from the embedding to the logits, and the norms rescale
+    rather than amplify them: per block the projections (K = D), the cell (K = chunk_size within a
+    chunk + DHQK for q.k), out_proj (K = v_dim), the FFN (K = D up, ffn_dim down); then the head (K = D).
+    """
+    u = float(np.finfo(np.float32).eps) / 2
+    per_block = (
+        config.embedding_dim + config.chunk_size + config.qk_head_dim + config.v_dim
+        + config.embedding_dim + config.ffn_dim
+    )  # fmt: skip
+    return 2 * u * (config.num_blocks * per_block + config.embedding_dim)

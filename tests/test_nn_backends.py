@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers import assert_close, cast, mlstm_inputs
+from helpers import assert_close, cast, layout_rounding_bound, mlstm_inputs
 from xlstm_jax import backends, nn, ops
 
 
@@ -92,8 +92,12 @@ def test_remat_policies_give_the_same_gradients(policy):
                                remat=remat, remat_policy=policy)  # fmt: skip
         graphdef, params = nnx.split(xLSTMLarge(cfg, rngs=nnx.Rngs(0)))
         grads[remat] = jax.grad(lambda p, g=graphdef: jnp.sum(nnx.merge(g, p)(ids) ** 2))(params)
+    # Remat recomputes the forward pass in another fusion: float32 summation order may differ in the
+    # forward and again in the backward pass, so twice the forward path's bound (measured: 3.6e-6 with
+    # the chunkwise form's non-finite isolation, below 1e-6 without it).
+    bound = 2 * layout_rounding_bound(cfg)
     for a, b in zip(jax.tree.leaves(grads[True]), jax.tree.leaves(grads[False])):
-        assert_close(a, b, 1e-6, policy)
+        assert_close(a, b, bound, policy)
     with pytest.raises(
         ValueError, match="remat_policy must be one of 'full', 'dots', 'dots_no_batch', got 'everything'"
     ):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from helpers import assert_close
+from helpers import assert_close, layout_rounding_bound
 from xlstm_jax.convert import from_torch_xlstm_large
 from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 from xlstm_large_cases import CASES, fuse_weights, load_fixture
@@ -154,26 +154,6 @@ def test_conversion_reads_torch_tensors_and_the_official_config_object(single):
     from_bf16 = from_torch_xlstm_large(official.config, bf16, param_dtype="bfloat16")
     expected = np.asarray(bf16["lm_head.weight"].float().numpy().T, jnp.bfloat16)
     np.testing.assert_array_equal(from_bf16.lm_head.kernel[...], expected)
-
-
-def layout_rounding_bound(config: xLSTMLargeConfig) -> float:
-    """How far two float32 evaluations of one model that differ only in summation order may drift apart,
-    relative to max|logits|.
-
-    The fused layout computes the same dot products as the single one (q, k, v and o share one
-    matmul, so do i and f, and the FFN's two up-projections), but XLA may block and sum the longer
-    fused matmuls in another order. A length-K float32 dot product carries a rounding error of at most
-    K u sum|x w| (Higham's gamma_K, u = 2^-24), so two orders differ by up to 2 K u there. First order,
-    these differences add up along the path from the embedding to the logits, and the norms rescale
-    rather than amplify them: per block the projections (K = D), the cell (K = chunk_size within a
-    chunk + DHQK for q.k), out_proj (K = v_dim), the FFN (K = D up, ffn_dim down); then the head (K = D).
-    """
-    u = float(np.finfo(np.float32).eps) / 2
-    per_block = (
-        config.embedding_dim + config.chunk_size + config.qk_head_dim + config.v_dim
-        + config.embedding_dim + config.ffn_dim
-    )  # fmt: skip
-    return 2 * u * (config.num_blocks * per_block + config.embedding_dim)
 
 
 def test_single_and_fused_layouts_agree(single):
