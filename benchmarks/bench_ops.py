@@ -14,6 +14,10 @@ progress and tracebacks go to stderr.
 
 Cases
 -----
+The mLSTM implementations are one table (``MLSTM_FORMS``), measured by one routine per framework
+(``jax_form``, ``torch_form``: forward, or forward + backward of ``sum(h * ct)``); a new form is
+one table row.
+
 * ``matmul``: ``jax.jit(a @ b)`` with 2048x2048 float32 (the CPU roofline used
   for ``frac_of_matmul_peak``), plus ``torch.matmul`` of the same size for
   reference. The JAX matmul is measured again at the end of a full run; the
@@ -122,6 +126,9 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -143,11 +150,11 @@ def flops_chunkwise_fwd(B, NH, S, dqk, dv, L):
     return B * NH * nc * per
 
 
-def flops_parallel_fwd(B, NH, S, dqk, dv):
+def flops_parallel_fwd(B, NH, S, dqk, dv, L=None):
     return B * NH * (2 * S * S * dqk + 2 * S * S * dv + 2 * S * S)
 
 
-def flops_recurrent_fwd(B, NH, S, dqk, dv):
+def flops_recurrent_fwd(B, NH, S, dqk, dv, L=None):
     return B * NH * S * (2 * dqk * dv + 2 * dqk * dv + 2 * dqk)
 
 
@@ -156,6 +163,33 @@ def flops_slstm_fwd(B, S, NH, DH):
 
 
 FWDBWD_FACTOR = 3.0
+MODES = ("fwd", "fwdbwd")
+
+
+@dataclass(frozen=True)
+class Form:
+    """One mLSTM implementation of the ``mlstm`` bench: a row per (S, mode[, chunk size])."""
+
+    impl: str  # the rows' ``impl``
+    flops: Callable  # (B, NH, S, dqk, dv, L) -> analytic forward FLOPs of one call
+    chunked: bool = False  # runs at every --chunk-size (else once, chunk_size None)
+    jax: Callable | None = None  # (ops, L) -> h(q, k, v, i, f) (B, NH, S, DHV)
+    torch_kernel: str | None = None  # else an official ``mlstm_kernels.torch`` kernel of that name
+    power: int | None = None  # O(S^power): skipped when the extrapolated call exceeds --max-call-s
+    option: str | None = None  # runs only when named in --forms
+
+
+MLSTM_FORMS = (
+    Form("jax_chunkwise", flops_chunkwise_fwd, chunked=True,
+         jax=lambda ops, L: lambda *qkvif: ops.mlstm_chunkwise(*qkvif, chunk_size=L)[0]),
+    Form("official_torch_chunkwise_native_autograd", flops_chunkwise_fwd, chunked=True,
+         torch_kernel="chunkwise--native_autograd"),
+    Form("official_torch_chunkwise_native_custbw", flops_chunkwise_fwd, chunked=True,
+         torch_kernel="chunkwise--native_custbw"),
+    Form("jax_parallel", flops_parallel_fwd, jax=lambda ops, L: ops.mlstm_parallel, power=2, option="parallel"),
+    Form("jax_recurrent", flops_recurrent_fwd, jax=lambda ops, L: lambda *qkvif: ops.mlstm_recurrent(*qkvif)[0],
+         power=1, option="recurrent"),
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- #
@@ -338,6 +372,51 @@ class Runner:
             base, tm, idle, other, attempts, tokens, gflop, first_s, None, peak, "torch_inputs+rss_hwm_delta", peak
         )
 
+    # --------------------------------------------------- one routine per framework
+    def jax_form(self, base, h, inputs, ct, tokens, gflop, keep_output=False):
+        """Time jitted ``h(*inputs)`` ('fwd') or the gradient of ``sum(h * ct)`` w.r.t. every input
+        ('fwdbwd'). Returns (row or None, the call's output as numpy if ``keep_output``)."""
+        import jax
+        import jax.numpy as jnp
+
+        if base["mode"] == "fwd":
+            fn, args = h, inputs
+        else:
+
+            def fn(*xs_ct):
+                *xs, cot = xs_ct
+                return jax.grad(lambda *x_: jnp.sum(h(*x_) * cot), argnums=tuple(range(len(xs))))(*xs)
+
+            args = (*inputs, ct)
+        row, compiled = self.jax_case(base, fn, args, tokens, gflop)
+        output = None
+        if keep_output and compiled is not None:
+            try:
+                output = jax.tree_util.tree_map(np.asarray, compiled(*args))
+            except Exception:
+                pass
+        return row, output
+
+    def torch_form(self, base, h, inputs, ct, in_bytes, tokens, gflop, params=()):
+        """Time eager ``h(*inputs)`` under ``no_grad`` ('fwd') or ``sum(h * ct).backward()`` w.r.t. every
+        input and ``params`` ('fwdbwd', gradients reset before each call)."""
+        import torch
+
+        if base["mode"] == "fwd":
+
+            def call():
+                with torch.no_grad():
+                    return h(*inputs)
+        else:
+            leaves = tuple(x.clone().requires_grad_(True) for x in inputs)
+
+            def call():
+                for t in (*leaves, *params):
+                    t.grad = None
+                (h(*leaves) * ct).sum().backward()
+
+        return self.torch_case(base, call, in_bytes, tokens, gflop)
+
     # ----------------------------------------------------------------- matmul
     def bench_matmul(self, tag="start"):
         import jax.numpy as jnp
@@ -375,17 +454,13 @@ class Runner:
 
     # ------------------------------------------------------------------ mLSTM
     def bench_mlstm(self, ops):
-        import jax
         import jax.numpy as jnp
         import torch
         from mlstm_kernels.torch import get_mlstm_kernel
 
         a = self.args
         NH, DQK, DV = 4, 64, 64
-        official = {
-            "official_torch_chunkwise_native_autograd": get_mlstm_kernel("chunkwise--native_autograd"),
-            "official_torch_chunkwise_native_custbw": get_mlstm_kernel("chunkwise--native_custbw"),
-        }
+        official = {f.impl: get_mlstm_kernel(f.torch_kernel) for f in MLSTM_FORMS if f.torch_kernel}
         # per (impl, mode, chunk): (S, seconds per call) of the last S, to extrapolate and skip absurd cases
         last_time: dict = {}
 
@@ -423,116 +498,32 @@ class Runner:
             check_here = si == 0 and ops is not None and not a.no_check
             jax_cw_out = {}
 
-            for mode in ("fwd", "fwdbwd"):
-                fac = 1.0 if mode == "fwd" else FWDBWD_FACTOR
-                for L in a.chunk_sizes:
-                    if S % L != 0:
-                        for impl in ["jax_chunkwise", *official]:
-                            self.skip(self.base("mlstm", impl, S, B, NH, DQK, DV, L, mode), "S % chunk_size != 0")
-                        continue
-                    gf = fac * flops_chunkwise_fwd(B, NH, S, DQK, DV, L) / 1e9
-                    # ---- ours: chunkwise
-                    base = self.base("mlstm", "jax_chunkwise", S, B, NH, DQK, DV, L, mode)
-                    if ops is None:
-                        self.skip(base, "xlstm_jax.ops not importable")
-                    else:
-
-                        def h_cw(q, k, v, i, f, _L=L):
-                            return ops.mlstm_chunkwise(q, k, v, i, f, chunk_size=_L)[0]
-
-                        if mode == "fwd":
-                            row, comp = self.jax_case(base, h_cw, jin, tokens, gf)
-                        else:
-
-                            def g_cw(q, k, v, i, f, ct, _h=h_cw):
-                                return jax.grad(lambda *a_: jnp.sum(_h(*a_) * ct), argnums=(0, 1, 2, 3, 4))(
-                                    q, k, v, i, f
-                                )
-
-                            row, comp = self.jax_case(base, g_cw, jin + (jct,), tokens, gf)
-                        if check_here and comp is not None and L == a.chunk_sizes[0]:
-                            try:
-                                out = comp(*(jin if mode == "fwd" else jin + (jct,)))
-                                jax_cw_out[mode] = jax.tree_util.tree_map(np.asarray, out)
-                            except Exception:
-                                pass
-                    # ---- official torch
-                    for impl, kern in official.items():
-                        base = self.base("mlstm", impl, S, B, NH, DQK, DV, L, mode)
-                        if mode == "fwd":
-
-                            def call(_k=kern, _L=L, _tin=tin):
-                                with torch.no_grad():
-                                    return _k(*_tin, chunk_size=_L, return_last_states=False)
-
-                            self.torch_case(base, call, in_bytes, tokens, gf)
-                        else:
-                            tg = tuple(x.clone().requires_grad_(True) for x in tin)
-
-                            def call(_k=kern, _L=L, _tg=tg, _ct=tct):
-                                for t_ in _tg:
-                                    t_.grad = None
-                                h = _k(*_tg, chunk_size=_L, return_last_states=False)
-                                (h * _ct).sum().backward()
-                                return None
-
-                            self.torch_case(base, call, in_bytes, tokens, gf)
-
-                # ---- ours: parallel
-                impl = "jax_parallel"
-                base = self.base("mlstm", impl, S, B, NH, DQK, DV, None, mode)
-                gf = fac * flops_parallel_fwd(B, NH, S, DQK, DV) / 1e9
-                if "parallel" not in a.forms:
-                    pass
-                elif ops is None:
-                    self.skip(base, "xlstm_jax.ops not importable")
-                elif why := too_slow((impl, mode), S, 2):
-                    self.skip(base, why)
-                else:
-
-                    def h_par(q, k, v, i, f):
-                        return ops.mlstm_parallel(q, k, v, i, f)
-
-                    if mode == "fwd":
-                        row, _ = self.jax_case(base, h_par, jin, tokens, gf)
-                    else:
-
-                        def g_par(q, k, v, i, f, ct):
-                            return jax.grad(lambda *a_: jnp.sum(h_par(*a_) * ct), argnums=(0, 1, 2, 3, 4))(
-                                q, k, v, i, f
-                            )
-
-                        row, _ = self.jax_case(base, g_par, jin + (jct,), tokens, gf)
-                    if row is not None:
-                        last_time[(impl, mode)] = (S, row["median_s"])
-
-                # ---- ours: recurrent
-                impl = "jax_recurrent"
-                base = self.base("mlstm", impl, S, B, NH, DQK, DV, None, mode)
-                gf = fac * flops_recurrent_fwd(B, NH, S, DQK, DV) / 1e9
-                if "recurrent" not in a.forms:
-                    pass
-                elif ops is None:
-                    self.skip(base, "xlstm_jax.ops not importable")
-                elif why := too_slow((impl, mode), S, 1):
-                    self.skip(base, why)
-                else:
-
-                    def h_rec(q, k, v, i, f):
-                        return ops.mlstm_recurrent(q, k, v, i, f)[0]
-
-                    if mode == "fwd":
-                        row, _ = self.jax_case(base, h_rec, jin, tokens, gf)
-                    else:
-
-                        def g_rec(q, k, v, i, f, ct):
-                            return jax.grad(lambda *a_: jnp.sum(h_rec(*a_) * ct), argnums=(0, 1, 2, 3, 4))(
-                                q, k, v, i, f
-                            )
-
-                        row, _ = self.jax_case(base, g_rec, jin + (jct,), tokens, gf)
-                    if row is not None:
-                        last_time[(impl, mode)] = (S, row["median_s"])
+            for mode in MODES:
+                for L in (*a.chunk_sizes, None):  # the chunked forms at every chunk size, then the others
+                    for form in MLSTM_FORMS:
+                        if form.chunked != (L is not None) or (form.option and form.option not in a.forms):
+                            continue
+                        base = self.base("mlstm", form.impl, S, B, NH, DQK, DV, L, mode)
+                        if L is not None and S % L != 0:
+                            self.skip(base, "S % chunk_size != 0")
+                            continue
+                        if form.jax is not None and ops is None:
+                            self.skip(base, "xlstm_jax.ops not importable")
+                            continue
+                        if form.power and (why := too_slow((form.impl, mode), S, form.power)):
+                            self.skip(base, why)
+                            continue
+                        gf = (1.0 if mode == "fwd" else FWDBWD_FACTOR) * form.flops(B, NH, S, DQK, DV, L) / 1e9
+                        if form.jax is None:
+                            h = partial(official[form.impl], chunk_size=L, return_last_states=False)
+                            self.torch_form(base, h, tin, tct, in_bytes, tokens, gf)
+                            continue
+                        keep = check_here and form.impl == "jax_chunkwise" and L == a.chunk_sizes[0]
+                        row, out = self.jax_form(base, form.jax(ops, L), jin, jct, tokens, gf, keep_output=keep)
+                        if out is not None:
+                            jax_cw_out[mode] = out
+                        if row is not None and form.power:
+                            last_time[(form.impl, mode)] = (S, row["median_s"])
 
             if check_here:
                 self.check_mlstm(
@@ -570,7 +561,6 @@ class Runner:
 
     # ------------------------------------------------------------------ sLSTM
     def bench_slstm(self, ops):
-        import jax
         import jax.numpy as jnp
         import torch
         from xlstm.blocks.slstm.cell import sLSTMCell, sLSTMCellConfig
@@ -602,55 +592,25 @@ class Runner:
         t_x = torch.from_numpy(gx_np.reshape(B, S, 4 * H).copy())
         t_ct = torch.from_numpy(ct_np.transpose(0, 2, 1, 3).copy())  # torch h is (B,NH,S,DH)
 
-        jgx, jR, jb, jct = (jnp.asarray(x) for x in (gx_np, R_np, b_np, ct_np))
+        jin = tuple(jnp.asarray(x) for x in (gx_np, R_np, b_np))
+        jct = jnp.asarray(ct_np)
         jout = {}
-        for mode in ("fwd", "fwdbwd"):
+        for mode in MODES:
             gf = (1.0 if mode == "fwd" else FWDBWD_FACTOR) * flops_slstm_fwd(B, S, NH, DH) / 1e9
-            base = self.base("slstm", "jax_slstm_scan", S, B, NH, DH, DH, None, mode)
-            base["hidden"] = H
+            base = dict(self.base("slstm", "jax_slstm_scan", S, B, NH, DH, DH, None, mode), hidden=H)
             if ops is None:
                 self.skip(base, "xlstm_jax.ops not importable")
             else:
-
-                def h_s(gx, R, bb):
-                    return ops.slstm_scan(gx, R, bb)[0]
-
-                if mode == "fwd":
-                    row, comp = self.jax_case(base, h_s, (jgx, jR, jb), tokens, gf)
-                    args = (jgx, jR, jb)
-                else:
-
-                    def g_s(gx, R, bb, ct):
-                        return jax.grad(lambda *a_: jnp.sum(h_s(*a_) * ct), argnums=(0, 1, 2))(gx, R, bb)
-
-                    row, comp = self.jax_case(base, g_s, (jgx, jR, jb, jct), tokens, gf)
-                    args = (jgx, jR, jb, jct)
-                if comp is not None and not a.no_check:
-                    try:
-                        jout[mode] = jax.tree_util.tree_map(np.asarray, comp(*args))
-                    except Exception:
-                        pass
-
-            base = self.base("slstm", "official_torch_slstm_vanilla", S, B, NH, DH, DH, None, mode)
-            base["hidden"] = H
-            if mode == "fwd":
-
-                def call():
-                    with torch.no_grad():
-                        return cell(t_x)[0]
-
-                self.torch_case(base, call, in_bytes, tokens, gf)
-            else:
-                tx = t_x.clone().requires_grad_(True)
-
-                def call(tx=tx):
-                    tx.grad = None
-                    cell.zero_grad(set_to_none=True)
-                    h, _ = cell(tx)
-                    (h * t_ct).sum().backward()
-                    return None
-
-                self.torch_case(base, call, in_bytes, tokens, gf)
+                _, out = self.jax_form(
+                    base, lambda gx, R, bb: ops.slstm_scan(gx, R, bb)[0], jin, jct, tokens, gf,
+                    keep_output=not a.no_check,
+                )  # fmt: skip
+                if out is not None:
+                    jout[mode] = out
+            base = dict(self.base("slstm", "official_torch_slstm_vanilla", S, B, NH, DH, DH, None, mode), hidden=H)
+            self.torch_form(
+                base, lambda x: cell(x)[0], (t_x,), t_ct, in_bytes, tokens, gf, params=tuple(cell.parameters())
+            )
 
         if not a.no_check and ops is not None:
             row = self.base("slstm", "check_jax_slstm_scan_vs_official_vanilla", S, B, NH, DH, DH, None, "check")
