@@ -251,22 +251,27 @@ class Runner:
 
         return T.measure_clean(measure, a, lambda tm: tm["median_s"] > a.no_retry_above_s, log=log)
 
+    def _measure(self, base, call, block, args_bytes, rss=True):
+        """Idle wait, one warm-up call, the timed reps (``_timed``) and, if ``rss``, the RSS peak.
+
+        Returns (first call s, (timing, idle, other, attempts), args_bytes + RSS growth or None), or
+        None after emitting an error row."""
+        try:
+            self.wait_idle()
+            t0 = time.perf_counter()
+            block(call())
+            first_s = time.perf_counter() - t0
+            timing = self._timed(call, block)
+            delta = T.rss_peak_delta(call, block) if rss else None
+        except Exception:
+            self.error(base, traceback.format_exc())
+            return None
+        return first_s, timing, (args_bytes + delta) if delta is not None else None
+
     def finish_row(
-        self,
-        base,
-        tm,
-        idle,
-        other,
-        attempts,
-        tokens,
-        gflop,
-        compile_s,
-        first_run_s,
-        peak_mem,
-        peak_method,
-        rss_peak,
-        extra=None,
+        self, base, timing, tokens, gflop, *, compile_s, first_run_s, peak_mem, peak_method, rss_peak, extra=None
     ):
+        tm, idle, other, attempts = timing
         row = dict(base)
         med = tm["median_s"]
         gps = gflop / med if (gflop is not None and med > 0) else None
@@ -326,51 +331,28 @@ class Runner:
         def call():
             return compiled(*args)
 
-        try:
-            self.wait_idle()
-            t0 = time.perf_counter()
-            jax.block_until_ready(call())
-            first_run_s = time.perf_counter() - t0
-            tm, idle, other, attempts = self._timed(call, jax.block_until_ready)
-            args_bytes = sum(int(x.nbytes) for x in jax.tree_util.tree_leaves(args))
-            rss = T.rss_peak_delta(call, jax.block_until_ready) if self.args.measure_rss else None
-            rss_peak = (args_bytes + rss) if rss is not None else None
-        except Exception:
-            self.error(base, traceback.format_exc())
+        args_bytes = sum(int(x.nbytes) for x in jax.tree_util.tree_leaves(args))
+        measured = self._measure(base, call, jax.block_until_ready, args_bytes, rss=self.args.measure_rss)
+        if measured is None:
             return None, None
+        first_run_s, timing, rss_peak = measured
         row = self.finish_row(
-            base,
-            tm,
-            idle,
-            other,
-            attempts,
-            tokens,
-            gflop,
-            compile_s,
-            first_run_s,
-            peak,
-            "jax_compiled_memory_bytes(temp+arg+out-alias)",
-            rss_peak,
-            extra={"xla_mem": mem},
-        )
+            base, timing, tokens, gflop, compile_s=compile_s, first_run_s=first_run_s, peak_mem=peak,
+            peak_method="jax_compiled_memory_bytes(temp+arg+out-alias)", rss_peak=rss_peak, extra={"xla_mem": mem},
+        )  # fmt: skip
         return row, compiled
 
     # -------------------------------------------------------------- torch case
     def torch_case(self, base, call, args_bytes, tokens, gflop):
-        try:
-            self.wait_idle()
-            t0 = time.perf_counter()
-            call()
-            first_s = time.perf_counter() - t0
-            tm, idle, other, attempts = self._timed(call, lambda x: x)
-            rss = T.rss_peak_delta(call, lambda x: x)
-            peak = (args_bytes + rss) if rss is not None else None
-        except Exception:
-            self.error(base, traceback.format_exc())
+        """Eager torch has no compile step: ``compile_s`` is the first (warm-up) call."""
+        measured = self._measure(base, call, lambda x: x, args_bytes)
+        if measured is None:
             return None
+        first_s, timing, peak = measured
         return self.finish_row(
-            base, tm, idle, other, attempts, tokens, gflop, first_s, None, peak, "torch_inputs+rss_hwm_delta", peak
-        )
+            base, timing, tokens, gflop, compile_s=first_s, first_run_s=None, peak_mem=peak,
+            peak_method="torch_inputs+rss_hwm_delta", rss_peak=peak,
+        )  # fmt: skip
 
     # --------------------------------------------------- one routine per framework
     def jax_form(self, base, h, inputs, ct, tokens, gflop, keep_output=False):
