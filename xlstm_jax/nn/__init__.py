@@ -4,11 +4,13 @@ from .documents import document_starts
 from .layers import CausalConv1d, Embed, HeadwiseLinear, LayerNorm, Linear, MultiHeadLayerNorm
 from .params import constant, linspace, normal, ones, param, small_init, uniform, wang_init, zeros
 from .remat import REMAT_POLICIES, check_remat_policy, remat
+from .stack import run_stack
 
 __all__ = [
     "REMAT_POLICIES",
     "check_remat_policy",
     "remat",
+    "run_stack",
     "CausalConv1d",
     "Embed",
     "HeadwiseLinear",

@@ -3,15 +3,14 @@
 embedding -> num_blocks x mLSTMBlock -> RMSNorm (``add_out_norm``) -> lm_head -> soft-cap.
 
 The blocks' parameters are stacked along a leading block axis (logical name None),
-built with ``nnx.vmap``. ``scan_blocks`` runs them with ``jax.lax.scan`` around
-``nnx.merge`` (compile time constant in depth), otherwise with an unrolled loop over
-slices of the same parameters; ``remat`` wraps each block in ``jax.checkpoint``.
+built with ``nnx.vmap``; ``nn.run_stack`` runs them (``scan_blocks``: one ``jax.lax.scan``,
+compile time constant in depth, else an unrolled loop over slices of the same parameters;
+``remat`` wraps each block in ``jax.checkpoint``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import itemgetter
 
 import jax
 import jax.numpy as jnp
@@ -150,35 +149,11 @@ class xLSTMLarge(nnx.Module):
     def _run_blocks(
         self, x: jax.Array, state: State | None, resets: jax.Array | None, *, stateful: bool, collect: bool = False
     ) -> tuple[jax.Array, State | None, tuple[jax.Array, ...] | None]:
-        """x (B, S, D) through every block: a ``lax.scan`` over the stacked parameters (and
-        states, stacked for the scan), or an unrolled loop over their slices. Returns x, the
-        new states (if ``stateful``) and, if ``collect``, every block's input and the last output."""
+        """x (B, S, D) through the stacked blocks (``nn.run_stack``). Returns x, the new states (if
+        ``stateful``) and, if ``collect``, every block's input and the last block's output."""
         c = self.config
-        graphdef, params = nnx.split(self.blocks)
-
-        def run(p, x, s):
-            return nnx.merge(graphdef, p)(x, s, return_state=stateful, resets=resets)
-
-        if c.remat:
-            run = nn.remat(run, c.remat_policy)
-        if not c.scan_blocks:
-            outs, hidden = [], [x]
-            for idx in range(c.num_blocks):
-                s = None if state is None else state[idx]
-                x, s = run(jax.tree.map(itemgetter(idx), params), x, s)
-                outs.append(s)
-                hidden.append(x)
-            return x, (tuple(outs) if stateful else None), (tuple(hidden) if collect else None)
-
-        def body(x, params_and_state):
-            p, s = params_and_state
-            y, s = run(p, x, s)
-            return y, (s, y if collect else None)
-
-        x0 = x
-        stacked = None if state is None else jax.tree.map(lambda *a: jnp.stack(a), *state)
-        x, (stacked, ys) = jax.lax.scan(body, x, (params, stacked))
-        hidden = (x0, *(ys[idx] for idx in range(c.num_blocks))) if collect else None
-        if not stateful:
-            return x, None, hidden
-        return x, tuple(jax.tree.map(itemgetter(idx), stacked) for idx in range(c.num_blocks)), hidden
+        y, state, outputs = nn.run_stack(
+            self.blocks, x, state, resets=resets, return_state=stateful, scan=c.scan_blocks,
+            remat_policy=c.remat_policy if c.remat else None, collect=collect,
+        )  # fmt: skip
+        return y, state, ((x, *outputs) if collect else None)

@@ -14,7 +14,6 @@ State: a tuple with one entry per block, ``mLSTMBlockState`` or ``sLSTMBlockStat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -96,15 +95,6 @@ class sLSTMBlock(nnx.Module):  # noqa: N801 (the official name)
         if self.ffn is not None:
             x = x + self.ffn(self.ffn_norm(x)).astype(x.dtype)
         return x, state
-
-
-def _apply_block(graphdef, params, x, state, resets, *, return_state: bool):
-    """A block as a pure function of its parameters (for ``jax.checkpoint`` and ``lax.scan``)."""
-    return nnx.merge(graphdef, params)(x, state, return_state=return_state, resets=resets)
-
-
-def _stack(trees: Sequence):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
@@ -227,45 +217,20 @@ class xLSTMLMModel(nnx.Module):  # noqa: N801 (the official name)
         return runs
 
     def _run_blocks(self, x, state, return_state: bool, resets, collect: bool = False):
-        """x (B, S, D) through every block -> (x, new states or None, block inputs + output or None)."""
-        remat, new_states, hidden = self.config.remat, [], [x]
+        """x (B, S, D) through every block, one ``nn.run_stack`` per run of equal kinds.
+
+        Returns x, the new states (one per block) or None, and, if ``collect``, every block's
+        input and the last block's output."""
+        c, new_states, hidden = self.config, [], [x]
         for start, stop in self._runs():
-            blocks = list(self.blocks[start:stop])
-            states = [None] * (stop - start) if state is None else list(state[start:stop])
-            if self.config.scan_blocks and len(blocks) > 1:
-                x, run_states, run_hidden = self._scan(blocks, x, states, return_state, resets, collect)
-                new_states += run_states
-                hidden += run_hidden
-                continue
-            for block, block_state in zip(blocks, states):
-                if remat:
-                    graphdef, params = nnx.split(block)
-                    fn = nn.remat(partial(_apply_block, graphdef, return_state=return_state), self.config.remat_policy)
-                    x, block_state = fn(params, x, block_state, resets)
-                else:
-                    x, block_state = block(x, block_state, return_state=return_state, resets=resets)
-                new_states.append(block_state)
-                hidden.append(x)
+            x, run_states, outputs = nn.run_stack(
+                list(self.blocks[start:stop]), x, None if state is None else state[start:stop], resets=resets,
+                return_state=return_state, scan=c.scan_blocks, remat_policy=c.remat_policy if c.remat else None,
+                collect=collect,
+            )  # fmt: skip
+            new_states += run_states or ()
+            hidden += outputs or ()
         return x, (tuple(new_states) if return_state else None), (tuple(hidden) if collect else None)
-
-    def _scan(self, blocks, x, states, return_state: bool, resets, collect: bool):
-        """One ``lax.scan`` over identical blocks: their parameters (and states) stacked on a new axis."""
-        graphdef = nnx.split(blocks[0])[0]
-        params = _stack([nnx.split(block)[1] for block in blocks])
-        stacked_state = None if states[0] is None else _stack(states)
-
-        def body(carry, xs):
-            block_params, block_state = xs
-            y, new_state = _apply_block(graphdef, block_params, carry, block_state, resets, return_state=return_state)
-            return y, (new_state, y if collect else None)
-
-        if self.config.remat:
-            body = nn.remat(body, self.config.remat_policy)
-        x, (out, ys) = jax.lax.scan(body, x, (params, stacked_state))
-        hidden = [ys[j] for j in range(len(blocks))] if collect else []
-        if not return_state:
-            return x, [None] * len(blocks), hidden
-        return x, [jax.tree.map(lambda a, j=j: a[j], out) for j in range(len(blocks))], hidden
 
     def _check_state(self, state, batch: int) -> tuple[BlockState, ...]:
         """Accept any (cell, conv) tuples of the right structure; name the block on a bad shape."""
