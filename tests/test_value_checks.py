@@ -36,6 +36,12 @@ def test_check_number_inf_only_when_allowed():
     check_number("x", None, optional=True)
 
 
+def test_check_number_open_upper_bound():
+    check_number("fraction", 0.999, 0.0, 1.0, high_open=True)
+    with pytest.raises(ValueError, match=r"fraction must be a finite number >= 0.0 and < 1.0, got 1.0"):
+        check_number("fraction", 1.0, 0.0, 1.0, high_open=True)
+
+
 def test_check_bool_choice_keys_and_error_type():
     class MyError(ValueError):
         pass

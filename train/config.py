@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from xlstm_jax._validation import check_bool, check_choice, check_int, check_number
+from xlstm_jax._validation import check_bool, check_choice, check_int, check_known_keys, check_number
 from xlstm_jax.nn import REMAT_POLICIES
 
 
@@ -173,10 +173,7 @@ class RunConfig:
 def build_dataclass(cls, values: Mapping[str, Any] | None, prefix: str):
     """``cls(**values)`` with unknown keys rejected by their dotted name."""
     values = dict(values or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(names))}")
+    check_known_keys(prefix.rstrip("."), values, (f.name for f in dataclasses.fields(cls)), error=ConfigError)
     try:
         return cls(**values)
     except TypeError as err:  # e.g. a mapping where a number belongs

@@ -34,12 +34,12 @@ def _fail(error: type[Exception], field: str, accepted: str, value: Any):
     raise error(f"{field} must be {accepted}, got {value!r}")
 
 
-def _bounds_text(low, high, low_open: bool = False) -> str:
+def _bounds_text(low, high, low_open: bool = False, high_open: bool = False) -> str:
     parts = []
     if low is not None:
         parts.append(f"{'>' if low_open else '>='} {low}")
     if high is not None:
-        parts.append(f"<= {high}")
+        parts.append(f"{'<' if high_open else '<='} {high}")
     return " and ".join(parts)
 
 
@@ -70,21 +70,24 @@ def check_number(
     high: float | None = None,
     *,
     low_open: bool = False,
+    high_open: bool = False,
     optional: bool = False,
     allow_inf: bool = False,
     error: type[Exception] = ValueError,
 ) -> None:
-    """A finite real number (int or float, not a bool) in ``[low, high]`` (``(low, high]`` when
-    ``low_open``); ``None`` passes when ``optional``; ``+-inf`` only when ``allow_inf``; never NaN."""
+    """A finite real number (int or float, not a bool) in ``[low, high]`` (open at ``low`` when
+    ``low_open``, at ``high`` when ``high_open``); ``None`` passes when ``optional``; ``+-inf`` only
+    when ``allow_inf``; never NaN."""
     if value is None and optional:
         return
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
     ok = ok and (allow_inf or math.isfinite(value))
     if ok and low is not None:
         ok = value > low if low_open else value >= low
-    ok = ok and (high is None or value <= high)
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
     if not ok:
-        bounds = _bounds_text(low, high, low_open)
+        bounds = _bounds_text(low, high, low_open, high_open)
         kind = "a number" if allow_inf else "a finite number"
         _fail(error, field, kind + (f" {bounds}" if bounds else "") + (" or None" if optional else ""), value)
 

@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from xlstm_jax._validation import check_bool, check_choice, check_int, check_known_keys, check_number
+
 FORMAL_KINDS = ("parity", "modular_arithmetic", "even_pairs", "cycle_navigation")
 SYNTHETIC_KINDS = (*FORMAL_KINDS, "mqar")
 CORPUS_KINDS = ("tokens", "arrayrecord", "text")
@@ -17,22 +19,23 @@ TOKEN_DTYPES = ("uint16", "uint32", "int32")
 _FORMAL_LENGTHS = {"train_min_len": 3, "train_max_len": 40, "eval_min_len": 40, "eval_max_len": 256}
 
 
-def _fail(name: str, value: Any, accepted: str) -> None:
-    raise ValueError(f"DataConfig.{name}={value!r} is invalid: accepted values are {accepted}")
+def _field(name: str) -> str:
+    return f"DataConfig.{name}"
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-    if not ok:
-        span = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
-        _fail(name, value, span + (" or None" if optional else ""))
+def _fail(name: str, accepted: str, value: Any) -> None:
+    """A condition the generic checks do not express, in their format."""
+    raise ValueError(f"{_field(name)} must be {accepted}, got {value!r}")
+
+
+def _int(name: str, value: Any, low: int, high: int | None = None, *, optional: bool = False) -> None:
+    check_int(_field(name), value, low, high, optional=optional)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Data settings; every field is validated on construction (``ValueError`` names the field).
+    """Data settings; every field is validated on construction (``ValueError`` names the field:
+    ``DataConfig.num_workers must be an integer >= 0, got -1``).
 
     Length fields of the embedded tasks count tokens of one example, answer included; ``None``
     picks the task default (formal languages: train 3-40, eval 40-256; MQAR: ``16 * num_kv_pairs``).
@@ -71,8 +74,7 @@ class DataConfig:
     mqar_vocab: int = 8192  # mqar: total vocabulary (pad + keys + values)
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            _fail("kind", self.kind, f"one of {KINDS}")
+        check_choice(_field("kind"), self.kind, KINDS)
         for name in ("path", "eval_path"):
             value = getattr(self, name)
             if isinstance(value, list):
@@ -84,37 +86,30 @@ class DataConfig:
                 or (isinstance(value, tuple) and value and all(isinstance(v, str) for v in value))
             )
             if not ok:
-                _fail(name, value, "None, a path/glob string or a non-empty list of them")
+                _fail(name, "None, a path/glob string or a non-empty list of them", value)
         if self.kind in CORPUS_KINDS and self.path is None:
-            _fail("path", None, f"a file, glob or list of files (required for kind={self.kind!r})")
+            _fail("path", f"a file, glob or list of files (required for kind={self.kind!r})", None)
         if not isinstance(self.tokenizer, str) or not (self.tokenizer == "byte" or self.tokenizer.endswith(".json")):
-            _fail("tokenizer", self.tokenizer, "'byte' or the path of a Hugging Face tokenizers .json file")
+            _fail("tokenizer", "'byte' or the path of a Hugging Face tokenizers .json file", self.tokenizer)
         if not isinstance(self.text_field, str) or not self.text_field:
-            _fail("text_field", self.text_field, "a non-empty string")
-        if self.text_split not in TEXT_SPLITS:
-            _fail("text_split", self.text_split, f"one of {TEXT_SPLITS}")
-        if self.token_dtype is not None and self.token_dtype not in TOKEN_DTYPES:
-            _fail("token_dtype", self.token_dtype, f"None or one of {TOKEN_DTYPES}")
-        _check_int("vocab_size", self.vocab_size, 1, optional=True)
-        _check_int("eos_id", self.eos_id, 0, optional=True)
-        _check_int("max_doc_tokens", self.max_doc_tokens, 1)
-        frac = self.heldout_fraction
-        if isinstance(frac, bool) or not isinstance(frac, int | float) or not 0.0 <= frac < 1.0:
-            _fail("heldout_fraction", frac, "a float in [0, 1)")
-        _check_int("max_eval_batches", self.max_eval_batches, 1, optional=True)
-        _check_int("seed", self.seed, 0, 2**32 - 1)
-        if not isinstance(self.shuffle, bool):
-            _fail("shuffle", self.shuffle, "True or False")
-        _check_int("num_workers", self.num_workers, 0)
-        _check_int("prefetch_buffer_size", self.prefetch_buffer_size, 0)
-        _check_int("read_threads", self.read_threads, 0)
-        _check_int("num_train_examples", self.num_train_examples, 1)
-        _check_int("num_eval_examples", self.num_eval_examples, 1)
-        _check_int("modulus", self.modulus, 2)
-        _check_int("cycle_length", self.cycle_length, 2)
-        _check_int("num_kv_pairs", self.num_kv_pairs, 1)
-        _check_int("num_queries", self.num_queries, 1, self.num_kv_pairs, optional=True)
-        _check_int("mqar_vocab", self.mqar_vocab, 2 * self.num_kv_pairs + 1)
+            _fail("text_field", "a non-empty string", self.text_field)
+        check_choice(_field("text_split"), self.text_split, TEXT_SPLITS)
+        check_choice(_field("token_dtype"), self.token_dtype, (None, *TOKEN_DTYPES))
+        _int("vocab_size", self.vocab_size, 1, optional=True)
+        _int("eos_id", self.eos_id, 0, optional=True)
+        _int("max_doc_tokens", self.max_doc_tokens, 1)
+        check_number(_field("heldout_fraction"), self.heldout_fraction, 0.0, 1.0, high_open=True)
+        _int("max_eval_batches", self.max_eval_batches, 1, optional=True)
+        _int("seed", self.seed, 0, 2**32 - 1)
+        check_bool(_field("shuffle"), self.shuffle)
+        for name in ("num_workers", "prefetch_buffer_size", "read_threads"):
+            _int(name, getattr(self, name), 0)
+        for name in ("num_train_examples", "num_eval_examples", "num_kv_pairs"):
+            _int(name, getattr(self, name), 1)
+        _int("modulus", self.modulus, 2)
+        _int("cycle_length", self.cycle_length, 2)
+        _int("num_queries", self.num_queries, 1, self.num_kv_pairs, optional=True)
+        _int("mqar_vocab", self.mqar_vocab, 2 * self.num_kv_pairs + 1)
         if self.kind in SYNTHETIC_KINDS:
             self._resolve_lengths()
 
@@ -131,25 +126,22 @@ class DataConfig:
         for name, default in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
-            _check_int(name, getattr(self, name), 1)
+            _int(name, getattr(self, name), 1)
             if getattr(self, name) < low:
-                _fail(name, getattr(self, name), f"an int >= {low} for kind={self.kind!r} ({why})")
+                _fail(name, f"an integer >= {low} for kind={self.kind!r} ({why})", getattr(self, name))
         for split in ("train", "eval"):
             lo, hi = getattr(self, f"{split}_min_len"), getattr(self, f"{split}_max_len")
             if lo > hi:
-                _fail(f"{split}_max_len", hi, f"an int >= {split}_min_len={lo}")
+                _fail(f"{split}_max_len", f"an integer >= {split}_min_len={lo}", hi)
             if self.kind == "modular_arithmetic" and lo == hi and lo % 2 == 0:
-                _fail(f"{split}_max_len", hi, "a range holding an odd length (expressions 'a op b ... = c' are odd)")
+                _fail(f"{split}_max_len", "a range holding an odd length (expressions 'a op b ... = c' are odd)", hi)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataConfig:
         """Build from a plain mapping (e.g. parsed YAML); unknown keys raise ``ValueError`` by name."""
         if not isinstance(d, Mapping):
             raise ValueError(f"DataConfig.from_dict expects a mapping, got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"DataConfig: unknown key(s) {unknown}; accepted keys are {names}")
+        check_known_keys("DataConfig", d, (f.name for f in dataclasses.fields(cls)))
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from typing import Any
 import grain
 import numpy as np
 
+from xlstm_jax._validation import check_int
+
 
 def row_to_example(
     tokens: np.ndarray, segment_ids: np.ndarray, supervised: np.ndarray | None = None
@@ -58,8 +60,7 @@ class RowPacker:
     """Greedy-concatenation state: the partly used document and how many of its tokens are used."""
 
     def __init__(self, row_len: int):
-        if row_len < 2:
-            raise ValueError(f"row_len={row_len} is invalid: accepted values are ints >= 2")
+        check_int("row_len", row_len, 2)
         self.row_len = row_len
         self.doc: np.ndarray | None = None
         self.offset = 0

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from xlstm_jax._validation import check_choice
 from xlstm_jax.train.data.sources import iter_text_documents
 from xlstm_jax.train.data.tokenizers import load_tokenizer
 
@@ -45,14 +46,12 @@ def preprocess(
     dtype: str | None = None,
 ) -> dict[str, Any]:
     """Tokenize ``inputs`` and write ``output`` + suffixes in ``fmt``; returns the metadata written."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format={fmt!r} is invalid: accepted values are {FORMATS}")
+    check_choice("format", fmt, FORMATS)
     tok = load_tokenizer(tokenizer)
     dtype = dtype or ("int32" if fmt == "arrayrecord" else "uint16" if tok.vocab_size <= 2**16 else "uint32")
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is invalid: accepted values are {DTYPES}")
+    check_choice("dtype", dtype, DTYPES)
     if tok.vocab_size > np.iinfo(dtype).max + 1:
-        raise ValueError(f"dtype={dtype!r} is invalid for vocab_size {tok.vocab_size}: use 'uint32'")
+        raise ValueError(f"dtype must hold vocab_size={tok.vocab_size} ids ('uint32'), got {dtype!r}")
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {

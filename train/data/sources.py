@@ -142,8 +142,8 @@ _ID_RANGES: dict[tuple, tuple[int, int]] = {}  # (path, size, mtime, dtype) -> (
 
 def _missing_dtype(path: str) -> str:
     raise ValueError(
-        f"DataConfig.token_dtype=None is invalid for {path!r}, which has no metadata JSON "
-        f"({metadata_path(path)}): accepted values are 'uint16', 'uint32', 'int32'"
+        f"DataConfig.token_dtype must be one of 'uint16', 'uint32', 'int32' for {path!r}, which has no "
+        f"metadata JSON ({metadata_path(path)}), got None"
     )
 
 
@@ -304,5 +304,4 @@ def open_corpus(cfg: Any, spec: str | Sequence[str], vocab_size: int | None = No
         return ArrayRecordSource(paths, dtype=cfg.token_dtype)
     if cfg.kind == "text":
         return TextSource(paths, tokenizer=cfg.tokenizer, text_field=cfg.text_field, text_split=cfg.text_split)
-    accepted = "'tokens', 'arrayrecord', 'text'"
-    raise ValueError(f"DataConfig.kind={cfg.kind!r} is not a corpus: accepted values are {accepted}")
+    raise ValueError(f"DataConfig.kind must be a corpus kind, one of 'tokens', 'arrayrecord', 'text', got {cfg.kind!r}")

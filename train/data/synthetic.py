@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from xlstm_jax._validation import check_choice
 from xlstm_jax.train.data.config import DataConfig
 
 SPLIT_IDS = {"train": 0, "eval": 1}
@@ -153,8 +154,7 @@ class SyntheticSource:
     """
 
     def __init__(self, cfg: DataConfig, split: str):
-        if split not in SPLIT_IDS:
-            raise ValueError(f"split={split!r} is invalid: accepted values are {tuple(SPLIT_IDS)}")
+        check_choice("split", split, SPLIT_IDS)
         self._cfg, self._split = cfg, split
         self._len = cfg.num_train_examples if split == "train" else cfg.num_eval_examples
 
