@@ -83,11 +83,7 @@ class OptimConfig:
         _int("optim.warmup_steps", self.warmup_steps, 0)
         _number("optim.min_lr_ratio", self.min_lr_ratio, 0, 1)
         for name in ("b1", "b2"):
-            _number(f"optim.{name}", getattr(self, name), 0, 1)
-            _check(
-                getattr(self, name) < 1,
-                f"optim.{name} must be a finite number >= 0 and < 1, got {getattr(self, name)!r}",
-            )
+            _number(f"optim.{name}", getattr(self, name), 0, 1, high_open=True)
         _number("optim.eps", self.eps, 0, low_open=True)
         _number("optim.weight_decay", self.weight_decay, 0)
         for name in ("decay_norms_and_biases", "decay_embeddings"):
