@@ -508,35 +508,31 @@ class Runner:
                             last_time[(form.impl, mode)] = (S, row["median_s"])
 
             if check_here:
-                self.check_mlstm(
-                    jax_cw_out,
-                    tin,
-                    tct,
-                    official["official_torch_chunkwise_native_autograd"],
-                    S,
-                    B,
-                    NH,
-                    DQK,
-                    DV,
-                    a.chunk_sizes[0],
+                L = a.chunk_sizes[0]
+                kern = official["official_torch_chunkwise_native_autograd"]
+
+                def reference(L=L, kern=kern, tin=tin, tct=tct):
+                    tg = tuple(x.clone().requires_grad_(True) for x in tin)
+                    h = kern(*tg, chunk_size=L, return_last_states=False)
+                    (h * tct).sum().backward()
+                    return h.detach().numpy(), {n: x.grad.numpy() for n, x in zip("qkvif", tg)}
+
+                row = self.base(
+                    "mlstm", "check_jax_chunkwise_vs_official_native_autograd", S, B, NH, DQK, DV, L, "check"
                 )
+                self.emit_check(row, jax_cw_out, reference, "qkvif")
 
-    def check_mlstm(self, jout, tin, tct, kern, S, B, NH, DQK, DV, L):
-
-        row = self.base("mlstm", "check_jax_chunkwise_vs_official_native_autograd", S, B, NH, DQK, DV, L, "check")
+    def emit_check(self, row, jout, reference, grad_names):
+        """A ``check`` row: the JAX output (``jout['fwd']``) and gradients (``jout['fwdbwd']``, in
+        ``grad_names`` order) against ``reference() -> (h, {name: gradient})`` of the official code."""
         try:
-            tg = tuple(x.clone().requires_grad_(True) for x in tin)
-            h = kern(*tg, chunk_size=L, return_last_states=False)
-            (h * tct).sum().backward()
-            h_ref = h.detach().numpy()
+            h_ref, grads_ref = reference()
             if "fwd" in jout:
                 row["h_max_abs_diff"] = float(np.max(np.abs(jout["fwd"] - h_ref)))
                 row["h_max_abs_ref"] = float(np.max(np.abs(h_ref)))
-            if "fwdbwd" in jout:
-                names = ["q", "k", "v", "i", "f"]
-                for n, gj, x in zip(names, jout["fwdbwd"], tg):
-                    gr = x.grad.numpy()
-                    row[f"grad_{n}_max_rel_diff"] = float(np.max(np.abs(gj - gr)) / (np.max(np.abs(gr)) + 1e-30))
+            for name, gj in zip(grad_names, jout.get("fwdbwd", ())):
+                gr = grads_ref[name]
+                row[f"grad_{name}_max_rel_diff"] = float(np.max(np.abs(gj - gr)) / (np.max(np.abs(gr)) + 1e-30))
         except Exception:
             row["error"] = traceback.format_exc()[-2000:]
         self.emit(row)
@@ -595,30 +591,20 @@ class Runner:
             )
 
         if not a.no_check and ops is not None:
-            row = self.base("slstm", "check_jax_slstm_scan_vs_official_vanilla", S, B, NH, DH, DH, None, "check")
-            try:
+
+            def reference():
                 tx = t_x.clone().requires_grad_(True)
                 cell.zero_grad(set_to_none=True)
                 h, _ = cell(tx)
                 (h * t_ct).sum().backward()
-                h_ref = h.detach().numpy().transpose(0, 2, 1, 3)  # -> (B,S,NH,DH)
-                if "fwd" in jout:
-                    row["h_max_abs_diff"] = float(np.max(np.abs(jout["fwd"] - h_ref)))
-                    row["h_max_abs_ref"] = float(np.max(np.abs(h_ref)))
-                if "fwdbwd" in jout:
-                    g_gx, g_R, g_b = jout["fwdbwd"]
-                    ref_gx = tx.grad.numpy().reshape(B, S, 4, NH, DH)
-                    ref_R = cell._recurrent_kernel_int2ext(cell._recurrent_kernel_.grad).numpy()
-                    ref_b = cell._bias_int2ext(cell._bias_.grad).numpy()
-                    for n, gj, gr in (
-                        ("gates_x", g_gx, ref_gx),
-                        ("recurrent_kernel", g_R, ref_R),
-                        ("bias", g_b, ref_b),
-                    ):
-                        row[f"grad_{n}_max_rel_diff"] = float(np.max(np.abs(gj - gr)) / (np.max(np.abs(gr)) + 1e-30))
-            except Exception:
-                row["error"] = traceback.format_exc()[-2000:]
-            self.emit(row)
+                return h.detach().numpy().transpose(0, 2, 1, 3), {  # -> (B,S,NH,DH)
+                    "gates_x": tx.grad.numpy().reshape(B, S, 4, NH, DH),
+                    "recurrent_kernel": cell._recurrent_kernel_int2ext(cell._recurrent_kernel_.grad).numpy(),
+                    "bias": cell._bias_int2ext(cell._bias_.grad).numpy(),
+                }
+
+            row = self.base("slstm", "check_jax_slstm_scan_vs_official_vanilla", S, B, NH, DH, DH, None, "check")
+            self.emit_check(row, jout, reference, ("gates_x", "recurrent_kernel", "bias"))
 
     # ---------------------------------------------------------------- summary
     def summary(self):
