@@ -161,32 +161,37 @@ from jax.sharding import AxisType
 from helpers import assert_close, perturbed
 from xlstm_jax import backends
 from xlstm_jax.models.xlstm_lm import mLSTMLayerConfig, sLSTMLayerConfig, xLSTMLMConfig, xLSTMLMModel
-cfg = xLSTMLMConfig(vocab_size=50, embedding_dim=32, num_blocks=2, slstm_at=(1,), chunk_size=4,
-                    mlstm=mLSTMLayerConfig(num_heads=2), slstm=sLSTMLayerConfig(num_heads=4))
-graphdef, params = nnx.split(perturbed(xLSTMLMModel(cfg, rngs=nnx.Rngs(0)), seed=1))
+from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+lm = xLSTMLMModel(xLSTMLMConfig(vocab_size=50, embedding_dim=32, num_blocks=2, slstm_at=(1,), chunk_size=4,
+                                mlstm=mLSTMLayerConfig(num_heads=2), slstm=sLSTMLayerConfig(num_heads=4)),
+                  rngs=nnx.Rngs(0))
+large = xLSTMLarge(xLSTMLargeConfig(embedding_dim=32, num_heads=2, num_blocks=2, vocab_size=50, chunk_size=4),
+                   rngs=nnx.Rngs(0))
 ids = jax.random.randint(jax.random.key(2), (2, 32), 0, 50)
 # Documents: starting inside shards (13, 19) and on a shard boundary (8).
 seg = jnp.zeros((2, 32), jnp.int32).at[0, 8:].set(1).at[0, 13:].set(2).at[1, 19:].set(1)
-def loss(params):
-    logits = nnx.merge(graphdef, params)(ids, segment_ids=seg)
-    return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
-(ref_loss, ref_logits), ref_grads = jax.value_and_grad(loss, has_aux=True)(params)
-for shape in ((2, 4), (1, 8)):
-    mesh = jax.make_mesh(shape, ("data", "ctx"), axis_types=(AxisType.Auto,) * 2)
-    with jax.set_mesh(mesh), backends.axis_rules({"batch": "data", "length": "ctx"}):
-        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    assert_close(logits, ref_logits, 1e-5, f"logits {shape}")
-    assert_close(value, ref_loss, 1e-5, f"loss {shape}")
-    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
-        assert_close(a, b, 1e-5, f"gradient {shape}")
+for name, model in (("xLSTMLMModel", lm), ("xLSTMLarge", large)):
+    graphdef, params = nnx.split(perturbed(model, seed=1))
+    def loss(params):
+        logits = nnx.merge(graphdef, params)(ids, segment_ids=seg)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+    (ref_loss, ref_logits), ref_grads = jax.value_and_grad(loss, has_aux=True)(params)
+    for shape in ((2, 4), (1, 8)):
+        mesh = jax.make_mesh(shape, ("data", "ctx"), axis_types=(AxisType.Auto,) * 2)
+        with jax.set_mesh(mesh), backends.axis_rules({"batch": "data", "length": "ctx"}):
+            (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        assert_close(logits, ref_logits, 1e-5, f"{name} logits {shape}")
+        assert_close(value, ref_loss, 1e-5, f"{name} loss {shape}")
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+            assert_close(a, b, 1e-5, f"{name} gradient {shape}")
 print("CONTEXT-OK")
 """
 
 
 @pytest.mark.slow
-def test_neurips_model_with_the_sequence_split_reproduces_one_device():
-    """xLSTMLMModel (mLSTM with causal conv, sLSTM; packed documents starting inside shards and on a
-    shard boundary) under ``jax.jit`` on (data=2, ctx=4) and (ctx=8) meshes with axis rule ``length``
+def test_models_with_the_sequence_split_reproduce_one_device():
+    """xLSTMLMModel (mLSTM with causal conv, sLSTM) and xLSTMLarge, packed documents starting inside
+    shards and on a shard boundary, under ``jax.jit`` on (data=2, ctx=4) and (ctx=8) meshes with axis rule ``length``
     -> ctx: logits, loss and every parameter gradient within 1e-5 of the one-device run (the cells
     go through the dispatch point's context path; XLA partitions the rest, conv halo included)."""
     _run(_MODEL, full=False)
