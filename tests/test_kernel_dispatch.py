@@ -137,7 +137,7 @@ for axis_type, backend in ((AxisType.Explicit, "pallas_tpu"), (AxisType.Auto, "p
         assert_close(dg, ref_dg, 1e-3, backend + " sharded sLSTM dgates_x")
         assert_close(dr, ref_dr, 1e-3, backend + " sharded sLSTM drecurrent_kernel")
 # Logical-axis rules: batch over tensor and heads over data give the same numbers; a mesh that cannot
-# divide the batch, or a sequence mapped to a mesh axis, is a ValueError naming the axes and sizes.
+# divide the batch or the sequence is a ValueError naming the axes and sizes.
 with jax.set_mesh(meshes[AxisType.Auto]):
     with backends.axis_rules({"batch": "tensor", "heads": ["data"], "embed": ["fsdp"]}):
         assert backends.mesh_axes(2, 2) == (("tensor",), ("data",))
@@ -151,12 +151,12 @@ with jax.set_mesh(meshes[AxisType.Auto]):
             raise AssertionError("a batch of 1 on a data=2 mesh ran")
         except ValueError as err:
             assert "batch 1 is not divisible by its mesh axes {'data': 2}" in str(err), err
-    with backends.axis_rules({"length": ["tensor"]}):
+    with backends.axis_rules({"length": ["tensor"]}):  # context parallelism: tests/test_context_parallel.py
         try:
-            backends.mlstm(q, k, v, i, f, backend="pallas_tpu")
-            raise AssertionError("a sequence mapped to the tensor axis ran")
+            backends.mlstm(*(x[:, :, :19] for x in (q, k, v, i, f)), backend="pallas_tpu")
+            raise AssertionError("a sequence of 19 split over tensor=2 ran")
         except ValueError as err:
-            assert "axis rule 'length' maps the sequence to mesh axes {'tensor': 2}" in str(err), err
+            assert "length 19 is not divisible by its mesh axes {'tensor': 2}" in str(err), err
 print("SHARDED-OK")
 """
 

@@ -26,8 +26,9 @@ A Pallas backend on a CPU runs in Pallas interpret mode (slow; for tests). A sha
 tile falls back to the XLA form with a logged reason. Inside a mesh (``jax.set_mesh``) the kernels
 run under ``jax.shard_map`` with specs from logical-axis rules (``axis_rules``): ``batch`` and
 ``heads`` name the mesh axes the batch and the heads are split over, ``length`` those of the
-sequence (context parallelism; the kernels do not split sequences yet, so it must name no axis of
-size > 1). A mesh whose axes do not divide the batch or the heads is a ``ValueError``.
+sequence (context parallelism: then every backend, XLA forms included, runs under ``shard_map`` with
+the sequence split in order, through ``ops.context_parallel``). A mesh whose axes do not divide the
+batch, the heads or the sequence is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from jax.sharding import PartitionSpec as P
 
 from xlstm_jax import ops
 from xlstm_jax._validation import check_choice
+from xlstm_jax.ops import context_parallel
 
 log = logging.getLogger(__name__)
 
@@ -253,34 +255,38 @@ def axis_rules(rules: Mapping[str, str | Sequence[str]]) -> Iterator[None]:
 def mesh_axes(batch: int, heads: int) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None:
     """(batch axes, head axes) of the current mesh under the axis rules, or None when nothing is sharded.
 
-    Raises ``ValueError`` when the batch or the heads are not divisible by their mesh axes, or when
-    the sequence (``length``) is mapped to a mesh axis of size > 1.
+    Raises ``ValueError`` when the batch or the heads are not divisible by their mesh axes.
     """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or math.prod(mesh.shape.values()) == 1:
         return None
+    return _split("batch", batch), _split("heads", heads)
+
+
+def length_axes(seq_len: int) -> tuple[str, ...] | None:
+    """The mesh axes the sequence is split over (axis rule ``length``, axes of size > 1), or None.
+
+    Raises ``ValueError`` when they do not divide ``seq_len``.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return None
+    return _split("length", seq_len)
+
+
+def _split(logical: str, size: int) -> tuple[str, ...] | None:
+    """The mesh axes of size > 1 that ``logical`` maps to, checked to divide ``size``; None if none."""
+    mesh = jax.sharding.get_abstract_mesh()
     rules = _AXIS_RULES.get()
 
-    def used(logical: str) -> tuple[str, ...]:
-        return tuple(a for a in _rule_axes(rules, logical) if mesh.shape.get(a, 1) > 1)
-
-    def split(logical: str, size: int):
-        axes = used(logical)
-        sizes = {a: mesh.shape[a] for a in axes}
-        if size % math.prod(sizes.values()):
-            raise ValueError(
-                f"{logical} {size} is not divisible by its mesh axes {sizes} (axis rule {logical!r}: "
-                f"{_rule_axes(rules, logical)}, mesh {dict(mesh.shape)}); choose a {logical} size or mesh that divides"
-            )
-        return axes or None
-
-    length = used("length")
-    if length:
+    axes = tuple(a for a in _rule_axes(rules, logical) if mesh.shape.get(a, 1) > 1)
+    sizes = {a: mesh.shape[a] for a in axes}
+    if size % math.prod(sizes.values()):
         raise ValueError(
-            f"the cell kernels run whole sequences per shard; axis rule 'length' maps the sequence to mesh axes "
-            f"{ {a: mesh.shape[a] for a in length} }: map it to no axis of size > 1"
+            f"{logical} {size} is not divisible by its mesh axes {sizes} (axis rule {logical!r}: "
+            f"{_rule_axes(rules, logical)}, mesh {dict(mesh.shape)}); choose a {logical} size or mesh that divides"
         )
-    return split("batch", batch), split("heads", heads)
+    return axes or None
 
 
 def _shard_map(fn, args: tuple, in_specs: tuple, out_specs):
@@ -332,6 +338,42 @@ def _mlstm_kernel(impl: Implementation, q, k, v, i, f, chunk_size: int, initial_
     return _shard_map(run, (q, k, v, i, f, state), in_specs, out_specs)
 
 
+def _mlstm_context(impl: Implementation, q, k, v, i, f, chunk_size: int, initial_state, eps: float, length):
+    """The sequence split over the mesh axes ``length`` (context parallelism): under ``shard_map``,
+    ``ops.context_parallel.context_states`` gives each shard its exact initial state, then ``impl``
+    runs the local tokens from it (a kernel, or the XLA form). Returns (h, the final state)."""
+    b, nh, _, dhqk = q.shape
+    dhv = v.shape[-1]
+    blocks, interpret = None, False
+    if impl.platform is not None:
+        interpret = interpret_flag(impl)
+        try:
+            blocks = impl.choose_blocks(dhqk, dhv, chunk_size, interpret=interpret)
+        except ValueError as err:
+            log.warning("mLSTM backend %r cannot run q %s, v %s (%s); using the XLA chunkwise form", impl.name,
+                        q.shape, v.shape, err)  # fmt: skip
+            impl = IMPLEMENTATIONS["mlstm", "chunkwise"]
+    dtype = jax.numpy.promote_types(q.dtype, jax.numpy.float32)
+    if initial_state is None:
+        initial_state = ops.MLSTMState.zeros(b, nh, dhqk, dhv, dtype)
+
+    def run(q, k, v, i, f, state):
+        cast = lambda x: x.astype(dtype)
+        before, final = context_parallel.context_states(
+            cast(k), cast(v), jax.nn.log_sigmoid(cast(f)), cast(i), state, length
+        )
+        h, _ = impl.run(q, k, v, i, f, initial_state=before, chunk_size=chunk_size, eps=eps, blocks=blocks,
+                        interpret=interpret)  # fmt: skip
+        return h, final
+
+    bs, hs = mesh_axes(b, nh)
+    seq = lambda x: P(bs, hs, length, *([None] * (x.ndim - 3)))
+    state = ops.MLSTMState(*initial_state)
+    state_specs = jax.tree.map(lambda x: P(bs, hs, *([None] * (x.ndim - 2))), state)
+    in_specs = (*(seq(a) for a in (q, k, v, i, f)), state_specs)
+    return _shard_map(run, (q, k, v, i, f, state), in_specs, (seq(v), state_specs))
+
+
 def mlstm(
     q,
     k,
@@ -365,6 +407,9 @@ def mlstm(
     if q.shape[2] == 1 and stateful:
         h, state = ops.mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], initial_state, eps=eps)
         out = (h[:, :, None], state)
+    elif (length := length_axes(q.shape[2])) is not None:
+        impl = IMPLEMENTATIONS["mlstm", "chunkwise"] if name == "parallel" else impl  # the same function, stateful
+        out = _mlstm_context(impl, q, k, v, i, f, chunk_size, initial_state, eps, length)
     elif impl.platform is not None:
         out = _mlstm_kernel(impl, q, k, v, i, f, chunk_size, initial_state, eps)
         impl = IMPLEMENTATIONS["mlstm", "chunkwise"]  # the fallback when the kernel cannot tile
@@ -412,6 +457,43 @@ def _slstm_kernel(impl: Implementation, gates_x, recurrent_kernel, bias, initial
     )
 
 
+def _slstm_context(impl: Implementation, gates_x, recurrent_kernel, bias, initial_state, resets, length):
+    """The sequence split over the mesh axes ``length``: under ``shard_map``, an all_to_all to
+    head-sharded around ``impl`` and back (``ops.context_parallel.heads_parallel``)."""
+    b, s, _, nh, dh = gates_x.shape
+    bs, hs = mesh_axes(b, nh)
+    blocks, interpret = None, False
+    if impl.platform is not None:
+        interpret = interpret_flag(impl)
+        mesh = jax.sharding.get_abstract_mesh()
+        local_b = b // math.prod(mesh.shape[a] for a in bs or ())
+        try:
+            blocks = impl.choose_blocks(local_b, s, dh, has_resets=resets is not None, interpret=interpret)
+        except ValueError as err:
+            log.warning("sLSTM backend %r cannot run gates %s (%s); using the XLA scan", impl.name, gates_x.shape, err)
+            impl = IMPLEMENTATIONS["slstm", "scan"]
+    if initial_state is None:
+        initial_state = ops.SLSTMState.zeros(b, nh, dh, jax.numpy.promote_types(gates_x.dtype, jax.numpy.float32))
+
+    def cell(gates_x, recurrent_kernel, bias, state, resets):
+        return impl.run(gates_x, recurrent_kernel, bias, initial_state=state, resets=resets, blocks=blocks,
+                        interpret=interpret)  # fmt: skip
+
+    def run(gates_x, recurrent_kernel, bias, state, resets):
+        return context_parallel.heads_parallel(cell, gates_x, recurrent_kernel, bias, state, resets, length)
+
+    state_specs = ops.SLSTMState(*(P(bs, hs, None),) * 4)
+    in_specs = (
+        P(bs, length, None, hs, None),  # gates_x (B, S, 4, NH, DH)
+        P(hs, None, None, None),  # recurrent_kernel (NH, DH, 4, DH)
+        P(hs, None, None),  # bias (NH, 4, DH)
+        state_specs,
+        None if resets is None else P(bs, length),
+    )
+    args = (gates_x, recurrent_kernel, bias, ops.SLSTMState(*initial_state), resets)
+    return _shard_map(run, args, in_specs, (P(bs, length, hs, None), state_specs))
+
+
 def slstm(
     gates_x,
     recurrent_kernel,
@@ -442,7 +524,10 @@ def slstm(
             name = "scan"
     impl = implementation("slstm", name)
     out = None
-    if impl.platform is not None:
+    if (length := length_axes(gates_x.shape[1])) is not None:
+        resets = None if resets is None else jax.numpy.asarray(resets)
+        out = _slstm_context(impl, gates_x, recurrent_kernel, bias, initial_state, resets, length)
+    elif impl.platform is not None:
         out = _slstm_kernel(impl, gates_x, recurrent_kernel, bias, initial_state, resets)
     if out is None:
         out = ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xlstm_jax.ops import context_parallel
+
 from .params import Init, ones, param, zeros
 
 
@@ -175,17 +177,30 @@ class CausalConv1d(nnx.Module):
         return jnp.zeros((batch, self.kernel_size - 1, self.kernel.shape[1]), self.dtype)
 
     def __call__(
-        self, x: jax.Array, state: jax.Array | None = None, resets: jax.Array | None = None
+        self,
+        x: jax.Array,
+        state: jax.Array | None = None,
+        resets: jax.Array | None = None,
+        *,
+        context_axis: str | tuple[str, ...] | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """x (B, S, C) -> (y (B, S, C), new state (B, K - 1, C)).
 
         ``resets`` (B, S) bool marks the first token of a new document: no tap reaches
         across it (as zero padding at the document's start), and the returned state
         holds no inputs from before the last reset.
+
+        ``context_axis``: inside ``jax.shard_map`` with the sequence split in order over this mesh
+        axis, each device's state is the previous device's last K - 1 inputs (a ``ppermute`` halo,
+        rows before a reset there zeroed); ``state`` is the one before the whole sequence (used by
+        the first device) and the returned state the one after it, the same on every device.
         """
         k, s = self.kernel_size, x.shape[1]
         if state is None:
             state = self.zero_state(x.shape[0])
+        if context_axis is not None:
+            y, new_state = self(x, _halo(x, state, resets, k - 1, context_axis), resets)
+            return y, context_parallel.from_last_device(new_state, context_axis)
         padded = jnp.concatenate([state.astype(self.dtype), x.astype(self.dtype)], axis=1)  # (B, K-1+S, C)
         kernel = self.kernel[...].astype(self.dtype)
         if resets is None:
@@ -203,3 +218,17 @@ class CausalConv1d(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y, new_state
+
+
+def _halo(x, state, resets, width: int, axis):
+    """The K - 1 inputs before this device's first token: the previous device's last ones (rows before
+    a reset among them zeroed, as ``CausalConv1d`` keeps its state), ``state`` on the first device."""
+    if x.shape[1] < width:
+        raise ValueError(f"the local sequence length must be at least kernel_size - 1 = {width}, got {x.shape[1]}")
+    tail = x[:, x.shape[1] - width :].astype(state.dtype)
+    if resets is not None:
+        count = jnp.cumsum(resets, axis=1, dtype=jnp.int32)
+        tail = jnp.where((count[:, -width:] == count[:, -1:])[..., None], tail, 0)
+    size = jax.lax.axis_size(axis)
+    received = jax.lax.ppermute(tail, axis, perm=[(j, j + 1) for j in range(size - 1)])  # zeros on device 0
+    return jnp.where(jax.lax.axis_index(axis) == 0, state, received)

@@ -9,6 +9,10 @@ sLSTM:
   ``slstm_scan``       ``lax.scan`` of ``slstm_step`` over a sequence.
   ``slstm_step``       one token.
 
+Context parallelism: ``mlstm_chunkwise`` and ``slstm_scan`` take ``context_axis``, the mesh axis a
+sequence is split over inside ``jax.shard_map`` (``ops.context_parallel``, docs/design.md §Context
+parallelism).
+
 Transformations: every op works under ``jax.jit``, ``jax.vmap`` (over any leading axis)
 and ``jax.grad`` / ``jax.vjp``. The settings ``chunk_size`` and ``eps`` are static:
 ``jax.jit(mlstm_chunkwise, static_argnames=("chunk_size", "eps"))`` or

@@ -18,6 +18,7 @@ from ._chunkwise_fwd import Residuals, forward
 from ._states import MLSTMState
 from ._transforms import reverse_mode_only, static_setting
 from .chunkwise_math import pad_to_chunks
+from .context_parallel import context_states
 from .mlstm_inputs import isolate_nonfinite, prepare
 
 
@@ -47,6 +48,7 @@ def mlstm_chunkwise(
     chunk_size: int = 64,
     initial_state: MLSTMState | None = None,
     eps: float = 1e-6,
+    context_axis: str | tuple[str, ...] | None = None,
 ):
     """Chunkwise-parallel mLSTM, linear in S (the form to train with on XLA).
 
@@ -65,6 +67,11 @@ def mlstm_chunkwise(
       initial_state: ``MLSTMState`` with c (B, NH, DHQK, DHV), n (B, NH, DHQK),
         m (B, NH); zeros when None.
       eps: added to the normalizer.
+      context_axis: the mesh axis name (or names) the sequence is split over, in order, when called
+        inside ``jax.shard_map`` (context parallelism, ``ops.context_parallel``): S is then this
+        device's slice, ``initial_state`` the state before the whole sequence and the returned state
+        the one after it, the same on every device of the axis. Costs one ``all_gather`` of a
+        (B, NH, DHQK, DHV) memory per device. None: the whole sequence is here.
 
     Returns:
       ``(h, state)``: h (B, NH, S, DHV) in the dtype of q, k, v; the final state in
@@ -78,6 +85,9 @@ def mlstm_chunkwise(
     chunk_size = check_positive_int("chunk_size", static_setting("mlstm_chunkwise", "chunk_size", chunk_size))
     eps = check_eps(static_setting("mlstm_chunkwise", "eps", eps))
     with reverse_mode_only("mlstm_chunkwise", _FORWARD_MODE_ALTERNATIVES):
+        if context_axis is not None:
+            return _context_op(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps,
+                               axis=static_setting("mlstm_chunkwise", "context_axis", context_axis))  # fmt: skip
         return _chunkwise_op(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
 
 
@@ -97,3 +107,11 @@ def _chunkwise_op(q, k, v, i, f, *, chunk_size: int, initial_state: MLSTMState |
     h, c, n, m = _chunkwise(q_, k_, v_, logf, i_, *x.state, chunk_size, eps)
     c, n = reached.state(c, n)
     return reached.h(h[:, :, :seq_len]).astype(x.out_dtype), MLSTMState(c, n, m)
+
+
+def _context_op(q, k, v, i, f, *, chunk_size: int, initial_state, eps: float, axis):
+    """The local chunkwise pass from the exact state before this device's tokens (``context_states``)."""
+    x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
+    before, final = context_states(x.k, x.v, jax.nn.log_sigmoid(x.f), x.i, x.state, axis)
+    h, _ = _chunkwise_op(x.q, x.k, x.v, x.i, x.f, chunk_size=chunk_size, initial_state=before, eps=eps)
+    return h.astype(x.out_dtype), final

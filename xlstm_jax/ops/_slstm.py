@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from ._states import SLSTMState
-from ._transforms import reverse_mode_only
+from ._transforms import reverse_mode_only, static_setting
+from .context_parallel import heads_parallel
 from .slstm_math import GATES, local_jacobian, pointwise, pointwise_backward, prepare
 
 
@@ -124,7 +125,15 @@ def _scan_bwd(res, d_states: SLSTMState):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | None = None, resets=None):
+def slstm_scan(
+    gates_x,
+    recurrent_kernel,
+    bias,
+    *,
+    initial_state: SLSTMState | None = None,
+    resets=None,
+    context_axis: str | tuple[str, ...] | None = None,
+):
     """sLSTM over a sequence with ``lax.scan``.
 
     The gradient is a custom reverse-time scan (the slow twin it is tested against
@@ -137,6 +146,12 @@ def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | N
       initial_state: ``SLSTMState`` (h, c, n, m), each (B, NH, DH); zeros when None.
       resets: optional (B, S) bool array (or nested lists / numpy); True where the state
         is reset to zeros before the token (the first token of a new document in a packed row).
+      context_axis: the mesh axis name (or names) the sequence is split over, in order, when called
+        inside ``jax.shard_map`` (context parallelism): S is this device's slice, ``initial_state``
+        the state before the whole sequence, and the returned state the one after it, the same on
+        every device. The heads are independent, so an ``all_to_all`` switches to head-sharded around
+        the scan and back (``ops.context_parallel.heads_parallel``; NH not divisible by the axis size
+        gathers the whole sequence instead, logged once). None: the whole sequence is here.
 
     Returns:
       ``(h, state)``: h (B, S, NH, DH) in the dtype of gates_x, and the final state.
@@ -149,6 +164,10 @@ def slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state: SLSTMState | N
     with reverse_mode_only(
         "slstm_scan", "use jax.jacrev, jax.vjp or jax.grad, or a jax.lax.scan of slstm_step for forward mode"
     ):
+        if context_axis is not None:
+            axis = static_setting("slstm_scan", "context_axis", context_axis)
+            run = lambda g, r, b, state, res: _scan_op(g, r, b, initial_state=state, resets=res)
+            return heads_parallel(run, gates_x, recurrent_kernel, bias, initial_state, resets, axis)
         return _scan_op(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)
 
 
