@@ -89,6 +89,8 @@ KINDS = [
     ("train/step.py", {"_token_losses"}, "loss"),
     ("optax/", None, "optimizer"),
     ("train/optim.py", None, "optimizer"),
+    # optax's own frames are not kept in the metadata: its ops carry the step's line that calls it
+    ("train/step.py", {"make_train_step"}, "optimizer"),
 ]
 KIND_ORDER = [
     "projections (headwise q/k/v)",
