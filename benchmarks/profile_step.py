@@ -1,0 +1,479 @@
+"""Where a training step's and a decode step's time goes, per op kind, from XLA's own per-op profile.
+
+Run from the repository root::
+
+    python benchmarks/profile_step.py                 # both programs, about 1-2 minutes
+    python benchmarks/profile_step.py --only train --reps 5
+    python benchmarks/profile_step.py --markdown      # also a markdown table on stderr
+
+Programs (float32, one process, the 2-core CPU or whatever ``jax.devices()[0]`` is):
+
+* ``train``: the trainer's step (``xlstm_jax.train.step.make_train_step``: forward, masked cross
+  entropy, backward, global-norm clip 1.0, AdamW) of the NeurIPS ``xLSTMLMModel``, D=256, 4 blocks
+  [mLSTM, sLSTM, mLSTM, mLSTM], 4 heads, qkv blocksize 4, vocab 1024, chunkwise mLSTM (chunk 64),
+  B=8, S=256 (``benchmarks/bench_train.py``'s model, with its own random init).
+* ``decode``: ``xlstm_jax.generation``'s compiled decode loop (one ``lax.while_loop``, greedy) of
+  ``xLSTMLarge`` (the xLSTM-7B architecture) at D=256, 4 blocks, 4 heads, vocab 1024, batch 1,
+  after a 64-token prompt; ``--decode-steps`` steps per call, per-step time = call time / steps.
+
+Method:
+
+1. Compile the program ahead of time; time ``--reps`` calls (median, each blocked on).
+2. Trace ``--trace-reps`` more calls with ``jax.profiler.trace`` and read the XSpace back with
+   ``jax.profiler.ProfileData``: on CPU every HLO thunk is an event with an ``hlo_op`` stat.
+   An op's *self* time is its event's duration minus the events nested in it on the same thread
+   (a ``while`` thunk contains its body's thunks). Ops of one program can overlap on the two
+   threads of XLA's executor, so the per-op times add up to the "op time", which can exceed the
+   wall time (``op_time_over_wall``).
+3. Classify each op by the source location XLA keeps in its metadata (the innermost Python frame
+   that is not jax itself: our layer, optax, the step): the file and the function enclosing the
+   line give the kind (``KINDS``). Ops without a source location (copies and transposes XLA adds)
+   are ``other``. ``bwd`` marks ops whose ``op_name`` lies under ``transpose(``: the backward pass.
+4. Limits measured in the same run: ``matmul_peak_gflop_per_s`` (jitted float32 2048x2048 matmul,
+   median), and for decode the weight-read floor: one jitted call that multiplies a batch-1
+   vector by every weight matrix the step uses once (all parameters but the embedding table; the
+   output head included), median. ``frac_of_matmul_peak`` = XLA's cost-analysis FLOPs / median
+   time / peak; ``over_weight_read_floor`` = decode step time / floor.
+
+Output: one JSON line per program (``bench="profile"``) with ``kinds`` {kind: {ms, share, bwd_ms,
+ops}}, the top ops, the limits and the machine's load (``/proc/loadavg`` before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+import _timing as T
+
+D, VOCAB = 256, 1024
+TRAIN = dict(
+    arch="xlstm_lm",
+    embedding_dim=D,
+    num_blocks=4,
+    slstm_at=[1],
+    mlstm=dict(num_heads=4, conv1d_kernel_size=4, qkv_proj_blocksize=4, proj_factor=2.0),
+    slstm=dict(num_heads=4, conv1d_kernel_size=4, bias_init="powerlaw_blockdependent"),
+    feedforward=dict(proj_factor=1.3, act_fn="gelu"),
+    backend="chunkwise",
+    chunk_size=64,
+)
+OPTIM = dict(lr=1e-3, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
+DECODE_ARCH = dict(embedding_dim=D, num_heads=4, num_blocks=4, vocab_size=VOCAB)
+
+# (path fragment, function names or None for any, kind); the first match wins.
+KINDS = [
+    ("xlstm_jax/nn/layers.py", {"HeadwiseLinear.__call__"}, "projections (headwise q/k/v)"),
+    ("xlstm_jax/nn/layers.py", {"Linear.__call__"}, "projections (dense)"),
+    ("xlstm_jax/nn/layers.py", {"Embed.__call__", "Embed.attend"}, "embedding + lm head"),
+    ("xlstm_jax/nn/layers.py", {"CausalConv1d.__call__", "CausalConv1d.zero_state"}, "causal conv"),
+    ("xlstm_jax/nn/layers.py", None, "norms, gates, activations"),
+    ("xlstm_jax/ops/_slstm", None, "sLSTM scan"),
+    ("xlstm_jax/ops/", None, "mLSTM cell"),
+    ("xlstm_jax/backends.py", None, "mLSTM cell"),
+    ("xlstm_jax/pallas_kernels/", None, "mLSTM cell"),
+    ("xlstm_jax/models/", None, "norms, gates, activations"),
+    ("xlstm_jax/generation/", None, "sampling + loop"),
+    ("optax/losses", None, "loss"),
+    ("train/step.py", {"_token_losses"}, "loss"),
+    ("optax/", None, "optimizer"),
+    ("train/optim.py", None, "optimizer"),
+    # optax's own frames are not kept in the metadata: its ops carry the step's line that calls it
+    ("train/step.py", {"make_train_step"}, "optimizer"),
+]
+KIND_ORDER = [
+    "projections (headwise q/k/v)",
+    "projections (dense)",
+    "embedding + lm head",
+    "causal conv",
+    "mLSTM cell",
+    "sLSTM scan",
+    "norms, gates, activations",
+    "loss",
+    "optimizer",
+    "sampling + loop",
+    "other",
+]
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def loadavg() -> list[float]:
+    with open("/proc/loadavg") as fh:
+        return [float(x) for x in fh.read().split()[:3]]
+
+
+# --------------------------------------------------------------------------- #
+# classification: HLO op -> source location -> kind
+# --------------------------------------------------------------------------- #
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?metadata=\{([^}]*)\}")
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
+_TABLE_ROW = re.compile(r"^(\d+)\s+(.*)$")
+
+
+def _tables(hlo_text: str) -> dict[str, dict[int, str]]:
+    """The FileNames / FunctionNames / FileLocations / StackFrames tables of an HLO module's text."""
+    tables, current = {}, None
+    for line in hlo_text.splitlines():
+        if line in ("FileNames", "FunctionNames", "FileLocations", "StackFrames"):
+            current = tables.setdefault(line, {})
+        elif current is not None and (m := _TABLE_ROW.match(line)):
+            current[int(m.group(1))] = m.group(2)
+        elif not line.strip() or line.startswith("%") or line.startswith("ENTRY"):
+            current = None if line.startswith(("%", "ENTRY")) else current
+    return tables
+
+
+def hlo_metadata(hlo_text: str) -> dict[str, dict]:
+    """instruction name -> {op_name, frames: [(file, line), ...] innermost first}."""
+    t = _tables(hlo_text)
+    files = {k: v.strip('"') for k, v in t.get("FileNames", {}).items()}
+    locs = {k: dict(_FIELD.findall(v.strip("{}"))) for k, v in t.get("FileLocations", {}).items()}
+    frames = {k: dict(_FIELD.findall(v.strip("{}"))) for k, v in t.get("StackFrames", {}).items()}
+
+    @functools.cache
+    def stack(frame_id: int) -> tuple:
+        out, seen = [], set()
+        while frame_id in frames and frame_id not in seen:
+            seen.add(frame_id)
+            loc = locs.get(int(frames[frame_id]["file_location_id"]), {})
+            out.append((files.get(int(loc.get("file_name_id", 0)), "?"), int(loc.get("line", 0))))
+            # the text prints a parent as its id + 1 (0: none)
+            frame_id = int(frames[frame_id].get("parent_frame_id", 0)) - 1
+        return tuple(out)
+
+    out = {}
+    for line in hlo_text.splitlines():
+        m = _INSTR.match(line)
+        if m:
+            fields = {k: v.strip('"') for k, v in _FIELD.findall(m.group(2))}
+            if "stack_frame_id" in fields:
+                fields["frames"] = stack(int(fields["stack_frame_id"]))
+            elif "source_file" in fields:
+                fields["frames"] = ((fields["source_file"], int(fields.get("source_line", 0))),)
+            out[m.group(1)] = fields
+    return out
+
+
+@functools.cache
+def _functions(path: str) -> list[tuple[int, int, str]]:
+    """(first line, last line, Class.function) of every function in a Python file."""
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    spans = []
+
+    def visit(node, prefix):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = f"{prefix}{child.name}"
+                spans.append((child.lineno, child.end_lineno, name))
+            elif isinstance(child, ast.ClassDef):
+                visit(child, f"{prefix}{child.name}.")
+
+    visit(tree, "")
+    return spans
+
+
+def enclosing_function(path: str, line: int) -> str | None:
+    """The top-level function or method (Class.method) whose lines contain ``line``."""
+    for first, last, name in _functions(path):
+        if first <= line <= last:
+            return name
+    return None
+
+
+def classify(meta: dict | None) -> str:
+    """The kind of the innermost frame of the op's Python stack that a ``KINDS`` rule matches."""
+    for path, line in (meta or {}).get("frames", ()):
+        path_ = path.replace("\\", "/")
+        func = None
+        for fragment, funcs, kind in KINDS:
+            if fragment in path_:
+                if funcs is None:
+                    return kind
+                func = func or enclosing_function(path, line)
+                if func in funcs:
+                    return kind
+    return "other"
+
+
+# --------------------------------------------------------------------------- #
+# the per-op profile
+# --------------------------------------------------------------------------- #
+def op_self_times(call, reps: int, module_prefix: str) -> dict[str, float]:
+    """Seconds of self time per HLO op (summed over ``reps`` traced calls, divided by reps)."""
+    import jax
+    from jax.profiler import ProfileData
+
+    with tempfile.TemporaryDirectory(prefix="profile_step_") as d:
+        with jax.profiler.trace(d):
+            for _ in range(reps):
+                jax.block_until_ready(call())
+        files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
+        data = ProfileData.from_file(files[0])
+        totals = defaultdict(float)
+        for plane in data.planes:
+            for line in plane.lines:
+                events = []
+                for ev in line.events:
+                    stats = dict(ev.stats)
+                    if "hlo_op" in stats and str(stats.get("hlo_module", "")).startswith(module_prefix):
+                        events.append((ev.start_ns, ev.start_ns + ev.duration_ns, stats["hlo_op"]))
+                events.sort(key=lambda e: (e[0], -e[1]))
+                stack = []  # [end, name, child time] of the open events
+                for start, end, name in events:
+                    while stack and stack[-1][0] <= start:
+                        _close(stack, totals)
+                    stack.append([end, name, 0.0, end - start])
+                while stack:
+                    _close(stack, totals)
+    return {k: v / reps * 1e-9 for k, v in totals.items()}
+
+
+def _close(stack, totals):
+    end, name, child, dur = stack.pop()
+    totals[name] += max(dur - child, 0.0)
+    if stack:
+        stack[-1][2] += dur
+
+
+def breakdown(compiled, call, reps: int) -> tuple[dict, list, float]:
+    """({kind: {ms, bwd_ms, ops}}, top ops, op time in s) of one call."""
+    text = compiled.as_text()
+    meta = hlo_metadata(text)
+    module = re.search(r"HloModule\s+([\w.\-]+)", text).group(1)
+    times = op_self_times(call, reps, module.split(".")[0])
+    kinds = {k: {"ms": 0.0, "bwd_ms": 0.0, "ops": 0} for k in KIND_ORDER}
+    rows = []
+    for name, sec in times.items():
+        m = meta.get(name)
+        kind = classify(m)
+        bwd = bool(m and "transpose(" in m.get("op_name", ""))
+        kinds[kind]["ms"] += sec * 1e3
+        kinds[kind]["bwd_ms"] += sec * 1e3 if bwd else 0.0
+        kinds[kind]["ops"] += 1
+        where = ", ".join(f"{Path(f).name}:{ln}" for f, ln in (m or {}).get("frames", ())[:3]) or None
+        rows.append({"op": name, "ms": sec * 1e3, "kind": kind, "bwd": bwd, "at": where})
+    total = sum(times.values())
+    for v in kinds.values():
+        v["share"] = v["ms"] / (total * 1e3) if total else None
+    rows.sort(key=lambda r: -r["ms"])
+    return kinds, rows, total
+
+
+# --------------------------------------------------------------------------- #
+# programs
+# --------------------------------------------------------------------------- #
+def train_program(batch: int, seq_len: int):
+    """(compiled step, call) of the trainer's step on random weights and tokens."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from xlstm_jax.train.config import OptimConfig
+    from xlstm_jax.train.models import build_model, model_config
+    from xlstm_jax.train.optim import make_optimizer
+    from xlstm_jax.train.step import TrainState, make_train_step
+
+    cfg = model_config(TRAIN, vocab_size=VOCAB, dtype="float32", param_dtype="float32", remat=False)
+    graphdef, params, rest = nnx.split(build_model(cfg, 0), nnx.Param, ...)
+    tx = make_optimizer(OptimConfig(schedule="constant", warmup_steps=0, **OPTIM), 1000, params)
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    rng = np.random.default_rng(0)
+    data = {
+        "inputs": jnp.asarray(rng.integers(0, VOCAB, (batch, seq_len)), jnp.int32),
+        "targets": jnp.asarray(rng.integers(0, VOCAB, (batch, seq_len)), jnp.int32),
+        "loss_mask": jnp.ones((batch, seq_len), jnp.float32),
+        "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
+    }
+    compiled = jax.jit(make_train_step(graphdef, rest, tx, 1), donate_argnums=(0,)).lower(state, data).compile()
+    box = [state]
+
+    def call():
+        box[0], metrics = compiled(box[0], data)
+        return box[0], metrics
+
+    return compiled, call
+
+
+def decode_program(steps: int, prompt_len: int):
+    """(compiled decode loop, call, the model's parameters) at batch 1 after a prompt."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from xlstm_jax.generation import _loop
+    from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
+
+    model = xLSTMLarge(xLSTMLargeConfig(**DECODE_ARCH), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (1, prompt_len)), jnp.int32)
+    carry = _loop.prefill(graphdef, params, ids, jnp.ones_like(ids), jax.random.key(0), steps)
+    settings = _loop.Settings(
+        temperature=jnp.float32(0.0),
+        top_k=jnp.int32(0),
+        top_p=jnp.float32(1.0),
+        eos_ids=jnp.full((8,), -1, jnp.int32),
+        pad_id=jnp.int32(0),
+        max_new_tokens=jnp.int32(steps),
+    )
+    fn = jax.jit(functools.partial(_loop.decode.__wrapped__, graphdef, steps=steps))
+    compiled = fn.lower(params, carry, settings).compile()
+    return compiled, lambda: compiled(params, carry, settings), params
+
+
+def matmul_peak(reps: int) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    f = jax.jit(lambda x, y: x @ y).lower(a, a).compile()
+    return 2 * n**3 / 1e9 / T.median_time(lambda: f(a, a), warmup=2, reps=max(reps, 5))["median_s"]
+
+
+def weight_read_floor(params, reps: int) -> tuple[float, int]:
+    """(median s, bytes) of one call multiplying a batch-1 vector by every weight matrix once."""
+    import jax
+    import jax.numpy as jnp
+
+    mats = [
+        w.reshape(-1, w.shape[-1])
+        for path, w in jax.tree_util.tree_leaves_with_path(params)
+        if w.ndim >= 2 and "embedding" not in jax.tree_util.keystr(path)
+    ]
+    head = [w for path, w in jax.tree_util.tree_leaves_with_path(params) if "embedding" in jax.tree_util.keystr(path)]
+    mats += [w.T for w in head if w.ndim == 2]  # the output head reads the (tied or own) table once
+
+    def read_all(ws):
+        return [jnp.ones((1, w.shape[0]), w.dtype) @ w for w in ws]
+
+    f = jax.jit(read_all).lower(mats).compile()
+    tm = T.median_time(lambda: f(mats), warmup=3, reps=max(reps, 20))
+    return tm["median_s"], int(sum(w.size * w.dtype.itemsize for w in mats))
+
+
+# --------------------------------------------------------------------------- #
+def flops(compiled) -> float | None:
+    try:
+        ca = compiled.cost_analysis()
+        ca = ca[0] if isinstance(ca, list) else ca
+        return float(ca["flops"])
+    except Exception:
+        return None
+
+
+def run_program(name, compiled, call, a, per_call_steps=1):
+    idle = T.wait_for_idle_cpu(max_wait_s=a.max_idle_wait)
+    with T.CpuMonitor() as mon:
+        med = T.median_time(call, warmup=2, reps=a.reps)["median_s"]
+    kinds, rows, op_time = breakdown(compiled, call, a.trace_reps)
+    return {
+        "bench": "profile",
+        "program": name,
+        "median_ms": med * 1e3 / per_call_steps,
+        "op_time_ms": op_time * 1e3 / per_call_steps,
+        "op_time_over_wall": op_time / med,
+        "flops": (flops(compiled) or 0) / per_call_steps or None,
+        "kinds": {
+            k: {**v, "ms": v["ms"] / per_call_steps, "bwd_ms": v["bwd_ms"] / per_call_steps} for k, v in kinds.items()
+        },
+        "top_ops": [{**r, "ms": r["ms"] / per_call_steps} for r in rows[: a.top]],
+        "cpu_busy_before": idle["cpu_busy_before"],
+        "cpu_other_during": mon.other,
+    }
+
+
+def markdown(records) -> str:
+    progs = [r for r in records if r.get("bench") == "profile"]
+    head = "| op kind | " + " | ".join(f"{r['program']} ms (share)" for r in progs) + " |"
+    lines = [head, "| --- |" + " --- |" * len(progs)]
+    for k in KIND_ORDER:
+        cells = []
+        for r in progs:
+            v = r["kinds"][k]
+            cells.append(f"{v['ms']:.3g} ({100 * v['share']:.0f}%)" if v["ops"] else "-")
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **op time / wall time** | "
+        + " | ".join(f"{r['op_time_ms']:.3g} / {r['median_ms']:.3g}" for r in progs)
+        + " |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", choices=["train", "decode"], default=None)
+    p.add_argument("--reps", type=int, default=7, help="timed calls per program (median)")
+    p.add_argument("--trace-reps", type=int, default=3, help="calls traced for the per-op profile")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--decode-steps", type=int, default=64)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--top", type=int, default=15, help="top ops listed per program")
+    p.add_argument("--max-idle-wait", type=float, default=60.0, help="seconds to wait for an idle CPU per program")
+    p.add_argument("--markdown", action="store_true", help="print a markdown table to stderr")
+    a = p.parse_args(argv)
+
+    import jax
+
+    load0 = loadavg()
+    peak = matmul_peak(a.reps)
+    env = {
+        "bench": "env",
+        "jax": jax.__version__,
+        "device": str(jax.devices()[0]),
+        "cpu": T.cpu_model(),
+        "argv": sys.argv[1:],
+        "matmul_peak_gflop_per_s": peak,
+    }
+    T.emit(env)
+    log(f"matmul peak {peak:.1f} GFLOP/s")
+    records = [env]
+    if a.only in (None, "train"):
+        t0 = time.perf_counter()
+        compiled, call = train_program(a.batch, a.seq_len)
+        log(f"train step compiled in {time.perf_counter() - t0:.1f} s")
+        r = run_program("train", compiled, call, a)
+        r["frac_of_matmul_peak"] = r["flops"] / (r["median_ms"] * 1e-3) / 1e9 / peak if r["flops"] else None
+        r.update(B=a.batch, S=a.seq_len, matmul_peak_gflop_per_s=peak)
+        records.append(r)
+        T.emit(r)
+    if a.only in (None, "decode"):
+        t0 = time.perf_counter()
+        compiled, call, params = decode_program(a.decode_steps, a.prompt_len)
+        log(f"decode loop compiled in {time.perf_counter() - t0:.1f} s")
+        r = run_program("decode", compiled, call, a, per_call_steps=a.decode_steps)
+        floor_s, nbytes = weight_read_floor(params, a.reps)
+        r.update(
+            weight_read_floor_ms=floor_s * 1e3,
+            weight_bytes=nbytes,
+            over_weight_read_floor=r["median_ms"] / (floor_s * 1e3),
+            steps_per_call=a.decode_steps,
+            matmul_peak_gflop_per_s=peak,
+        )
+        records.append(r)
+        T.emit(r)
+    T.emit({"bench": "load", "loadavg_before": load0, "loadavg_after": loadavg()})
+    if a.markdown:
+        log(markdown(records))
+
+
+if __name__ == "__main__":
+    main()
