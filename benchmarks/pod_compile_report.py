@@ -140,20 +140,26 @@ def abstract_step(spec, devices):
     return step, state, batch, mesh
 
 
-def compile_case(preset: str, slice: str, mesh_text: str, quick: bool) -> dict:  # noqa: A002 - the row's key
-    """One row: compile the preset's train step for the slice and mesh, and what the compiler says."""
+def compile_case(preset: str, slice: str, mesh_text: str, quick: bool, overrides=()) -> dict:  # noqa: A002
+    """One row: compile the preset's train step for the slice and mesh (and config ``overrides``,
+    ``key=value`` strings), and what the compiler says."""
     from jax.experimental import topologies
 
     from xlstm_jax import backends
 
     row = {"preset": preset, "slice": slice, "topology": SLICES[slice], "mesh_arg": mesh_text}
+    if overrides:
+        row["overrides"] = list(overrides)
     if quick:
         row["quick"] = "2 blocks, batch 8 x 256 tokens: not the preset"
     topology = topologies.get_topology_desc(topology_name=SLICES[slice], platform="tpu")
     devices = list(topology.devices)
     chip = CHIPS[devices[0].device_kind]
     row.update(device_kind=devices[0].device_kind, chips=len(devices))
-    spec = load_spec(preset, {**parse_mesh(mesh_text), **(QUICK if quick else {})})
+    from xlstm_jax.train.config import apply_overrides
+
+    extra = apply_overrides({}, list(overrides))
+    spec = load_spec(preset, {**parse_mesh(mesh_text), **(QUICK if quick else {}), **_flatten(extra)})
     start = time.perf_counter()
     try:
         step, state, batch, mesh = abstract_step(spec, devices)
@@ -175,6 +181,16 @@ def compile_case(preset: str, slice: str, mesh_text: str, quick: bool) -> dict: 
     row.update(_costs(compiled))
     row.update(_roofline(row, chip, params, tokens, len(devices)))
     return row
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _memory(compiled, chip: Chip) -> dict:
@@ -239,6 +255,7 @@ def main() -> None:
     parser.add_argument("--slices", default="v5p-64,v5e-256,v6e-256", help=f"comma-separated, from {list(SLICES)}")
     parser.add_argument("--meshes", default=None, help="';'-separated meshes (default: per preset, DEFAULT_MESHES)")
     parser.add_argument("--quick", action="store_true", help="2 blocks, batch 8 x 256 (a check, not the preset)")
+    parser.add_argument("--set", action="append", default=[], help="a config override key=value (repeatable)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per compile (each runs in a subprocess)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results_pod_compile.jsonl")))
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case as JSON, in this process
@@ -252,7 +269,8 @@ def main() -> None:
         for slice_name in args.slices.split(","):
             rows = []
             for mesh_text in (args.meshes or DEFAULT_MESHES[preset]).split(";"):
-                case = {"preset": preset, "slice": slice_name, "mesh_text": mesh_text, "quick": args.quick}
+                case = {"preset": preset, "slice": slice_name, "mesh_text": mesh_text, "quick": args.quick,
+                        "overrides": args.set}  # fmt: skip
                 rows.append(_run_case(case, args.timeout))
                 _emit(rows[-1], out)
             _emit(_recommend(rows), out)
@@ -260,7 +278,7 @@ def main() -> None:
 
 def _run_case(case: dict, timeout: float) -> dict:
     """A case in a subprocess: a compile that runs past ``timeout`` or out of memory becomes a row."""
-    head = {"preset": case["preset"], "slice": case["slice"], "mesh_arg": case["mesh_text"]}
+    head = {key: case[key] for key in ("preset", "slice", "overrides")} | {"mesh_arg": case["mesh_text"]}
     cmd = [sys.executable, __file__, "--case", json.dumps(case)]
     start = time.perf_counter()
     try:
