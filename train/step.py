@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 class TrainState(NamedTuple):
@@ -69,6 +70,41 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, accum: int
         return TrainState(state.step + 1, params, opt_state), metrics
 
     return step
+
+
+def jit_train_step(graphdef, rest, tx: optax.GradientTransformation, accum: int, state_sharding, batch_sharding):
+    """The trainer's jitted step: the state laid out as ``state_sharding`` (a ``TrainState`` of
+    shardings) and donated, the batch as ``batch_sharding``, the metrics replicated.
+
+    ``.lower(state, batch).compile()`` on ``jax.ShapeDtypeStruct`` inputs compiles it without
+    allocating anything (``benchmarks/pod_compile_report.py`` does so for TPU topologies).
+    """
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        make_train_step(graphdef, rest, tx, accum),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+
+
+def abstract_train_state(tx: optax.GradientTransformation, abstract_params, param_shardings) -> TrainState:
+    """The train state as ``jax.ShapeDtypeStruct`` leaves with shardings; nothing is allocated.
+
+    The optimizer's copies of the parameters (Adam's moments) take the parameters' shardings and
+    every other leaf (step counts) is replicated: the layout ``tx.init`` gives eagerly under the
+    mesh, which is what the trainer does.
+    """
+    mesh = jax.tree.leaves(param_shardings)[0].mesh
+    replicated = NamedSharding(mesh, PartitionSpec())
+    with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, param_shardings, transform_non_params=lambda _: replicated
+    )
+    params = jax.tree.map(with_sharding, abstract_params, param_shardings)
+    opt_state = jax.tree.map(with_sharding, abstract_opt, opt_shardings)
+    return TrainState(jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params, opt_state)
 
 
 def make_eval_step(graphdef, rest):

@@ -37,13 +37,13 @@ from .data import CORPUS_KINDS, DataConfig, make_eval_dataset, make_train_datase
 from .data.codec import codec_for
 from .data.sources import open_corpus
 from .errors import NonFiniteTrainingError
-from .mesh import batch_sharding, make_mesh, replicated, state_shardings
+from .mesh import batch_sharding, make_mesh, state_shardings
 from .metrics import Logger, device_peak_flops, step_flops
 from .models import build_model, config_to_dict, model_config
 from .optim import make_optimizer, schedule
 from .resume import RESUME_MODES, check_resume, fingerprint
 from .runlock import RunLock
-from .step import TrainState, make_eval_step, make_train_step
+from .step import TrainState, jit_train_step, make_eval_step
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "distributed", "export")
 
@@ -216,6 +216,22 @@ def _user_batches(data) -> Any:
         yield out
 
 
+def abstract_model(spec: RunSpec, mesh, model: nnx.Module | None = None):
+    """``(graphdef, abstract_params, rest, param_shardings)`` of the run's model (or of ``model``)
+    on ``mesh``; nothing is allocated.
+
+    An abstract model gives the parameters' shapes and logical names (built outside the mesh
+    context, where flax would read the logical names as mesh axes); the config's rules map the
+    names to ``mesh`` axes.
+    """
+    if model is None:
+        abstract = nnx.eval_shape(lambda: build_model(spec.model, spec.train.seed))
+    else:
+        abstract = nnx.eval_shape(lambda: model)
+    graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
+    return graphdef, abstract_params, rest, state_shardings(abstract_params, mesh, spec.mesh.rules)
+
+
 def init(
     spec: RunSpec,
     logger: Logger,
@@ -237,15 +253,8 @@ def init(
     mesh = make_mesh(spec.mesh)
     rules = spec.mesh.rules
     _check_batch_fits_mesh(t.global_batch_size, mesh, rules)
-    # Parameters are created sharded: an abstract model gives their shapes and
-    # logical names (outside the mesh context, where flax would read the logical
-    # names as mesh axes), and the init is jitted straight into those shardings.
-    if model is None:
-        abstract = nnx.eval_shape(lambda: build_model(spec.model, t.seed))
-    else:
-        abstract = nnx.eval_shape(lambda: model)
-    graphdef, abstract_params, rest = nnx.split(abstract, nnx.Param, ...)
-    param_shardings = state_shardings(abstract_params, mesh, rules)
+    # Parameters are created sharded: the init is jitted straight into the abstract model's shardings.
+    graphdef, abstract_params, rest, param_shardings = abstract_model(spec, mesh, model)
     arch = config_to_dict(spec.model)["arch"] if model is None else type(model).__name__
     model_meta = config_to_dict(spec.model) if model is None else {"arch": "custom", "class": arch}
     fp = fingerprint(spec, model_meta, abstract_params, optimizer)
@@ -297,12 +306,7 @@ def init(
             raise ConfigError(f"resume='must' but no checkpoint in {ckpt.directory} restores")
 
         bsh = batch_sharding(mesh, rules)
-        train_step = jax.jit(
-            make_train_step(graphdef, rest, tx, spec.optim.grad_accum_steps),
-            in_shardings=(state_sharding, bsh),
-            out_shardings=(state_sharding, replicated(mesh)),
-            donate_argnums=(0,),
-        )
+        train_step = jit_train_step(graphdef, rest, tx, spec.optim.grad_accum_steps, state_sharding, bsh)
         eval_step = jax.jit(make_eval_step(graphdef, rest), in_shardings=(state_sharding.params, bsh))
     meta = {"config": spec.raw, "resolved_model": model_meta, "params": n_params, "fingerprint": fp}
     custom = {"model": model is not None, "optimizer": optimizer is not None, "data": data is not None}

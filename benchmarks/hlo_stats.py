@@ -1,0 +1,199 @@
+"""Counts in a compiled XLA module's HLO text, with each loop body weighted by its trip count.
+
+``compiled.cost_analysis()`` counts the body of a ``while`` loop once, whatever its trip count (a
+``lax.scan`` over 10 steps reports the FLOPs of one step), and so do its bytes. A training step
+is full of loops: the sLSTM recurrence over every token, the chunkwise mLSTM's scans, scanned
+blocks, gradient accumulation. ``hlo_stats`` reads the optimized HLO text (``compiled.as_text()``)
+and weights every computation by how often it runs: a ``while`` body by its
+``known_trip_count`` (1 when the compiler does not know it: reported in ``unknown_trip_counts``),
+fusions, calls and conditional branches by their caller's weight.
+
+It counts, per device (the text is one SPMD partition):
+  ``collective_bytes``: operand bytes of all-gather, reduce-scatter, all-reduce, all-to-all and
+    collective-permute (their async ``-start`` forms included), by kind.
+  ``dot_flops``: 2 x output elements x contracted size of every ``dot`` (the matrix-unit work).
+  ``hbm_bytes``: operand and output bytes of every instruction outside fusions (a fusion reads its
+    operands from and writes its output to HBM; what happens inside it stays on chip), the way
+    XLA's cost analysis counts bytes accessed.
+  ``loop_iterations``: sequential ``while`` iterations, weighted (the latency a roofline ignores).
+Each count also comes unweighted (``*_once``: every computation once, as ``cost_analysis`` counts).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import re
+
+_DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
+                "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}  # fmt: skip
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128|f8e\w+)\[([\d,]*)\]")
+_COMPUTATION = re.compile(r"^(ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s+(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_CALLEES = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
+_NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "conditional", "call",
+               "after-all", "partition-id", "replica-id", "iota", "opt-barrier", "async-update"}  # fmt: skip
+
+
+def shape_bytes(type_text: str) -> float:
+    """Bytes of an HLO type (``f32[8,128]{1,0}``, or a tuple of them)."""
+    return sum(_DTYPE_BYTES.get(dtype, 1) * _elements(dims) for dtype, dims in _SHAPE.findall(type_text))  # f8*: 1
+
+
+def _elements(dims: str) -> int:
+    return math.prod(int(x) for x in dims.split(",") if x)
+
+
+def _split_type(rest: str) -> tuple[str, str, str]:
+    """``'f32[2]{0} add(%a, %b), x=y'`` -> (type, opcode, the text after the opcode)."""
+    if rest.startswith("("):  # a tuple type: up to its balancing parenthesis
+        depth = 0
+        end = len(rest)
+        for n, ch in enumerate(rest):
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0:
+                end = n + 1
+                break
+        type_text, tail = rest[:end], rest[end:].lstrip()
+    else:
+        type_text, _, tail = rest.partition(" ")
+    opcode, _, after = tail.partition("(")
+    return type_text, opcode.strip(), after
+
+
+def _operands(after: str) -> list[str]:
+    depth, end = 1, len(after)
+    for n, ch in enumerate(after):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            end = n
+            break
+    return re.findall(r"%([\w.\-]+)", after[:end])
+
+
+def _parse(text: str):
+    """computations: name -> list of (name, type, opcode, operands, attributes); the entry's name."""
+    computations, roots, entry, current = {}, {}, None, None
+    for line in text.splitlines():
+        head = _COMPUTATION.match(line) if not line[:1].isspace() else None
+        if head:
+            current = head.group(2)
+            computations[current] = []
+            if head.group(1):
+                entry = current
+            continue
+        inst = _INSTRUCTION.match(line)
+        if inst and current is not None:
+            type_text, opcode, after = _split_type(inst.group(3))
+            computations[current].append((inst.group(2), type_text, opcode, _operands(after), after))
+            if inst.group(1):
+                roots[current] = computations[current][-1]
+    return computations, roots, entry
+
+
+def _trip_count(attrs: str, condition, constants) -> int | None:
+    """A while loop's trip count: the compiler's ``known_trip_count``, else read from a condition
+    ``i < N`` (or ``N > i``) with a constant N, counting from 0 as JAX's loops do."""
+    known = _TRIP.search(attrs)
+    if known:
+        return int(known.group(1))
+    if condition is None or condition[2] != "compare" or len(condition[3]) != 2:
+        return None
+    direction = re.search(r"direction=(\w+)", condition[4])
+    bound = {"LT": condition[3][1], "GT": condition[3][0]}.get(direction.group(1) if direction else "")
+    return constants.get(bound)
+
+
+def _weights(computations, roots, entry):
+    """How often each computation runs per step (and each while loop's trip count), and which
+    computations are fusion bodies."""
+    constants = {
+        inst[0]: int(m.group(1))
+        for instructions in computations.values()
+        for inst in instructions
+        if inst[2] == "constant" and (m := re.match(r"(-?\d+)\)", inst[4]))
+    }
+    edges = collections.defaultdict(list)  # caller -> [(callee, factor)]
+    inside_fusion, unknown, trips = set(), 0, {}
+    for name, instructions in computations.items():
+        for inst_name, _, opcode, _, attrs in instructions:
+            if opcode == "while":
+                condition = re.search(r"condition=%?([\w.\-]+)", attrs)
+                trip = _trip_count(attrs, roots.get(condition.group(1)) if condition else None, constants)
+                unknown += trip is None
+                trips[inst_name] = trip or 1
+            for kind, callee in _CALLEES.findall(attrs):
+                if kind == "to_apply":
+                    inside_fusion.add(callee)  # scalar reducers: nothing to count inside
+                    continue
+                factor = 1
+                if kind in ("body", "condition") and opcode == "while":
+                    factor = trips[inst_name]
+                if opcode != "while" and opcode != "call" and opcode != "conditional":
+                    inside_fusion.add(callee)  # fusion / async bodies: traffic counted at the caller
+                edges[name].append((callee, factor))
+            for group in _BRANCHES.findall(attrs):
+                edges[name].extend((b.strip().lstrip("%"), 1) for b in group.split(",") if b.strip())
+    indegree = collections.Counter(c for callees in edges.values() for c, _ in callees)
+    weight = collections.Counter({entry: 1})
+    ready = [c for c in computations if indegree[c] == 0]
+    while ready:
+        name = ready.pop()
+        for callee, factor in edges.get(name, ()):
+            weight[callee] += weight[name] * factor
+            indegree[callee] -= 1
+            if indegree[callee] == 0:
+                ready.append(callee)
+    return weight, inside_fusion, unknown, trips
+
+
+def _matmul_flops(type_text: str, opcode: str, operand_types: list[str], attrs: str) -> float:
+    """2 x output elements x multiply-adds per output element of a ``dot`` or a ``convolution``
+    (the TPU compiler writes matmuls as convolutions: per output element, the kernel's elements
+    over its output features)."""
+    out = sum(_elements(d) for _, d in _SHAPE.findall(type_text))
+    shapes = [_SHAPE.search(t) for t in operand_types[:2]]
+    if len(shapes) < 2 or not all(shapes):
+        return 0.0
+    lhs, rhs = ([int(x) for x in m.group(2).split(",") if x] for m in shapes)
+    if opcode == "dot":
+        contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
+        return 2.0 * out * math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i) if contracting else 0.0
+    labels = re.search(r"dim_labels=\w*_(\w+)->", attrs)
+    if not labels or len(labels.group(1)) != len(rhs):
+        return 0.0
+    return 2.0 * out * math.prod(size for label, size in zip(labels.group(1), rhs) if label != "o")
+
+
+def hlo_stats(text: str) -> dict:
+    """The counts of the module docstring from ``compiled.as_text()``."""
+    computations, roots, entry = _parse(text)
+    types = {inst[0]: inst[1] for instructions in computations.values() for inst in instructions}
+    weight, inside_fusion, unknown, trips = _weights(computations, roots, entry)
+    out = {"collective_bytes": collections.Counter(), "collective_bytes_once": collections.Counter(),
+           "dot_flops": 0.0, "dot_flops_once": 0.0, "hbm_bytes": 0.0, "hbm_bytes_once": 0.0,
+           "loop_iterations": 0, "unknown_trip_counts": unknown}  # fmt: skip
+    for name, instructions in computations.items():
+        w = weight.get(name, 0)
+        for inst_name, type_text, opcode, operands, attrs in instructions:
+            base = opcode.removesuffix("-start")
+            if base in COLLECTIVES and not opcode.endswith("-done"):
+                moved = sum(shape_bytes(types.get(o, "")) for o in operands)
+                out["collective_bytes"][base] += w * moved
+                out["collective_bytes_once"][base] += moved
+            elif opcode in ("dot", "convolution"):
+                flops = _matmul_flops(type_text, opcode, [types.get(o, "") for o in operands], attrs)
+                out["dot_flops"] += w * flops
+                out["dot_flops_once"] += flops
+            elif opcode == "while":
+                out["loop_iterations"] += w * trips[inst_name]
+            if name not in inside_fusion and opcode not in _NO_TRAFFIC and not opcode.endswith("-done"):
+                moved = shape_bytes(type_text) + sum(shape_bytes(types.get(o, "")) for o in operands)
+                out["hbm_bytes"] += w * moved
+                out["hbm_bytes_once"] += moved
+    out["collective_bytes"] = dict(out["collective_bytes"])
+    out["collective_bytes_once"] = dict(out["collective_bytes_once"])
+    return out
