@@ -178,3 +178,21 @@ def test_transformer_baseline_is_causal():
     assert a.shape == (1, 6, 7)
     np.testing.assert_allclose(a[:, :4], b[:, :4], rtol=1e-6, atol=1e-6)
     assert np.abs(a[:, 4:] - b[:, 4:]).max() > 1e-3
+
+
+def test_transformer_rotary_scores_depend_on_relative_position_only():
+    """q_i . k_j after the rotary embedding is a function of i - j (and is the plain dot product at i = j)."""
+    sys.path.insert(0, str(PAPER))
+    try:
+        from transformer import rotary
+    finally:
+        sys.path.remove(str(PAPER))
+    rng = np.random.default_rng(0)
+    q, k = rng.standard_normal((2, 8))  # one query and one key vector, Dh = 8, placed at every position
+    rq, rk = (np.asarray(rotary(np.tile(v, (1, 12, 1, 1)).astype(np.float32)))[0, :, 0] for v in (q, k))  # S=12
+    scores = rq @ rk.T  # (S, S): position i's query against position j's key
+    for offset in range(-11, 12):
+        diagonal = np.diagonal(scores, offset)
+        np.testing.assert_allclose(diagonal, diagonal[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.diagonal(scores), q @ k, rtol=1e-5)
+    assert np.ptp([np.diagonal(scores, o)[0] for o in range(-11, 12)]) > 0.1  # positions do change the score

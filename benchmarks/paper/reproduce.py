@@ -196,6 +196,8 @@ FULL = Protocol(
         ("mqar_c64_p4", "transformer", 1e-3, 1200, 0),
         ("parity", "xlstm01", 3e-3, 2000, 1),  # does sLSTM solve parity at another seed?
         ("parity", "xlstm11", 3e-3, 4000, 0),  # does xLSTM[1:1] (77% on the training lengths at 2,000) finish?
+        ("mqar_c64_p4", "transformer", 3e-3, 4800, 0),  # does the Transformer leave its plateau at all?
+        ("mqar_c128_p8", "xlstm11", 3e-3, 1200, 0),  # the next setting, trained as long as (64, 4) needed
     ),
 )
 
@@ -235,6 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="run one part: the formal grid, MQAR or the longer runs (processes can share OUT)",
     )
+    parser.add_argument("--match", default="", help="only the runs whose key contains this text")
     args = parser.parse_args(argv)
     # Compiles dominate short runs on a CPU: keep them across processes (resumes, the smoke test).
     cache = os.environ.get("XLSTM_PAPER_JIT_CACHE", str(Path.home() / ".cache" / "xlstm_jax_paper_jit"))
@@ -259,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.report_only:
         report()
         return
-    running = out / ("RUNNING" if args.only is None else f"RUNNING.{args.only}")
+    running = out / f"RUNNING.{os.getpid()}"
     running.write_text(f"{os.getpid()}\n")
     try:
         done = {row["key"] for row in load_rows(jsonl)}
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
             "longer": protocol.longer_runs(),
         }
         specs = protocol.runs() + protocol.longer_runs() if args.only is None else parts[args.only]
-        todo = [s for s in specs if s.key not in done][: args.max_runs]
+        todo = [s for s in specs if s.key not in done and args.match in s.key][: args.max_runs]
         start = time.perf_counter()
         print(f"{len(done)} runs done, {len(todo)} to go on {jax.devices()[0].platform}", flush=True)
         if todo:
