@@ -215,6 +215,8 @@ def write_report(
     rows of ``longer_keys`` (formal runs trained longer) get a table of their own.
     """
     longer = [r for r in rows if r["key"] in set(longer_keys)]
+    finished = {r["key"] for r in rows}
+    missing = [k for k in [*(keys or []), *longer_keys] if k not in finished]
     if keys is not None:
         rows = [r for r in rows if r["key"] in set(keys)]
     out.mkdir(parents=True, exist_ok=True)
@@ -233,7 +235,8 @@ def write_report(
             "per evaluation length",
             longer_table(longer) if longer else "(no runs yet)",
             f"{len(rows) + len(longer)} runs, {(wall + sum(r['wall_s'] for r in longer)) / 60:.1f} min of run wall "
-            "time in total.",
+            "time in total."
+            + (f" Not finished (absent from the tables): {', '.join(f'`{k}`' for k in missing)}." if missing else ""),
         ]
     )
     _write(out / "tables.md", tables + "\n")
