@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import jax
@@ -31,7 +32,12 @@ FORMAL_TASKS = ("parity", "even_pairs", "modular_arithmetic", "cycle_navigation"
 MODELS = ("xlstm10", "xlstm01", "xlstm11", "transformer")
 MODEL_NAMES = {"xlstm10": "xLSTM[1:0]", "xlstm01": "xLSTM[0:1]", "xlstm11": "xLSTM[1:1]", "transformer": "Transformer"}
 EVAL_SEED = 10_000  # one held-out set per task, shared by every model and seed
-LENGTH_BUCKETS = ((41, 64), (65, 128), (129, 256))
+
+
+def length_buckets(lo: int, hi: int) -> list[tuple[int, int]]:
+    """The evaluation lengths lo..hi cut at powers of two: (41, 256) -> (41, 64), (65, 128), (129, 256)."""
+    edges = [lo - 1, *(2**k for k in range(lo.bit_length(), hi.bit_length()) if lo <= 2**k < hi), hi]
+    return [(a + 1, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +175,35 @@ def accuracy(graphdef, rest, params, opt_state, cfg: DataConfig, n: int, seq_len
     return tuple(np.concatenate(x)[:n] for x in (right, answers, lengths))
 
 
+def step_shapes(specs: list[RunSpec]) -> dict[tuple[str, int, int, int, int], DataConfig]:
+    """(model, vocabulary, width, batch, row length) of every ``step`` compile ``specs`` need -> the data
+    whose examples fill it (training rows and evaluation rows)."""
+    shapes = {}
+    for spec in specs:
+        train_cfg, eval_cfg = spec.data(spec.seed, spec.train_len), spec.data(EVAL_SEED, spec.eval_len)
+        vocab = max(task_vocab_size(train_cfg), spec.model_vocab)
+        for cfg, seq_len in ((train_cfg, spec.train_seq or spec.train_len[1]), (eval_cfg, spec.eval_len[1])):
+            shapes.setdefault((spec.model, vocab, spec.width, spec.batch_size, seq_len), cfg)
+    return shapes
+
+
+def precompile(specs: list[RunSpec], workers: int = 2) -> int:
+    """Compile ``step`` for every shape of ``step_shapes(specs)``; returns the number compiled.
+
+    The compiles run in ``workers`` threads (XLA compiles outside the GIL), so on an idle machine a
+    grid's compiles take about 1 / workers of their serial time; the runs then find them in jit's
+    cache (a compiled step serves every model instance of the same shape).
+    """
+    calls = []  # the models are built here, only the traces and compiles run in the threads
+    for (name, vocab, width, batch_size, seq_len), cfg in step_shapes(specs).items():
+        graphdef, params, rest = nnx.split(build_model(name, vocab, width, seed=0), nnx.Param, ...)
+        batch, _ = make_batch(cfg, "train", np.arange(batch_size), seq_len)
+        calls.append((graphdef, rest, params, TX.init(params), batch, 0.0))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        list(pool.map(lambda args: jax.block_until_ready(step(*args)), calls))
+    return len(calls)
+
+
 def run(spec: RunSpec) -> dict:
     """Train and evaluate one run; returns its JSONL row (accuracies are fractions in [0, 1])."""
     t0 = time.perf_counter()
@@ -203,7 +238,7 @@ def run(spec: RunSpec) -> dict:
         # padded to the evaluation length: the same compiled function
         r_in, a_in, _ = evaluate(spec.data(EVAL_SEED, spec.train_len), seq_len=spec.eval_len[1])
         row["seq_acc_train_len"] = float(np.mean(r_in == a_in))
-        for lo, hi in LENGTH_BUCKETS:
+        for lo, hi in length_buckets(*spec.eval_len):
             sel = (lengths >= lo) & (lengths <= hi)
             if sel.any():
                 row[f"seq_acc_{lo}_{hi}"] = float(np.mean(right[sel] == answers[sel]))

@@ -124,6 +124,7 @@ def longer_table(rows: list[dict]) -> str:
     head = [
         "steps x batch",
         "lr",
+        "seed",
         "train lengths / MQAR queries",
         *[k.removeprefix("seq_acc_").replace("_", "-") for k in buckets],
     ]
@@ -135,7 +136,7 @@ def longer_table(rows: list[dict]) -> str:
         else:
             task = r["task"].replace("_", " ")
             accs = [f"{100 * r[k]:.1f}" if k in r else "-" for k in ("seq_acc_train_len", *buckets)]
-        cells = [f"{r['steps']} x {r['batch_size']}", f"{r['lr']:g}", *accs]
+        cells = [f"{r['steps']} x {r['batch_size']}", f"{r['lr']:g}", str(r["seed"]), *accs]
         lines.append(f"| {task} | {MODEL_NAMES[r['model']]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -214,6 +215,8 @@ def write_report(
     rows of ``longer_keys`` (formal runs trained longer) get a table of their own.
     """
     longer = [r for r in rows if r["key"] in set(longer_keys)]
+    finished = {r["key"] for r in rows}
+    missing = [k for k in [*(keys or []), *longer_keys] if k not in finished]
     if keys is not None:
         rows = [r for r in rows if r["key"] in set(keys)]
     out.mkdir(parents=True, exist_ok=True)
@@ -228,11 +231,12 @@ def write_report(
             bucket_table(rows, formal) if formal else "(no runs yet)",
             "### MQAR: held-out accuracy (%) of the queries",
             mqar_table(mqar) if mqar else "(no runs yet)",
-            "### Longer training (seed 0): held-out accuracy (%) on the training lengths (MQAR: of the queries) and "
+            "### Longer training: held-out accuracy (%) on the training lengths (MQAR: of the queries) and "
             "per evaluation length",
             longer_table(longer) if longer else "(no runs yet)",
             f"{len(rows) + len(longer)} runs, {(wall + sum(r['wall_s'] for r in longer)) / 60:.1f} min of run wall "
-            "time in total.",
+            "time in total."
+            + (f" Not finished (absent from the tables): {', '.join(f'`{k}`' for k in missing)}." if missing else ""),
         ]
     )
     _write(out / "tables.md", tables + "\n")
@@ -245,6 +249,18 @@ def write_report(
     if discussion.exists():
         parts.append(discussion.read_text().strip())
     _write(readme, "\n\n".join(p.strip() for p in parts) + "\n")
+
+
+MARKERS = ("<!-- paper-results:start -->", "<!-- paper-results:end -->")
+
+
+def paste_section(readme: Path, section: str) -> None:
+    """Replace the text between the paper-results markers of ``readme`` by ``section``."""
+    text = readme.read_text()
+    start, end = text.find(MARKERS[0]), text.find(MARKERS[1])
+    if start < 0 or end < start:
+        raise ValueError(f"{readme} must hold the lines {MARKERS[0]} and then {MARKERS[1]}")
+    _write(readme, text[: start + len(MARKERS[0])] + "\n" + section.strip() + "\n" + text[end:])
 
 
 def _write(path: Path, text: str) -> None:

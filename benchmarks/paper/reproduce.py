@@ -6,9 +6,13 @@
 
 Each finished run appends one JSON line to ``OUT/runs.jsonl``; runs whose key is already there are
 skipped, so an interrupted protocol resumes where it stopped. Runs go in order of information:
-parity and MQAR across models with seed 0 first, then the other tasks, the second learning rate
-and the second seed. The report (``OUT/tables.md``, ``OUT/formal_languages.png``, ``OUT/mqar.png``
-and the README section) is rewritten after every run.
+parity and MQAR across models with seed 0 first (MQAR: the cheap settings first, each at every
+width), then the other tasks, the second seed and the second learning rate. The compiles of the
+runs to go happen first, two at a time. The report (``OUT/tables.md``, ``OUT/formal_languages.png``,
+``OUT/mqar.png`` and the README section) is rewritten at least every minute and at the end.
+
+``--smoke`` checks the code paths, not the numbers: it turns most XLA optimizations off, which
+halves its compiles (the measured cost of a smoke run is compiling one step per model).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ sys.path.insert(0, str(HERE))
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import jax  # noqa: E402
-from experiments import FORMAL_TASKS, RunSpec, run  # noqa: E402
-from report import load_rows, write_report  # noqa: E402
+from experiments import FORMAL_TASKS, RunSpec, precompile, run  # noqa: E402
+from report import load_rows, paste_section, write_report  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +59,7 @@ class Protocol:
     mqar_batch: int
     mqar_eval_examples: int
     formal_vocab: int = 10  # modular arithmetic mod 5 (the largest task vocabulary)
-    longer: tuple[tuple[str, str, float, int], ...] = ()  # (task, model, lr, steps): longer training, seed 0
+    longer: tuple[tuple[str, str, float, int, int], ...] = ()  # (task, model, lr, steps, seed): longer training
     train_seq: int = 0  # formal training rows padded to this length (0: train_len[1])
 
     def _formal(self, task: str, model: str, lr: float, seed: int, steps: int | None = None) -> RunSpec:
@@ -75,14 +79,21 @@ class Protocol:
         )
 
     def _mqar(
-        self, context: int, pairs: int, model: str, width: int, lr: float | None = None, steps: int | None = None
+        self,
+        context: int,
+        pairs: int,
+        model: str,
+        width: int,
+        lr: float | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
     ):
         return RunSpec(
             task="mqar",
             model=model,
             width=width,
             lr=lr or self.mqar_lr,
-            seed=self.seeds[0],
+            seed=self.seeds[0] if seed is None else seed,
             steps=steps or self.mqar_steps,
             batch_size=self.mqar_batch,
             eval_examples=self.mqar_eval_examples,
@@ -96,12 +107,12 @@ class Protocol:
         """The investigation: a few runs trained longer than the grid (MQAR tasks named ``mqar_c{context}_p{pairs}``,
         at the largest MQAR width)."""
         out = []
-        for task, model, lr, steps in self.longer:
+        for task, model, lr, steps, seed in self.longer:
             if task.startswith("mqar_c"):
                 context, pairs = (int(v) for v in task.removeprefix("mqar_c").split("_p"))
-                out.append(self._mqar(context, pairs, model, max(self.mqar_widths), lr, steps))
+                out.append(self._mqar(context, pairs, model, max(self.mqar_widths), lr, steps, seed))
             else:
-                out.append(self._formal(task, model, lr, self.seeds[0], steps))
+                out.append(self._formal(task, model, lr, seed, steps))
         return out
 
     def runs(self) -> list[RunSpec]:
@@ -113,18 +124,19 @@ class Protocol:
 
         first_lr, first_seed = self.formal_lrs[0], self.seeds[0]
         order = [formal(t, m, first_lr, first_seed) for t in self.formal_tasks[:1] for m in self.formal_models]
-        order += [
+        order += [  # the cheap settings first, each at every width (the widest first)
             mqar(c, p, m, w)
-            for w in sorted(self.mqar_widths, reverse=True)
             for c, p in self.mqar_settings
+            for w in sorted(self.mqar_widths, reverse=True)
             for m in self.mqar_models
         ]
         order += [formal(t, m, first_lr, first_seed) for t in self.formal_tasks[1:] for m in self.formal_models]
-        order += [  # every seed at the first lr, then the other lrs
+        order += [formal(t, m, first_lr, s) for s in self.seeds for t in self.formal_tasks for m in self.formal_models]
+        order += [  # the other lrs task by task, every seed, so that each finished task has complete cells
             formal(t, m, lr, s)
-            for lr in self.formal_lrs
-            for s in self.seeds
+            for lr in self.formal_lrs[1:]
             for t in self.formal_tasks
+            for s in self.seeds
             for m in self.formal_models
         ]
         seen, unique = set(), []
@@ -174,12 +186,18 @@ FULL = Protocol(
     mqar_batch=32,
     mqar_eval_examples=256,
     longer=(
-        ("parity", "xlstm01", 3e-3, 2000),
-        ("parity", "xlstm10", 3e-3, 2000),
-        ("mqar_c64_p4", "xlstm10", 3e-3, 1200),
-        ("parity", "xlstm11", 3e-3, 2000),
-        ("parity", "transformer", 3e-3, 2000),
-        ("mqar_c64_p4", "transformer", 3e-3, 1200),
+        ("parity", "xlstm01", 3e-3, 2000, 0),
+        ("parity", "xlstm10", 3e-3, 2000, 0),
+        ("mqar_c64_p4", "xlstm10", 3e-3, 1200, 0),
+        ("parity", "xlstm11", 3e-3, 2000, 0),
+        ("parity", "transformer", 3e-3, 2000, 0),
+        ("mqar_c64_p4", "transformer", 3e-3, 1200, 0),
+        ("mqar_c64_p4", "transformer", 1e-2, 1200, 0),  # is the Transformer's plateau its learning rate?
+        ("mqar_c64_p4", "transformer", 1e-3, 1200, 0),
+        ("parity", "xlstm01", 3e-3, 2000, 1),  # does sLSTM solve parity at another seed?
+        ("parity", "xlstm11", 3e-3, 4000, 0),  # does xLSTM[1:1] (77% on the training lengths at 2,000) finish?
+        ("mqar_c64_p4", "transformer", 3e-3, 4800, 0),  # does the Transformer leave its plateau at all?
+        ("mqar_c128_p8", "xlstm11", 3e-3, 1200, 0),  # the next setting, trained as long as (64, 4) needed
     ),
 )
 
@@ -194,7 +212,7 @@ SMOKE = Protocol(
     train_len=(3, 12),
     eval_len=(13, 24),
     train_seq=24,  # = the evaluation length and the MQAR context: one compile per model
-    eval_examples=4,
+    eval_examples=7,  # not a multiple of the batch: the last evaluation batch is cut
     mqar_settings=((24, 2),),
     mqar_models=("xlstm11", "xlstm10", "transformer"),
     mqar_widths=(16,),
@@ -202,8 +220,8 @@ SMOKE = Protocol(
     mqar_vocab=10,
     mqar_steps=2,
     mqar_batch=4,
-    mqar_eval_examples=4,
-    longer=(("parity", "xlstm01", 3e-3, 3), ("mqar_c24_p2", "xlstm10", 3e-3, 3)),
+    mqar_eval_examples=7,
+    longer=(("parity", "xlstm01", 3e-3, 3, 0), ("mqar_c24_p2", "xlstm10", 3e-3, 3, 1)),
 )
 
 
@@ -219,11 +237,14 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="run one part: the formal grid, MQAR or the longer runs (processes can share OUT)",
     )
+    parser.add_argument("--match", default="", help="only the runs whose key contains this text")
     args = parser.parse_args(argv)
     # Compiles dominate short runs on a CPU: keep them across processes (resumes, the smoke test).
     cache = os.environ.get("XLSTM_PAPER_JIT_CACHE", str(Path.home() / ".cache" / "xlstm_jax_paper_jit"))
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    if args.smoke:
+        jax.config.update("jax_disable_most_optimizations", True)
     protocol = SMOKE if args.smoke else FULL
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -235,11 +256,13 @@ def main(argv: list[str] | None = None) -> None:
         keys = [spec.key for spec in protocol.runs()]
         longer = [spec.key for spec in protocol.longer_runs()]
         write_report(load_rows(jsonl), out, readme, protocol.describe(), command + " [--report-only]", keys, longer)
+        if readme == HERE / "README_section.md":  # the committed results: the repository README shows them
+            paste_section(HERE.parents[1] / "README.md", readme.read_text())
 
     if args.report_only:
         report()
         return
-    running = out / ("RUNNING" if args.only is None else f"RUNNING.{args.only}")
+    running = out / f"RUNNING.{os.getpid()}"
     running.write_text(f"{os.getpid()}\n")
     try:
         done = {row["key"] for row in load_rows(jsonl)}
@@ -249,9 +272,13 @@ def main(argv: list[str] | None = None) -> None:
             "longer": protocol.longer_runs(),
         }
         specs = protocol.runs() + protocol.longer_runs() if args.only is None else parts[args.only]
-        todo = [s for s in specs if s.key not in done][: args.max_runs]
+        todo = [s for s in specs if s.key not in done and args.match in s.key][: args.max_runs]
         start = time.perf_counter()
         print(f"{len(done)} runs done, {len(todo)} to go on {jax.devices()[0].platform}", flush=True)
+        if todo:
+            compiled = precompile(todo)
+            print(f"{compiled} step functions compiled in {time.perf_counter() - start:.0f} s", flush=True)
+        reported = time.perf_counter()
         for n, spec in enumerate(todo, 1):
             row = run(spec)
             with jsonl.open("a") as f:
@@ -264,7 +291,9 @@ def main(argv: list[str] | None = None) -> None:
                 + f" loss {row['final_loss']:.3f} {row['wall_s']:.0f} s",
                 flush=True,
             )
-            report()
+            if time.perf_counter() - reported > 60:
+                report()
+                reported = time.perf_counter()
         report()
     finally:
         running.unlink(missing_ok=True)
