@@ -28,10 +28,18 @@ def _model(arch: str):
     return perturbed(xLSTMLarge(cfg, rngs=nnx.Rngs(0)), scale=0.2)
 
 
-def _greedy_reference(model, prompt, n: int) -> list[int]:
+@functools.cache
+def _jitted_call(arch: str):
+    """``model(ids, state=state, return_state=True)`` of ``_model(arch)`` under one jit, shared by the
+    tests (compiled once per input shape, not once per reference run)."""
+    model = _model(arch)
+    return jax.jit(lambda ids, state: model(ids, state=state, return_state=True))
+
+
+def _greedy_reference(arch: str, prompt, n: int) -> list[int]:
     """Token by token with Python control flow: prefill the prompt, then argmax steps."""
-    call = jax.jit(lambda ids, state: model(ids, state=state, return_state=True))
-    logits, state = model(jnp.asarray([prompt]), return_state=True)
+    call = _jitted_call(arch)
+    logits, state = call(jnp.asarray([prompt]), None)
     out = []
     for _ in range(n):
         token = int(jnp.argmax(logits[0, -1]))
@@ -51,14 +59,14 @@ def test_greedy_batch_of_different_lengths_equals_each_prompt_alone(arch):
     assert out.tokens.shape == (3, 6) and out.tokens.dtype == jnp.int32
     np.testing.assert_array_equal(out.lengths, [6, 6, 6])
     for row, prompt in enumerate(prompts):
-        assert np.asarray(out.tokens[row]).tolist() == _greedy_reference(model, prompt, 6), f"row {row}"
+        assert np.asarray(out.tokens[row]).tolist() == _greedy_reference(arch, prompt, 6), f"row {row}"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_eos_stops_each_row_and_pads(arch):
     model = _model(arch)
     prompts = [[3, 7, 1], [5, 6]]
-    free = [_greedy_reference(model, p, 8) for p in prompts]
+    free = [_greedy_reference(arch, p, 8) for p in prompts]
     eos = free[0][2]  # the third token of row 0 becomes the end
     out = generate(model, prompts, 8, eos_id=eos, pad_id=0)
     for row, ref in enumerate(free):
@@ -195,7 +203,7 @@ def test_eos_list_and_the_models_generation_config():
     from xlstm_jax.generation import GenerationConfig
 
     model = _model("xlstm_large")
-    free = _greedy_reference(model, [3, 7, 1], 8)
+    free = _greedy_reference("xlstm_large", [3, 7, 1], 8)
     first, second = free[4], free[1]  # any of the ids ends the row: the earliest one wins
     stop = min(free.index(first), free.index(second)) + 1
     out = generate(model, [[3, 7, 1]], 8, eos_id=[first, second])

@@ -10,6 +10,8 @@ README text                    replaced by                             why
 ``embedding_dim=768``          ``embedding_dim=32``
 ``num_blocks=24``              ``num_blocks=4``
 ``slstm_at=(3, 20)``           ``slstm_at=(3,)``                       (block 20 no longer exists)
+``"train.steps=20", ...``      4 steps of a 1-block, 16-wide model     the training run compiles
+                               with batch 8 and 16 eval examples       in seconds
 ``"path/to/xLSTM-7b"``         a folder ``save_pretrained`` wrote      a tiny xLSTM-7B-architecture
 ``"out/"``                     a temporary folder                      checkpoint, no download
 ``"runs/readme"``               a temporary folder                      a training run
@@ -47,6 +49,9 @@ SUBSTITUTIONS = {
     "embedding_dim=768": "embedding_dim=32",
     "num_blocks=24": "num_blocks=4",
     "slstm_at=(3, 20)": "slstm_at=(3,)",
+    '"train.steps=20", "train.eval_every=20"': '"train.steps=4", "train.eval_every=4", "model.embedding_dim=16", '
+    '"model.num_blocks=1", "model.slstm_at=[]", "model.mlstm.qkv_proj_blocksize=4", "train.global_batch_size=8", '
+    '"data.num_eval_examples=16", "train.eval_batches=1"',
 }
 
 

@@ -23,6 +23,8 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
+from tests.trainer_cases import jit_cache_env
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
     "model": {
@@ -59,9 +61,20 @@ def _write_config(path: Path, **sections) -> Path:
     return path
 
 
+_JIT_CACHE: dict[str, str] = {}  # set once per module by _shared_jit_cache
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_jit_cache(tmp_path_factory):
+    """One persistent compilation cache for this module's subprocesses (see ``jit_cache_env``)."""
+    _JIT_CACHE.update(jit_cache_env(tmp_path_factory.mktemp("jit_cache")))
+    yield
+    _JIT_CACHE.clear()
+
+
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **extra)
+    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **_JIT_CACHE, **extra)
     return env
 
 

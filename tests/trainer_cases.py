@@ -33,3 +33,16 @@ def metrics_rows(out_dir: Path, kind: str | None = None) -> list[dict]:
 
 def checkpoint_steps(out_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in (Path(out_dir) / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def jit_cache_env(cache_dir: Path) -> dict[str, str]:
+    """Environment variables that give trainer subprocesses one persistent compilation cache.
+
+    The runs of a test file train the same tiny model, so every process after the first loads
+    its compiled steps instead of compiling them again (about 4x less CPU per process on 2 cores);
+    the runs themselves, and what the tests check about them, are unchanged."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
