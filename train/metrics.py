@@ -57,7 +57,11 @@ def device_peak_flops() -> tuple[float, str]:
 
 
 def step_flops(compiled) -> float:
-    """FLOPs of one compiled step, from XLA's cost analysis (nan when unavailable)."""
+    """FLOPs of one compiled step on ONE device, from XLA's cost analysis (nan when unavailable).
+
+    For a program partitioned over several devices (SPMD), XLA reports the cost of one partition,
+    so MFU is ``step_flops / seconds_per_step / device_peak_flops()``, with no device count.
+    """
     try:
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost

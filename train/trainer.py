@@ -384,7 +384,7 @@ def loop(s: Session, stop: _StopFlag) -> str:
             per_step = timer.per_step()
             m.update(
                 tokens_per_s=t.global_batch_size * t.seq_len / per_step,
-                mfu=flops / per_step / (peak * jax.device_count()),
+                mfu=flops / per_step / peak,  # both per device (step_flops)
             )
             if not s.custom.get("optimizer"):  # a user's optimizer has its own schedule
                 m["lr"] = float(lr_at(s.step - 1))
