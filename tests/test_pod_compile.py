@@ -58,7 +58,7 @@ def test_tpu_module_matmuls_trip_count_and_collectives():
 
 
 def test_mesh_argument_names_the_axes():
-    assert report.parse_mesh("data=-1,fsdp=8") == {"mesh.data": -1, "mesh.fsdp": 8, "mesh.tensor": 1}
+    assert report.parse_mesh("data=-1,fsdp=8") == {"mesh.data": -1, "mesh.fsdp": 8, "mesh.context": 1, "mesh.tensor": 1}
     with pytest.raises(ValueError, match="mesh axis must be one of"):
         report.parse_mesh("model=2")
 
