@@ -11,7 +11,9 @@ fusions, calls and conditional branches by their caller's weight.
 It counts, per device (the text is one SPMD partition):
   ``collective_bytes``: operand bytes of all-gather, reduce-scatter, all-reduce, all-to-all and
     collective-permute (their async ``-start`` forms included), by kind.
-  ``dot_flops``: 2 x output elements x contracted size of every ``dot`` (the matrix-unit work).
+  ``dot_flops``: 2 x the multiply-adds of every ``dot`` and ``convolution`` (the matrix-unit work;
+    the TPU compiler writes matmuls as convolutions, batched ones with the batch as window
+    dimensions, of which only the kernel positions that meet a real input element count).
   ``hbm_bytes``: operand and output bytes of every instruction outside fusions (a fusion reads its
     operands from and writes its output to HBM; what happens inside it stays on chip), the way
     XLA's cost analysis counts bytes accessed.
@@ -24,6 +26,8 @@ from __future__ import annotations
 import collections
 import math
 import re
+
+import numpy as np
 
 _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
                 "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}  # fmt: skip
@@ -151,9 +155,7 @@ def _weights(computations, roots, entry):
 
 
 def _matmul_flops(type_text: str, opcode: str, operand_types: list[str], attrs: str) -> float:
-    """2 x output elements x multiply-adds per output element of a ``dot`` or a ``convolution``
-    (the TPU compiler writes matmuls as convolutions: per output element, the kernel's elements
-    over its output features)."""
+    """2 x the multiply-adds of a ``dot`` or a ``convolution``."""
     out = sum(_elements(d) for _, d in _SHAPE.findall(type_text))
     shapes = [_SHAPE.search(t) for t in operand_types[:2]]
     if len(shapes) < 2 or not all(shapes):
@@ -162,10 +164,57 @@ def _matmul_flops(type_text: str, opcode: str, operand_types: list[str], attrs: 
     if opcode == "dot":
         contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
         return 2.0 * out * math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i) if contracting else 0.0
-    labels = re.search(r"dim_labels=\w*_(\w+)->", attrs)
-    if not labels or len(labels.group(1)) != len(rhs):
-        return 0.0
-    return 2.0 * out * math.prod(size for label, size in zip(labels.group(1), rhs) if label != "o")
+    outs = [int(x) for x in _SHAPE.search(type_text).group(2).split(",") if x]
+    return 2.0 * _convolution_macs(lhs, rhs, outs, attrs)
+
+
+def _window(attrs: str, rank: int) -> dict:
+    """A convolution's ``window={size=2x4 stride=1x3 pad=0_0x1_1 lhs_dilate=2x4 rhs_dilate=1x1}``,
+    each field a list over the spatial dimensions (XLA's defaults where a field is absent)."""
+    text = re.search(r"window=\{([^}]*)\}", attrs)
+    fields = dict(item.split("=", 1) for item in text.group(1).split()) if text else {}
+    window = {key: [int(x) for x in fields[key].split("x")] if key in fields else [default] * rank
+              for key, default in (("size", 1), ("stride", 1), ("lhs_dilate", 1), ("rhs_dilate", 1))}  # fmt: skip
+    pads = fields.get("pad")
+    window["pad_low"] = [int(p.split("_")[0]) for p in pads.split("x")] if pads else [0] * rank
+    return window
+
+
+def _convolution_macs(lhs: list[int], rhs: list[int], out: list[int], attrs: str) -> int:
+    """Multiply-adds of an XLA ``convolution``: per output batch element and feature, the kernel's
+    input features times the (output position, kernel position) pairs that meet a real input
+    element, per spatial dimension. The TPU compiler writes batched matmuls as convolutions whose
+    window dimensions are the batch dimensions (a window of size k over an input dilated by k: one
+    of the k kernel positions meets a real element), so counting every kernel position would
+    multiply their FLOPs by the batch size."""
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", attrs)
+    if not labels or [len(x) for x in labels.groups()] != [len(lhs), len(rhs), len(out)]:
+        return 0
+    lhs_labels, rhs_labels, out_labels = labels.groups()
+    spatial = sorted(c for c in out_labels if c.isdigit())
+    window = _window(attrs, len(spatial))
+    macs = math.prod(size for label, size in zip(out_labels, out) if label in "bf") * rhs[rhs_labels.index("i")]
+    for n, dim in enumerate(spatial):
+        macs *= _window_pairs(
+            out[out_labels.index(dim)], lhs[lhs_labels.index(dim)], window["size"][n], window["stride"][n],
+            window["pad_low"][n], window["lhs_dilate"][n], window["rhs_dilate"][n],
+        )  # fmt: skip
+    return macs
+
+
+def _window_pairs(outputs: int, inputs: int, size: int, stride: int, pad_low: int, lhs_dilate: int, rhs_dilate: int):
+    """(output position, kernel position) pairs of one spatial dimension whose input position is a
+    real element: in range of the ``lhs_dilate``-dilated input and not one of its holes."""
+    small, large = sorted((outputs, size))
+    other = np.arange(large)
+    pairs = 0
+    for k in range(small):
+        o, w = (k, other) if outputs == small else (other, k)
+        position = o * stride + w * rhs_dilate - pad_low
+        pairs += int(
+            np.count_nonzero((position >= 0) & (position <= (inputs - 1) * lhs_dilate) & (position % lhs_dilate == 0))
+        )
+    return pairs
 
 
 def hlo_stats(text: str) -> dict:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import math
 import subprocess
@@ -140,9 +141,10 @@ def abstract_step(spec, devices):
     return step, state, batch, mesh
 
 
-def compile_case(preset: str, slice: str, mesh_text: str, quick: bool, overrides=()) -> dict:  # noqa: A002
+def compile_case(preset: str, slice: str, mesh_text: str, quick: bool, overrides=(), hlo_dir=None) -> dict:  # noqa: A002
     """One row: compile the preset's train step for the slice and mesh (and config ``overrides``,
-    ``key=value`` strings), and what the compiler says."""
+    ``key=value`` strings), and what the compiler says. With ``hlo_dir``, the optimized HLO text is
+    also written there (gzipped), for ``hlo_stats`` to be rerun on it."""
     from jax.experimental import topologies
 
     from xlstm_jax import backends
@@ -178,7 +180,10 @@ def compile_case(preset: str, slice: str, mesh_text: str, quick: bool, overrides
     tokens = spec.train.global_batch_size * spec.train.seq_len
     row.update(params=params, tokens_per_step=tokens, remat=spec.train.remat, compute_dtype=spec.train.compute_dtype)
     row.update(_memory(compiled, chip))
-    row.update(_costs(compiled))
+    text = compiled.as_text()
+    if hlo_dir:
+        row["hlo_file"] = _save_hlo(text, Path(hlo_dir), row)
+    row.update(_costs(compiled, text))
     row.update(_roofline(row, chip, params, tokens, len(devices)))
     return row
 
@@ -210,10 +215,20 @@ def _memory(compiled, chip: Chip) -> dict:
     }
 
 
-def _costs(compiled) -> dict:
+def _save_hlo(text: str, folder: Path, row: dict) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = [row["preset"], row["slice"], row["mesh_arg"], *row.get("overrides", ())]
+    name = "_".join(parts).translate(str.maketrans("=,/", "--_"))
+    path = folder / f"{name}.hlo.txt.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+    return str(path)
+
+
+def _costs(compiled, text: str) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    stats = hlo_stats(compiled.as_text())
+    stats = hlo_stats(text)
     return {
         "cost_analysis": {"flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed")},
         "hlo": stats,
@@ -257,6 +272,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 blocks, batch 8 x 256 (a check, not the preset)")
     parser.add_argument("--set", action="append", default=[], help="a config override key=value (repeatable)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per compile (each runs in a subprocess)")
+    parser.add_argument("--hlo-dir", default=None, help="also write each compiled module's HLO text here (gzipped)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results_pod_compile.jsonl")))
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case as JSON, in this process
     args = parser.parse_args()
@@ -270,7 +286,7 @@ def main() -> None:
             rows = []
             for mesh_text in (args.meshes or DEFAULT_MESHES[preset]).split(";"):
                 case = {"preset": preset, "slice": slice_name, "mesh_text": mesh_text, "quick": args.quick,
-                        "overrides": args.set}  # fmt: skip
+                        "overrides": args.set, "hlo_dir": args.hlo_dir}  # fmt: skip
                 rows.append(_run_case(case, args.timeout))
                 _emit(rows[-1], out)
             _emit(_recommend(rows), out)
