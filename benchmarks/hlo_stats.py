@@ -16,7 +16,10 @@ It counts, per device (the text is one SPMD partition):
     dimensions, of which only the kernel positions that meet a real input element count).
   ``hbm_bytes``: operand and output bytes of every instruction outside fusions (a fusion reads its
     operands from and writes its output to HBM; what happens inside it stays on chip), the way
-    XLA's cost analysis counts bytes accessed.
+    XLA's cost analysis counts bytes accessed. Slices are in place: a ``dynamic-slice`` reads
+    its slice, a ``dynamic-update-slice`` writes its update (also as a fusion's parameter or root,
+    the way a loop reads step t of a stacked sequence and writes step t of its output), not the
+    whole buffer once per loop iteration.
   ``loop_iterations``: sequential ``while`` iterations, weighted (the latency a roofline ignores).
 Each count also comes unweighted (``*_once``: every computation once, as ``cost_analysis`` counts).
 """
@@ -217,6 +220,66 @@ def _window_pairs(outputs: int, inputs: int, size: int, stride: int, pad_low: in
     return pairs
 
 
+def _traffic(type_text: str, opcode: str, operands: list[str], attrs: str, types: dict, computations, roots) -> float:
+    """HBM bytes an instruction outside fusions reads and writes (slices in place)."""
+    if opcode == "dynamic-slice":
+        return 2 * shape_bytes(type_text)
+    if opcode == "dynamic-update-slice":
+        return 2 * shape_bytes(types.get(operands[1], ""))
+    callee = re.search(r"calls=%?([\w.\-]+)", attrs) if opcode == "fusion" else None
+    if callee is None or callee.group(1) not in computations:
+        return shape_bytes(type_text) + sum(shape_bytes(types.get(o, "")) for o in operands)
+    body = _Body(computations, callee.group(1))
+    read = sum(body.read(n, shape_bytes(types.get(o, ""))) for n, o in enumerate(operands))
+    return read + body.written(roots.get(callee.group(1)), roots)
+
+
+class _Body:
+    """A fusion's computation: what it reads of each parameter, what its root writes (in place)."""
+
+    def __init__(self, computations: dict, name: str):
+        self.computations = computations
+        body = computations[name]
+        self.by_name = {inst[0]: inst for inst in body}
+        self.params = {
+            int(m.group(1)): inst[0] for inst in body if inst[2] == "parameter" and (m := re.match(r"(\d+)", inst[4]))
+        }
+        self.users = {}
+        for inst in body:
+            for position, operand in enumerate(inst[3]):
+                self.users.setdefault(operand, []).append((inst, position))
+
+    def read(self, index: int, full: float) -> float:
+        """Bytes read of parameter ``index`` (``full`` bytes): only the slices when every use is a
+        ``dynamic-slice`` of it or a ``dynamic-update-slice`` into it (through nested fusions)."""
+        uses, total = self.users.get(self.params.get(index), []), 0.0
+        for inst, position in uses:
+            callee = re.search(r"calls=%?([\w.\-]+)", inst[4]) if inst[2] == "fusion" else None
+            if inst[2] == "dynamic-slice" and position == 0:
+                total += shape_bytes(inst[1])
+            elif inst[2] == "dynamic-update-slice" and position == 0:
+                continue
+            elif callee and callee.group(1) in self.computations:
+                total += _Body(self.computations, callee.group(1)).read(position, full)
+            else:
+                return full
+        return min(total, full) if uses else full
+
+    def written(self, root, roots) -> float:
+        """Bytes the instruction ``root`` writes: a ``dynamic-update-slice`` its update, a tuple its
+        elements, a nested fusion what its root writes."""
+        if root is None:
+            return 0.0
+        if root[2] == "tuple":
+            return sum(self.written(self.by_name.get(o), roots) for o in root[3])
+        if root[2] == "dynamic-update-slice" and root[3][1] in self.by_name:
+            return shape_bytes(self.by_name[root[3][1]][1])
+        callee = re.search(r"calls=%?([\w.\-]+)", root[4]) if root[2] == "fusion" else None
+        if callee and callee.group(1) in self.computations:
+            return _Body(self.computations, callee.group(1)).written(roots.get(callee.group(1)), roots)
+        return shape_bytes(root[1])
+
+
 def hlo_stats(text: str) -> dict:
     """The counts of the module docstring from ``compiled.as_text()``."""
     computations, roots, entry = _parse(text)
@@ -240,7 +303,7 @@ def hlo_stats(text: str) -> dict:
             elif opcode == "while":
                 out["loop_iterations"] += w * trips[inst_name]
             if name not in inside_fusion and opcode not in _NO_TRAFFIC and not opcode.endswith("-done"):
-                moved = shape_bytes(type_text) + sum(shape_bytes(types.get(o, "")) for o in operands)
+                moved = _traffic(type_text, opcode, operands, attrs, types, computations, roots)
                 out["hbm_bytes"] += w * moved
                 out["hbm_bytes_once"] += moved
     out["collective_bytes"] = dict(out["collective_bytes"])

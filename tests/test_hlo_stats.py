@@ -120,3 +120,63 @@ def test_cpu_loop_free_counts_match_cost_analysis():
     stats, cost = hlo_stats(compiled.as_text()), compiled.cost_analysis()
     assert stats["dot_flops"] == 2 * 64 * 32 * 16
     assert stats["hbm_bytes"] == pytest.approx(cost["bytes accessed"], rel=0.05)
+
+
+# A loop of 4 steps that reads step i of a stacked f32 (4, 16, 8) input (a dynamic-slice in a fusion
+# nested in the loop's fusion) and writes step i of a stacked output in place (a fusion whose root
+# is a dynamic-update-slice). Per step the fusion reads the 16 x 8 slice and the s32 index and writes
+# one 16 x 8 slice; the loop's counter add reads two and writes one s32.
+IN_PLACE = """HloModule jit_in_place, is_scheduled=true
+
+%slice_fusion (s0: f32[4,16,8], s1: s32[]) -> f32[1,16,8] {
+  %s0 = f32[4,16,8]{2,1,0} parameter(0)
+  %s1 = s32[] parameter(1)
+  %z = s32[] constant(0)
+  ROOT %ds = f32[1,16,8]{2,1,0} dynamic-slice(%s0, %s1, %z, %z), dynamic_slice_sizes={1,16,8}
+}
+
+%step_fusion (p0: f32[4,16,8], p1: f32[4,16,8], p2: s32[]) -> f32[4,16,8] {
+  %p0 = f32[4,16,8]{2,1,0} parameter(0)
+  %p1 = f32[4,16,8]{2,1,0} parameter(1)
+  %p2 = s32[] parameter(2)
+  %x = f32[1,16,8]{2,1,0} fusion(%p1, %p2), kind=kLoop, calls=%slice_fusion
+  %y = f32[1,16,8]{2,1,0} tanh(%x)
+  %zero = s32[] constant(0)
+  ROOT %dus = f32[4,16,8]{2,1,0} dynamic-update-slice(%p0, %y, %p2, %zero, %zero)
+}
+
+%body (state: (s32[], f32[4,16,8], f32[4,16,8])) -> (s32[], f32[4,16,8], f32[4,16,8]) {
+  %state = (s32[], f32[4,16,8], f32[4,16,8]) parameter(0)
+  %i = s32[] get-tuple-element(%state), index=0
+  %out = f32[4,16,8]{2,1,0} get-tuple-element(%state), index=1
+  %xs = f32[4,16,8]{2,1,0} get-tuple-element(%state), index=2
+  %new = f32[4,16,8]{2,1,0} fusion(%out, %xs, %i), kind=kLoop, calls=%step_fusion
+  %one = s32[] constant(1)
+  %next = s32[] add(%i, %one)
+  ROOT %t = (s32[], f32[4,16,8], f32[4,16,8]) tuple(%next, %new, %xs)
+}
+
+%cond (state.1: (s32[], f32[4,16,8], f32[4,16,8])) -> pred[] {
+  %state.1 = (s32[], f32[4,16,8], f32[4,16,8]) parameter(0)
+  %i.1 = s32[] get-tuple-element(%state.1), index=0
+  %four = s32[] constant(4)
+  ROOT %lt = pred[] compare(%i.1, %four), direction=LT
+}
+
+ENTRY %main (xs: f32[4,16,8], out: f32[4,16,8]) -> f32[4,16,8] {
+  %xs.1 = f32[4,16,8]{2,1,0} parameter(0)
+  %out.1 = f32[4,16,8]{2,1,0} parameter(1)
+  %zero.1 = s32[] constant(0)
+  %init = (s32[], f32[4,16,8], f32[4,16,8]) tuple(%zero.1, %out.1, %xs.1)
+  %loop = (s32[], f32[4,16,8], f32[4,16,8]) while(%init), condition=%cond, body=%body
+  ROOT %result = f32[4,16,8]{2,1,0} get-tuple-element(%loop), index=1
+}
+"""
+
+
+def test_loop_slices_are_read_and_written_in_place():
+    stats = hlo_stats(IN_PLACE)
+    slice_bytes, index_bytes = 16 * 8 * 4, 4
+    per_step = (slice_bytes + index_bytes + slice_bytes) + 3 * index_bytes  # the step fusion, the counter add
+    condition = 2 * index_bytes + 1  # compare(i, 4) -> pred, counted once per iteration
+    assert stats["hbm_bytes"] == 4 * per_step + 4 * condition
