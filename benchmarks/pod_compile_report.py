@@ -255,6 +255,15 @@ def _roofline(row: dict, chip: Chip, params: int, tokens: int, chips: int) -> di
     }
 
 
+def recount(row: dict) -> dict:
+    """``row`` with its HLO counts and roofline recomputed from its saved ``hlo_file`` (after a fix
+    to ``hlo_stats``; the compiler's own figures are unchanged)."""
+    with gzip.open(row["hlo_file"], "rt") as f:
+        row = {**row, "hlo": hlo_stats(f.read())}
+    chip = next(c for c in CHIPS.values() if c.source == row["chip"])
+    return {**row, **_roofline(row, chip, row["params"], row["tokens_per_step"], row["chips"])}
+
+
 def _recommend(rows: list[dict]) -> dict:
     fitting = [r for r in rows if r.get("status") == "compiled" and r["fits"]]
     head = {"recommend": True, "preset": rows[0]["preset"], "slice": rows[0]["slice"]}
