@@ -88,7 +88,8 @@ QUICK = {"model.num_blocks": 2, "model.slstm_at": [1], "train.global_batch_size"
 
 
 def parse_mesh(text: str) -> dict:
-    """``'data=-1,fsdp=8'`` -> ``{'mesh.data': -1, 'mesh.fsdp': 8, 'mesh.tensor': 1}`` (axes not named are 1)."""
+    """``'data=-1,fsdp=8'`` -> ``{'mesh.data': -1, 'mesh.fsdp': 8, 'mesh.context': 1, 'mesh.tensor': 1}``
+    (axes not named are 1)."""
     from xlstm_jax.train.mesh import AXES
 
     sizes = dict.fromkeys(AXES, 1)

@@ -44,6 +44,22 @@ def check_grads(ref, sharded, args, name):
         assert_close(a, b, 1e-5, f"{name} gradient {idx}")
 
 
+# Every op inside a user's shard_map with JAX's default check_vma=True and only the batch split (no
+# context axis): a zero initial state and replicated weights are invariant while the data vary, which
+# a scan carry and a custom backward must not trip over.
+mesh = jax.make_mesh((2, 4), ("data", "ctx"), axis_types=(AxisType.Auto,) * 2)
+q, k, v, i, f = cast(mlstm_inputs(11, b=2, nh=2, s=8, dhqk=4, dhv=4), jnp.float32)
+g, r, b = cast(slstm_inputs(12, b=2, s=8, nh=2, dh=4), jnp.float32)
+for name, op, args, specs in (
+    ("mlstm_chunkwise", lambda q, k, v, i, f: ops.mlstm_chunkwise(q, k, v, i, f, chunk_size=4), (q, k, v, i, f),
+     (P("data"),) * 5),
+    ("mlstm_recurrent", ops.mlstm_recurrent, (q, k, v, i, f), (P("data"),) * 5),
+    ("slstm_scan", ops.slstm_scan, (g, r, b), (P("data"), P(), P())),
+):
+    run = jax.shard_map(op, mesh=mesh, in_specs=specs, out_specs=(P("data"), P("data")), check_vma=True)
+    check_grads(op, run, args, f"{name} under check_vma=True")
+
+
 for devices, s_loc, vma in ((4, 6, True), (8, 5, False))[: 2 if FULL else 1]:
     mesh = jax.make_mesh((8 // devices, devices), ("data", "ctx"), axis_types=(AxisType.Auto,) * 2)
     s = devices * s_loc
@@ -70,7 +86,7 @@ for devices, s_loc, vma in ((4, 6, True), (8, 5, False))[: 2 if FULL else 1]:
         run = jax.shard_map(
             lambda g, r, b, st, res: ops.slstm_scan(g, r, b, initial_state=st, resets=res, context_axis="ctx"),
             mesh=mesh, in_specs=(P("data", "ctx"), P(), P(), P("data"), P("data", "ctx")),
-            out_specs=(P("data", "ctx"), P("data")), check_vma=False)  # see the test's docstring
+            out_specs=(P("data", "ctx"), P("data")), check_vma=vma)
         check_grads(ref, lambda g, r, b, st: run(g, r, b, st, jnp.asarray(resets)), (g, r, b, st),
                     f"sLSTM context={devices} heads={nh}")
     # Causal conv: the previous shard's last K - 1 inputs by ppermute; resets inside, at and just before
@@ -140,9 +156,8 @@ def test_cells_with_the_sequence_split_reproduce_the_unsharded_cells():
     all_to_all; resets), the causal conv halo (resets next to shard boundaries, an initial state) and
     the dispatch point (``backends.mlstm`` / ``slstm`` with axis rule ``length`` -> ctx, XLA forms):
     h, the final state and the gradients of every input and of the initial state within
-    1e-5 * max|ref| of the unsharded call. The sLSTM runs with check_vma=False, as the dispatch runs
-    it: ``slstm_scan``'s custom backward predates varying-type checks and fails them on a batch-split
-    mesh with or without context parallelism."""
+    1e-5 * max|ref| of the unsharded call. The ops run under ``check_vma=True`` (JAX's default) here and
+    with ``check_vma=False`` in the slow test's context-8 case."""
     _run(_SCRIPT, full=False)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 
 def test_mesh_argument_names_the_axes():
-    assert report.parse_mesh("data=-1,fsdp=8") == {"mesh.data": -1, "mesh.fsdp": 8, "mesh.tensor": 1}
+    assert report.parse_mesh("data=-1,fsdp=8") == {"mesh.data": -1, "mesh.fsdp": 8, "mesh.context": 1, "mesh.tensor": 1}
     with pytest.raises(ValueError, match="mesh axis must be one of"):
         report.parse_mesh("model=2")
 

@@ -94,15 +94,21 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Device mesh (data, fsdp, tensor) and the logical-axis rules that map onto it."""
+    """Device mesh (data, fsdp, context, tensor) and the logical-axis rules that map onto it.
+
+    ``context`` > 1 splits every sequence over that many devices (context parallelism): the
+    ``length`` rule maps the sequence dimension of batches and activations onto it.
+    """
 
     data: int = -1  # -1: all devices left over
     fsdp: int = 1
+    context: int = 1  # devices one sequence is split over
     tensor: int = 1
     # logical axis name -> mesh axes (a list shards over several). Names not listed are replicated.
     rules: Mapping[str, Sequence[str]] = dataclasses.field(
         default_factory=lambda: {
             "batch": ["data", "fsdp"],
+            "length": ["context"],
             "embed": ["fsdp"],
             "heads": ["tensor"],
             "mlp": ["tensor"],
@@ -111,7 +117,7 @@ class MeshConfig:
     )
 
     def __post_init__(self):
-        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        sizes = {"data": self.data, "fsdp": self.fsdp, "context": self.context, "tensor": self.tensor}
         for name, size in sizes.items():
             _int(f"mesh.{name}", size, -1)
             _check(size != 0, f"mesh.{name} must be an integer >= 1 or -1 (all devices left over), got {size!r}")
@@ -120,7 +126,25 @@ class MeshConfig:
         for logical, axes in self.rules.items():
             axes = [axes] if isinstance(axes, str) else list(axes)
             for axis in axes:
-                _check(axis in sizes, f"mesh.rules.{logical}: unknown mesh axis {axis!r}; use data, fsdp, tensor")
+                _check(
+                    axis in sizes,
+                    f"mesh.rules.{logical}: unknown mesh axis {axis!r}; use {', '.join(sizes)}",
+                )
+        length = self.rules.get("length", [])
+        length = [length] if isinstance(length, str) else list(length)
+        _check(
+            self.context == 1 or "context" in length,
+            f"mesh.rules.length must include 'context' when mesh.context={self.context} (the sequence is split "
+            f"over that axis), got {length!r}",
+        )
+
+    def check_seq_len(self, seq_len: int, field: str) -> None:
+        """``ConfigError`` unless a fixed ``context`` size divides ``seq_len`` (the value of ``field``)."""
+        _check(
+            self.context == -1 or seq_len % self.context == 0,
+            f"{field}={seq_len} must be divisible by mesh.context={self.context} (each device of the context axis "
+            f"holds {field}/mesh.context tokens of every row)",
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,12 @@
 
 Parameters carry logical names (``embed``, ``heads``, ``mlp``, ``vocab``; see
 ``xlstm_jax.nn.params``); the config's rules map them to mesh axes
-(``data``, ``fsdp``, ``tensor``). A dimension whose size the mesh axes do not
+(``data``, ``fsdp``, ``context``, ``tensor``). A dimension whose size the mesh axes do not
 divide is replicated instead (and reported once), so any model fits any mesh.
+
+Batches (B, S) are split over the ``batch`` rule's axes in B and over the ``length`` rule's
+axes in S (context parallelism: each device of the ``context`` axis holds a contiguous slice
+of every row, and the cells combine the slices through ``xlstm_jax.backends``).
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from .config import ConfigError, MeshConfig
 
 log = logging.getLogger(__name__)
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "context", "tensor")  # outermost (slowest links) to innermost
 
 
-def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
-    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
+    """Sizes of ``AXES`` on ``num_devices`` devices (the one -1 axis takes the devices left over)."""
+    sizes = [getattr(cfg, axis) for axis in AXES]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if num_devices % known:
@@ -36,11 +41,11 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
 
 
 def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh with GSPMD-style (Auto) axes.
+    """A (data, fsdp, context, tensor) mesh with GSPMD-style (Auto) axes.
 
     On multi-slice TPU pods the data axis spans slices (slow links carry only the
     gradient all-reduce); within a slice and on GPUs, the device order of
-    ``jax.make_mesh`` keeps fsdp and tensor groups on fast interconnects.
+    ``jax.make_mesh`` keeps fsdp, context and tensor groups on fast interconnects.
     """
     devices = list(devices if devices is not None else jax.devices())
     shape = mesh_shape(cfg, len(devices))
@@ -50,12 +55,17 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
 
         if shape[0] % num_slices:
             raise ConfigError(f"mesh.data={shape[0]} must be a multiple of the {num_slices} slices")
-        per_slice = (shape[0] // num_slices, shape[1], shape[2])
-        grid = mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices, 1, 1), devices)
-        return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * 3)
+        per_slice = (shape[0] // num_slices, *shape[1:])
+        grid = mesh_utils.create_hybrid_device_mesh(per_slice, (num_slices,) + (1,) * (len(AXES) - 1), devices)
+        return Mesh(grid, AXES, axis_types=(AxisType.Auto,) * len(AXES))
     if devices == list(jax.devices()):
-        return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 3)
-    return Mesh(np.array(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * 3)
+        return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES))
+    return Mesh(np.array(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def describe(mesh: Mesh) -> dict[str, int]:
+    """The mesh's axis sizes for messages; the ``context`` axis only when it splits sequences."""
+    return {axis: size for axis, size in mesh.shape.items() if axis != "context" or size > 1}
 
 
 def logical_spec(
@@ -86,12 +96,58 @@ def state_shardings(abstract_state, mesh: Mesh, rules: Mapping[str, Sequence[str
     return jax.tree.map(one, abstract_state, is_leaf=lambda x: hasattr(x, "get_metadata"))
 
 
+def _rule_axes(mesh: Mesh, rules: Mapping[str, Sequence[str]], logical: str, taken=()) -> list[str]:
+    """The mesh axes of size > 1 that the rule ``logical`` names, less those in ``taken``."""
+    axes = rules.get(logical, [])
+    axes = [axes] if isinstance(axes, str) else list(axes)
+    return [a for a in axes if a not in taken and mesh.shape[a] > 1]
+
+
+def _entry(axes: Sequence[str]):
+    return tuple(axes) if len(axes) > 1 else (axes[0] if axes else None)
+
+
+def batch_axes(mesh: Mesh, rules: Mapping[str, Sequence[str]]) -> tuple[list[str], list[str]]:
+    """(mesh axes of B, mesh axes of S) of a batch: the ``batch`` and ``length`` rules' axes of size > 1
+    (an axis named by both splits B only)."""
+    rows = _rule_axes(mesh, rules, "batch")
+    return rows, _rule_axes(mesh, rules, "length", rows)
+
+
 def batch_sharding(mesh: Mesh, rules: Mapping[str, Sequence[str]], ndim: int = 2) -> NamedSharding:
-    """Batch-major arrays (B, S, ...): B over the ``batch`` rule's axes, the rest replicated."""
-    axes = [a for a in rules.get("batch", []) if mesh.shape[a] > 1]
-    first = tuple(axes) if len(axes) > 1 else (axes[0] if axes else None)
-    return NamedSharding(mesh, PartitionSpec(first, *([None] * (ndim - 1))))
+    """Batch-major arrays (B, S, ...): B over the ``batch`` rule's axes, S over the ``length`` rule's
+    axes (context parallelism), the rest replicated."""
+    rows, length = batch_axes(mesh, rules)
+    return NamedSharding(mesh, PartitionSpec(_entry(rows), _entry(length), *([None] * (ndim - 2))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def process_rows(sharding: NamedSharding, global_rows: int) -> tuple[int, int]:
+    """(index, count) of the block of batch rows this process's devices hold, among ``count`` blocks.
+
+    Each process loads only its block's rows. Without context parallelism every process holds its own
+    rows (index = process index). When an axis that does not split rows (``context``, ``tensor``)
+    spans processes, those processes hold the same rows, load the same block and
+    ``jax.make_array_from_process_local_data`` takes each device's slice of it.
+    """
+    rows_only = NamedSharding(sharding.mesh, PartitionSpec(sharding.spec[0] if sharding.spec else None))
+    rows = [(d.process_index, *index[0].indices(global_rows)[:2]) for d, index in
+            rows_only.devices_indices_map((global_rows,)).items()]  # fmt: skip
+    return row_blocks(rows, jax.process_index())
+
+
+def row_blocks(rows: Sequence[tuple[int, int, int]], process_index: int) -> tuple[int, int]:
+    """``process_rows`` from (process, first row, end row) per device: the rows of each process form
+    one block; processes with the same block share it. ``ConfigError`` when blocks overlap or differ in size."""
+    spans: dict[int, tuple[int, int]] = {}
+    for process, start, stop in rows:
+        low, high = spans.get(process, (start, stop))
+        spans[process] = (min(low, start), max(high, stop))
+    blocks = sorted(set(spans.values()))
+    if len({b - a for a, b in blocks}) != 1 or any(b[1] > c[0] for b, c in zip(blocks, blocks[1:])):
+        raise ConfigError(f"the mesh gives the processes overlapping or unequal blocks of batch rows {blocks}; "
+                          "order the mesh so that each process's devices hold one contiguous block")  # fmt: skip
+    return blocks.index(spans[process_index]), len(blocks)

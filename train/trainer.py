@@ -37,7 +37,7 @@ from .data import CORPUS_KINDS, DataConfig, make_eval_dataset, make_train_datase
 from .data.codec import codec_for
 from .data.sources import open_corpus
 from .errors import NonFiniteTrainingError
-from .mesh import batch_sharding, make_mesh, state_shardings
+from .mesh import batch_axes, batch_sharding, describe, make_mesh, process_rows, state_shardings
 from .metrics import Logger, device_peak_flops, step_flops
 from .models import build_model, config_to_dict, model_config
 from .optim import make_optimizer, schedule
@@ -92,6 +92,8 @@ def resolve(raw: dict) -> RunSpec:
             f"{optim.grad_accum_steps} x {jax.process_count()} processes"
         )
     mesh = build_dataclass(MeshConfig, raw.get("mesh"), "mesh.")
+    for field, length in _seq_lens(run):
+        mesh.check_seq_len(length, field)
     return RunSpec(model, data, optim, run, mesh, export_hf, raw)
 
 
@@ -118,11 +120,11 @@ def _num_params(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-def _global_batch(local: dict, sharding) -> dict:
-    """Per-process numpy rows -> global arrays laid out on the mesh."""
-    n = jax.process_count()
+def _global_batch(local: dict, sharding, blocks: int) -> dict:
+    """This process's block of rows (numpy, one of ``blocks``; see ``mesh.process_rows``) -> global
+    arrays laid out on the mesh (rows over the batch axes, each row's tokens over the context axis)."""
     return {
-        k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (v.shape[0] * n, *v.shape[1:]))
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (v.shape[0] * blocks, *v.shape[1:]))
         for k, v in local.items()
     }
 
@@ -187,19 +189,35 @@ class Session:
     meta: dict
     n_params: int
     peak_flops: tuple[float, str]  # per device, and where the figure comes from
+    rows: tuple[int, int] = (0, 1)  # (index, count) of this process's block of batch rows (mesh.process_rows)
     custom: dict = dataclasses.field(default_factory=dict)  # which of model/optimizer/data the user gave
     last_metrics: dict | None = None
 
 
-def _check_batch_fits_mesh(global_batch_size: int, mesh, rules) -> None:
-    axes = [a for a in rules.get("batch", []) if mesh.shape[a] > 1]
-    shards = math.prod(mesh.shape[a] for a in axes)
+def _seq_lens(run: RunConfig) -> list[tuple[str, int]]:
+    """(field, value) of the sequence lengths the run's batches have: training and evaluation."""
+    return [("train.seq_len", run.seq_len)] + ([("train.eval_seq_len", run.eval_seq_len)] if run.eval_seq_len else [])
+
+
+def _check_batch_fits_mesh(global_batch_size: int, mesh, rules, seq_lens=()) -> None:
+    """``ConfigError`` unless the batch axes divide the global batch and the ``length`` axes (the
+    context axis) divide every sequence length ``seq_lens`` ((field, value) pairs)."""
+    rows, length = batch_axes(mesh, rules)
+    shards = math.prod(mesh.shape[a] for a in rows)
     if global_batch_size % shards:
         raise ConfigError(
             f"train.global_batch_size={global_batch_size} must be divisible by the {shards} batch shards of the mesh "
             f"{dict(mesh.shape)} (mesh.rules.batch={list(rules.get('batch', []))}); use a multiple of {shards} "
             "or another mesh"
         )
+    shards = math.prod(mesh.shape[a] for a in length)
+    for field, value in seq_lens:
+        if value % shards:
+            raise ConfigError(
+                f"{field}={value} must be divisible by the {shards} sequence shards of the mesh {dict(mesh.shape)} "
+                f"(mesh.context, mesh.rules.length={list(rules.get('length', []))}); use a multiple of {shards} "
+                "or another mesh"
+            )
 
 
 def _user_batches(data) -> Any:
@@ -252,7 +270,7 @@ def init(
     t = spec.train
     mesh = make_mesh(spec.mesh)
     rules = spec.mesh.rules
-    _check_batch_fits_mesh(t.global_batch_size, mesh, rules)
+    _check_batch_fits_mesh(t.global_batch_size, mesh, rules, _seq_lens(t))
     # Parameters are created sharded: the init is jitted straight into the abstract model's shardings.
     graphdef, abstract_params, rest, param_shardings = abstract_model(spec, mesh, model)
     arch = config_to_dict(spec.model)["arch"] if model is None else type(model).__name__
@@ -280,17 +298,19 @@ def init(
         state = jax.device_put(state, state_sharding)
         n_params = _num_params(params)
         logger.message(
-            f"model {arch}: {n_params:,} parameters; mesh {dict(mesh.shape)} on "
+            f"model {arch}: {n_params:,} parameters; mesh {describe(mesh)} on "
             f"{jax.device_count()} {jax.devices()[0].platform} devices, {jax.process_count()} process(es)"
         )
+        bsh = batch_sharding(mesh, rules)
+        rows = process_rows(bsh, t.global_batch_size)
         if data is None:
             data_iter = iter(
                 make_train_dataset(
                     spec.data,
                     seq_len=t.seq_len,
                     global_batch_size=t.global_batch_size,
-                    process_index=jax.process_index(),
-                    process_count=jax.process_count(),
+                    process_index=rows[0],
+                    process_count=rows[1],
                 )
             )
         else:
@@ -305,13 +325,12 @@ def init(
         elif resume == "must":
             raise ConfigError(f"resume='must' but no checkpoint in {ckpt.directory} restores")
 
-        bsh = batch_sharding(mesh, rules)
         train_step = jit_train_step(graphdef, rest, tx, spec.optim.grad_accum_steps, state_sharding, bsh)
         eval_step = jax.jit(make_eval_step(graphdef, rest), in_shardings=(state_sharding.params, bsh))
     meta = {"config": spec.raw, "resolved_model": model_meta, "params": n_params, "fingerprint": fp}
     custom = {"model": model is not None, "optimizer": optimizer is not None, "data": data is not None}
     return Session(spec, logger, ckpt, mesh, graphdef, rest, state, train_step, eval_step, bsh, data_iter,
-                   checkpointed_data, start, start, meta, n_params, device_peak_flops(), custom)  # fmt: skip
+                   checkpointed_data, start, start, meta, n_params, device_peak_flops(), rows, custom)  # fmt: skip
 
 
 @jax.jit
@@ -368,7 +387,7 @@ def loop(s: Session, stop: _StopFlag) -> str:
     s.logger.begin(s.step)
     previous = None  # (step, metrics) of the step before, checked once the next one is dispatched
     while s.step < end:
-        batch = _global_batch(next(s.data_iter), s.batch_sharding)
+        batch = _global_batch(next(s.data_iter), s.batch_sharding, s.rows[1])
         if math.isnan(flops):
             flops = step_flops(s.train_step.lower(s.state, batch).compile())
             timer.restart()  # the compile is not a training step
@@ -486,19 +505,19 @@ def run(raw: dict) -> dict:
 def evaluate(s: Session) -> dict:
     """Loss and perplexity, token and sequence accuracy over ``train.eval_batches`` batches."""
     spec = s.spec
-    per_process = max(1, spec.train.global_batch_size // jax.process_count())
+    index, blocks = s.rows
     batches = make_eval_dataset(
         spec.data,
         seq_len=spec.train.eval_seq_len or spec.train.seq_len,
-        batch_size=per_process,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        batch_size=max(1, spec.train.global_batch_size // blocks),
+        process_index=index,
+        process_count=blocks,
     )
     totals: dict[str, float] = {}
     for n, local in enumerate(batches):
         if n >= spec.train.eval_batches:
             break
-        out = jax.device_get(s.eval_step(s.state.params, _global_batch(local, s.batch_sharding)))
+        out = jax.device_get(s.eval_step(s.state.params, _global_batch(local, s.batch_sharding, blocks)))
         for k, v in out.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     tokens = max(totals.get("tokens", 0.0), 1.0)
@@ -531,7 +550,8 @@ def _sample(spec: RunSpec, model, logger: Logger) -> dict:
         end = max(1, min(int(np.sum(seg == seg[0])), seq_len) // 2)
         expected = targets[end - 1 : end - 1 + n].tolist()
     prompt = inputs[:end]
-    out = generate(model, [prompt.tolist()], n)
+    with backends.axis_rules({**spec.mesh.rules, "batch": []}):  # one row: not split over the batch axes
+        out = generate(model, [prompt.tolist()], n)
     tokens = np.asarray(out.tokens[0][: int(out.lengths[0])]).tolist()
     codec = codec_for(spec.data)
     text = codec.format(prompt, tokens, expected, max_prompt=24 if spec.data.is_synthetic else 256)

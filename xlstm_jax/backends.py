@@ -252,6 +252,11 @@ def axis_rules(rules: Mapping[str, str | Sequence[str]]) -> Iterator[None]:
         _AXIS_RULES.reset(token)
 
 
+def current_axis_rules() -> Mapping[str, tuple[str, ...]]:
+    """The rules in effect: those of the innermost ``axis_rules`` context, else ``DEFAULT_AXIS_RULES``."""
+    return _AXIS_RULES.get()
+
+
 def mesh_axes(batch: int, heads: int) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None] | None:
     """(batch axes, head axes) of the current mesh under the axis rules, or None when nothing is sharded.
 

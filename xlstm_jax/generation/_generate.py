@@ -10,6 +10,15 @@ row's state equals the state after its prompt alone, and the rows decode in lock
 recurrent model's state, hence the memory per sequence, stays constant however many tokens
 are generated.
 
+Long prompts across devices: under ``jax.set_mesh(mesh)`` and ``backends.axis_rules`` whose
+``length`` rule names a mesh axis, the prefill splits the (left-padded) prompt over that axis
+(context parallelism; the width is rounded up to a multiple of the axis size) and decoding then
+runs token by token with the state every device of the axis holds::
+
+    mesh = jax.make_mesh((4,), ("ctx",), axis_types=(AxisType.Auto,))
+    with jax.set_mesh(mesh), backends.axis_rules({"length": "ctx"}):
+        out = generate(model, [long_prompt], 32)
+
 Compiles: the prompt width and the number of decode steps are rounded up to powers of two
 (at least 16); temperature, top-k, top-p, the end ids (up to 8 without a recompile), the pad
 id and ``max_new_tokens`` are traced values. A new batch size, width bucket or step bucket
@@ -18,6 +27,7 @@ compiles again; nothing else does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -25,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from xlstm_jax import backends
 
 from . import _loop
 from ._prompts import check, decode, encode, prompts_to_array, vocab_size
@@ -49,6 +61,7 @@ class _Prepared(NamedTuple):
     carry: _loop.Carry
     settings: _loop.Settings
     max_new_tokens: int
+    decode_rules: _loop.Rules  # the axis rules of decoding: the current ones with ``length`` off
 
 
 def _defaults(model, max_new_tokens, temperature, top_k, top_p, eos_id, pad_id):
@@ -83,7 +96,9 @@ def _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, 
     ids, lengths = prompts_to_array(encode(prompt_ids, tokenizer), prompt_lengths, pad_id)
     check(ids, lengths, vocab_size(model), max_new_tokens, temperature, top_k, top_p, rng, eos_id, pad_id)
     batch, longest = ids.shape[0], int(lengths.max())
+    rules = backends.current_axis_rules()
     width = _loop.bucket(longest) if buckets else longest
+    width = -(-width // _context_shards(rules)) * _context_shards(rules)  # the prefill splits it evenly
     left = np.full((batch, width), pad_id, np.int32)  # right-aligned prompts
     segments = np.zeros((batch, width), np.int32)
     for b, n in enumerate(lengths):
@@ -99,8 +114,15 @@ def _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, 
     )
     graphdef, params = nnx.split(model)
     rng = rng if rng is not None else jax.random.key(0)
-    carry = _loop.prefill(graphdef, params, jnp.asarray(left), jnp.asarray(segments), rng, settings.max_new_tokens)
-    return _Prepared(graphdef, params, carry, settings, int(max_new_tokens))
+    carry = _loop.prefill(graphdef, params, jnp.asarray(left), jnp.asarray(segments), rng, settings.max_new_tokens,
+                          rules=_loop.frozen_rules(rules))  # fmt: skip
+    return _Prepared(graphdef, params, carry, settings, int(max_new_tokens), _loop.frozen_rules(rules, length=()))
+
+
+def _context_shards(rules) -> int:
+    """How many devices the prefill splits the prompt over: the mesh axes of the ``length`` rule."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return 1 if mesh.empty else math.prod(mesh.shape.get(axis, 1) for axis in rules.get("length", ()))
 
 
 def _head(tokens: jax.Array, n: int) -> jax.Array:
@@ -155,7 +177,7 @@ def generate(
     p = _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, eos_id, pad_id, prompt_lengths,
                  tokenizer, buckets)  # fmt: skip
     steps = _loop.bucket(p.max_new_tokens) if buckets else p.max_new_tokens
-    tokens, carry = _loop.decode(p.graphdef, p.params, p.carry, p.settings, steps=steps)
+    tokens, carry = _loop.decode(p.graphdef, p.params, p.carry, p.settings, steps=steps, rules=p.decode_rules)
     out = Generation(_head(tokens, p.max_new_tokens), carry.count)
     return out if tokenizer is None else out._replace(text=decode(tokenizer, out.tokens, out.lengths))
 
@@ -192,7 +214,7 @@ def stream(
     carry, produced = p.carry, 0
     while produced < p.max_new_tokens and not bool(jnp.all(carry.done)):
         before = np.asarray(carry.count)
-        tokens, carry = _loop.decode(p.graphdef, p.params, carry, p.settings, steps=chunk_size)
+        tokens, carry = _loop.decode(p.graphdef, p.params, carry, p.settings, steps=chunk_size, rules=p.decode_rules)
         n = min(chunk_size, p.max_new_tokens - produced)
         produced += n
         chunk = Generation(_head(tokens, n), jax.device_put(np.asarray(carry.count) - before))

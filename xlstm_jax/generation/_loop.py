@@ -3,16 +3,25 @@
 Compiled programs are keyed only by shapes: the prompt width and the number of decode
 steps come in power-of-two buckets (``bucket``), and the sampling settings, the end ids,
 the pad id and the number of tokens to generate are traced values.
+
+Both run under the logical-axis rules ``rules`` (``backends.axis_rules``; a static argument,
+so that programs traced under other rules are not reused): under a mesh whose ``length``
+rule names an axis, the prefill splits the prompt over it (context parallelism), and the
+decode runs one token at a time with the ``length`` rule off (the state is the same on
+every device of that axis).
 """
 
 from __future__ import annotations
 
+import contextlib
 from functools import partial
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from xlstm_jax import backends
 
 from ._sampling import sample
 
@@ -46,13 +55,28 @@ class Carry(NamedTuple):
     rng: jax.Array
 
 
-@partial(jax.jit, static_argnames=("graphdef",))
-def prefill(graphdef, params, ids, segment_ids, rng, max_new_tokens) -> Carry:
+Rules = tuple[tuple[str, tuple[str, ...]], ...]  # hashable ``backends.axis_rules``
+
+
+def frozen_rules(rules, **changes) -> Rules:
+    """``rules`` (a mapping of logical axis -> mesh axes) with ``changes``, hashable for ``jax.jit``."""
+    rules = {**rules, **changes}
+    return tuple(sorted((k, (v,) if isinstance(v, str) else tuple(v)) for k, v in rules.items()))
+
+
+def _rules(rules: Rules | None):
+    """The context of ``rules``; None: the rules in effect at the call."""
+    return contextlib.nullcontext() if rules is None else backends.axis_rules(dict(rules))
+
+
+@partial(jax.jit, static_argnames=("graphdef", "rules"))
+def prefill(graphdef, params, ids, segment_ids, rng, max_new_tokens, *, rules: Rules | None = None) -> Carry:
     """ids (B, W) left-padded prompts; segment_ids (B, W) 0 on the padding and 1 on the prompt,
     so that every recurrent state restarts at the prompt's first token: the state after the
     padded row equals the state after the prompt alone."""
     model = nnx.merge(graphdef, params)
-    logits, state = model(ids, return_state=True, segment_ids=segment_ids)
+    with _rules(rules):
+        logits, state = model(ids, return_state=True, segment_ids=segment_ids)
     batch = ids.shape[0]
     return Carry(
         logits=logits[:, -1].astype(jnp.float32),
@@ -64,8 +88,10 @@ def prefill(graphdef, params, ids, segment_ids, rng, max_new_tokens) -> Carry:
     )
 
 
-@partial(jax.jit, static_argnames=("graphdef", "steps"))
-def decode(graphdef, params, carry: Carry, settings: Settings, *, steps: int) -> tuple[jax.Array, Carry]:
+@partial(jax.jit, static_argnames=("graphdef", "steps", "rules"))
+def decode(
+    graphdef, params, carry: Carry, settings: Settings, *, steps: int, rules: Rules | None = None
+) -> tuple[jax.Array, Carry]:
     """Up to ``steps`` tokens per row, stopping once every row is done.
 
     Returns:
@@ -91,5 +117,6 @@ def decode(graphdef, params, carry: Carry, settings: Settings, *, steps: int) ->
         return i + 1, out, c
 
     out = jnp.full((batch, steps), settings.pad_id, jnp.int32)
-    _, out, carry = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), out, carry))
+    with _rules(rules):
+        _, out, carry = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), out, carry))
     return out, carry

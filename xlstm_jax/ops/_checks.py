@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -95,3 +96,35 @@ def compute_dtype(*arrays) -> jnp.dtype:
     """
     dtypes = [a.dtype for a in arrays if a is not None]
     return jnp.result_type(jnp.float32, *dtypes)
+
+
+def _varying_axes(x) -> frozenset[str]:
+    """The ``shard_map`` mesh axes over which ``x`` is typed as varying (empty outside ``shard_map``)."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # jax 0.10; older and newer releases: ``aval.vma``
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def to_varying(x, axes):
+    """``x`` typed as varying over the mesh ``axes`` inside ``shard_map`` (a no-op on values; autodiff
+    sums the cotangent of an invariant ``x`` over ``axes``)."""
+    missing = tuple(sorted(frozenset((axes,) if isinstance(axes, str) else axes) - _varying_axes(x)))
+    if not missing:
+        return x
+    if hasattr(jax.lax, "pcast"):
+        return jax.lax.pcast(x, missing, to="varying")
+    return jax.lax.pvary(x, missing)
+
+
+def match_varying(tree):
+    """Every array of ``tree`` typed as varying over the union of the arrays' varying mesh axes.
+
+    Inside ``jax.shard_map(..., check_vma=True)`` a ``lax.scan`` needs its carry to keep one type and a
+    ``jax.custom_vjp`` backward must return cotangents of its inputs' types; a zero initial state or a
+    replicated weight is invariant while the data are varying over the batch (or sequence) axes. The ops
+    call this once on their prepared inputs, so all of their internals see one type. Outside
+    ``shard_map`` it returns ``tree`` unchanged.
+    """
+    leaves = jax.tree.leaves(tree)
+    axes = frozenset().union(*(_varying_axes(x) for x in leaves))
+    return jax.tree.map(lambda x: to_varying(x, axes), tree) if axes else tree

@@ -124,11 +124,6 @@ def from_last_device(tree, axis_name):
     return jax.tree.map(lambda x: jax.lax.psum(jnp.where(last, x, jnp.zeros((), x.dtype)), axis_name), tree)
 
 
-def _varying(x, axis_name):
-    """``x`` typed as varying over the axis under ``check_vma=True`` (adds 0 times the device index)."""
-    return x + jax.lax.axis_index(axis_name).astype(x.dtype) * jnp.zeros((), x.dtype)
-
-
 def heads_parallel(run: Callable, gates_x, recurrent_kernel, bias, initial: SLSTMState | None, resets, axis_name):
     """A whole-sequence sLSTM ``run(gates_x, recurrent_kernel, bias, state, resets) -> (h, state)`` on
     this device's slice of the sequence, inside ``shard_map`` over ``axis_name`` (split in order).
@@ -154,10 +149,6 @@ def heads_parallel(run: Callable, gates_x, recurrent_kernel, bias, initial: SLST
             _LOGGED.add((nh, size))
             log.warning("sLSTM context parallelism: %d heads do not split over %d devices of axis %r; every "
                         "device gathers the whole sequence and runs all heads", nh, size, axis_name)  # fmt: skip
-        # Per-device copies (typed varying, so the scan carry and the custom backward agree).
-        recurrent_kernel, bias, initial = jax.tree.map(
-            lambda x: _varying(jnp.asarray(x), axis_name), (recurrent_kernel, bias, initial)
-        )
         h, final = run(gather_seq(gates_x), recurrent_kernel, bias, initial, gather_seq(resets))
         return jax.lax.dynamic_slice_in_dim(h, index * s_loc, s_loc, axis=1), from_last_device(final, axis_name)
     per = nh // size

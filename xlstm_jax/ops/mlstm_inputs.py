@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_eps, check_positive_int, check_shapes, compute_dtype
+from ._checks import check_eps, check_positive_int, check_shapes, compute_dtype, match_varying
 from ._states import MLSTMState
 
 SEQ_DIMS = {
@@ -69,16 +69,10 @@ def prepare(q, k, v, i, f, state, *, sequence: bool, state_name: str) -> MLSTMIn
     dtype = compute_dtype(q, k, v, i, f, *(state or ()))
     if state is None:
         state = MLSTMState.zeros(bound["B"], bound["NH"], bound["DHQK"], bound["DHV"], dtype)
+    out_dtype = jnp.result_type(q, k, v)
     cast = lambda x: jnp.asarray(x, dtype)
-    return MLSTMInputs(
-        q=cast(q),
-        k=cast(k),
-        v=cast(v),
-        i=cast(i),
-        f=cast(f),
-        state=MLSTMState(*map(cast, state)),
-        out_dtype=jnp.result_type(q, k, v),
-    )
+    q, k, v, i, f, state = match_varying((cast(q), cast(k), cast(v), cast(i), cast(f), MLSTMState(*map(cast, state))))
+    return MLSTMInputs(q=q, k=k, v=v, i=i, f=f, state=state, out_dtype=out_dtype)
 
 
 def normalizer_floor(m: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._checks import check_shapes, compute_dtype
+from ._checks import check_shapes, compute_dtype, match_varying
 from ._states import SLSTMState
 
 GATES = 4  # i, f, z, o
@@ -49,7 +49,7 @@ def prepare(gates_x, recurrent_kernel, bias, state, *, sequence: bool, state_nam
     kernel = jnp.asarray(recurrent_kernel, dtype).reshape(nh, dh, GATES * dh)
     # Bias with the input-side gates, in gates_x's (..., gate, head, unit) order.
     gates = jnp.asarray(gates_x, dtype) + jnp.swapaxes(jnp.asarray(bias, dtype), 0, 1)
-    return gates, kernel, state
+    return match_varying((gates, kernel, state))
 
 
 def pointwise(raw, state: SLSTMState) -> SLSTMState:
