@@ -11,10 +11,15 @@ fusions, calls and conditional branches by their caller's weight.
 It counts, per device (the text is one SPMD partition):
   ``collective_bytes``: operand bytes of all-gather, reduce-scatter, all-reduce, all-to-all and
     collective-permute (their async ``-start`` forms included), by kind.
-  ``dot_flops``: 2 x output elements x contracted size of every ``dot`` (the matrix-unit work).
+  ``dot_flops``: 2 x the multiply-adds of every ``dot`` and ``convolution`` (the matrix-unit work;
+    the TPU compiler writes matmuls as convolutions, batched ones with the batch as window
+    dimensions, of which only the kernel positions that meet a real input element count).
   ``hbm_bytes``: operand and output bytes of every instruction outside fusions (a fusion reads its
     operands from and writes its output to HBM; what happens inside it stays on chip), the way
-    XLA's cost analysis counts bytes accessed.
+    XLA's cost analysis counts bytes accessed. Slices are in place: a ``dynamic-slice`` reads
+    its slice, a ``dynamic-update-slice`` writes its update (also as a fusion's parameter or root,
+    the way a loop reads step t of a stacked sequence and writes step t of its output), not the
+    whole buffer once per loop iteration.
   ``loop_iterations``: sequential ``while`` iterations, weighted (the latency a roofline ignores).
 Each count also comes unweighted (``*_once``: every computation once, as ``cost_analysis`` counts).
 """
@@ -24,6 +29,8 @@ from __future__ import annotations
 import collections
 import math
 import re
+
+import numpy as np
 
 _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
                 "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}  # fmt: skip
@@ -151,9 +158,7 @@ def _weights(computations, roots, entry):
 
 
 def _matmul_flops(type_text: str, opcode: str, operand_types: list[str], attrs: str) -> float:
-    """2 x output elements x multiply-adds per output element of a ``dot`` or a ``convolution``
-    (the TPU compiler writes matmuls as convolutions: per output element, the kernel's elements
-    over its output features)."""
+    """2 x the multiply-adds of a ``dot`` or a ``convolution``."""
     out = sum(_elements(d) for _, d in _SHAPE.findall(type_text))
     shapes = [_SHAPE.search(t) for t in operand_types[:2]]
     if len(shapes) < 2 or not all(shapes):
@@ -162,10 +167,117 @@ def _matmul_flops(type_text: str, opcode: str, operand_types: list[str], attrs: 
     if opcode == "dot":
         contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", attrs)
         return 2.0 * out * math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i) if contracting else 0.0
-    labels = re.search(r"dim_labels=\w*_(\w+)->", attrs)
-    if not labels or len(labels.group(1)) != len(rhs):
-        return 0.0
-    return 2.0 * out * math.prod(size for label, size in zip(labels.group(1), rhs) if label != "o")
+    outs = [int(x) for x in _SHAPE.search(type_text).group(2).split(",") if x]
+    return 2.0 * _convolution_macs(lhs, rhs, outs, attrs)
+
+
+def _window(attrs: str, rank: int) -> dict:
+    """A convolution's ``window={size=2x4 stride=1x3 pad=0_0x1_1 lhs_dilate=2x4 rhs_dilate=1x1}``,
+    each field a list over the spatial dimensions (XLA's defaults where a field is absent)."""
+    text = re.search(r"window=\{([^}]*)\}", attrs)
+    fields = dict(item.split("=", 1) for item in text.group(1).split()) if text else {}
+    window = {key: [int(x) for x in fields[key].split("x")] if key in fields else [default] * rank
+              for key, default in (("size", 1), ("stride", 1), ("lhs_dilate", 1), ("rhs_dilate", 1))}  # fmt: skip
+    pads = fields.get("pad")
+    window["pad_low"] = [int(p.split("_")[0]) for p in pads.split("x")] if pads else [0] * rank
+    return window
+
+
+def _convolution_macs(lhs: list[int], rhs: list[int], out: list[int], attrs: str) -> int:
+    """Multiply-adds of an XLA ``convolution``: per output batch element and feature, the kernel's
+    input features times the (output position, kernel position) pairs that meet a real input
+    element, per spatial dimension. The TPU compiler writes batched matmuls as convolutions whose
+    window dimensions are the batch dimensions (a window of size k over an input dilated by k: one
+    of the k kernel positions meets a real element), so counting every kernel position would
+    multiply their FLOPs by the batch size."""
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", attrs)
+    if not labels or [len(x) for x in labels.groups()] != [len(lhs), len(rhs), len(out)]:
+        return 0
+    lhs_labels, rhs_labels, out_labels = labels.groups()
+    spatial = sorted(c for c in out_labels if c.isdigit())
+    window = _window(attrs, len(spatial))
+    macs = math.prod(size for label, size in zip(out_labels, out) if label in "bf") * rhs[rhs_labels.index("i")]
+    for n, dim in enumerate(spatial):
+        macs *= _window_pairs(
+            out[out_labels.index(dim)], lhs[lhs_labels.index(dim)], window["size"][n], window["stride"][n],
+            window["pad_low"][n], window["lhs_dilate"][n], window["rhs_dilate"][n],
+        )  # fmt: skip
+    return macs
+
+
+def _window_pairs(outputs: int, inputs: int, size: int, stride: int, pad_low: int, lhs_dilate: int, rhs_dilate: int):
+    """(output position, kernel position) pairs of one spatial dimension whose input position is a
+    real element: in range of the ``lhs_dilate``-dilated input and not one of its holes."""
+    small, large = sorted((outputs, size))
+    other = np.arange(large)
+    pairs = 0
+    for k in range(small):
+        o, w = (k, other) if outputs == small else (other, k)
+        position = o * stride + w * rhs_dilate - pad_low
+        pairs += int(
+            np.count_nonzero((position >= 0) & (position <= (inputs - 1) * lhs_dilate) & (position % lhs_dilate == 0))
+        )
+    return pairs
+
+
+def _traffic(type_text: str, opcode: str, operands: list[str], attrs: str, types: dict, computations, roots) -> float:
+    """HBM bytes an instruction outside fusions reads and writes (slices in place)."""
+    if opcode == "dynamic-slice":
+        return 2 * shape_bytes(type_text)
+    if opcode == "dynamic-update-slice":
+        return 2 * shape_bytes(types.get(operands[1], ""))
+    callee = re.search(r"calls=%?([\w.\-]+)", attrs) if opcode == "fusion" else None
+    if callee is None or callee.group(1) not in computations:
+        return shape_bytes(type_text) + sum(shape_bytes(types.get(o, "")) for o in operands)
+    body = _Body(computations, callee.group(1))
+    read = sum(body.read(n, shape_bytes(types.get(o, ""))) for n, o in enumerate(operands))
+    return read + body.written(roots.get(callee.group(1)), roots)
+
+
+class _Body:
+    """A fusion's computation: what it reads of each parameter, what its root writes (in place)."""
+
+    def __init__(self, computations: dict, name: str):
+        self.computations = computations
+        body = computations[name]
+        self.by_name = {inst[0]: inst for inst in body}
+        self.params = {
+            int(m.group(1)): inst[0] for inst in body if inst[2] == "parameter" and (m := re.match(r"(\d+)", inst[4]))
+        }
+        self.users = {}
+        for inst in body:
+            for position, operand in enumerate(inst[3]):
+                self.users.setdefault(operand, []).append((inst, position))
+
+    def read(self, index: int, full: float) -> float:
+        """Bytes read of parameter ``index`` (``full`` bytes): only the slices when every use is a
+        ``dynamic-slice`` of it or a ``dynamic-update-slice`` into it (through nested fusions)."""
+        uses, total = self.users.get(self.params.get(index), []), 0.0
+        for inst, position in uses:
+            callee = re.search(r"calls=%?([\w.\-]+)", inst[4]) if inst[2] == "fusion" else None
+            if inst[2] == "dynamic-slice" and position == 0:
+                total += shape_bytes(inst[1])
+            elif inst[2] == "dynamic-update-slice" and position == 0:
+                continue
+            elif callee and callee.group(1) in self.computations:
+                total += _Body(self.computations, callee.group(1)).read(position, full)
+            else:
+                return full
+        return min(total, full) if uses else full
+
+    def written(self, root, roots) -> float:
+        """Bytes the instruction ``root`` writes: a ``dynamic-update-slice`` its update, a tuple its
+        elements, a nested fusion what its root writes."""
+        if root is None:
+            return 0.0
+        if root[2] == "tuple":
+            return sum(self.written(self.by_name.get(o), roots) for o in root[3])
+        if root[2] == "dynamic-update-slice" and root[3][1] in self.by_name:
+            return shape_bytes(self.by_name[root[3][1]][1])
+        callee = re.search(r"calls=%?([\w.\-]+)", root[4]) if root[2] == "fusion" else None
+        if callee and callee.group(1) in self.computations:
+            return _Body(self.computations, callee.group(1)).written(roots.get(callee.group(1)), roots)
+        return shape_bytes(root[1])
 
 
 def hlo_stats(text: str) -> dict:
@@ -191,7 +303,7 @@ def hlo_stats(text: str) -> dict:
             elif opcode == "while":
                 out["loop_iterations"] += w * trips[inst_name]
             if name not in inside_fusion and opcode not in _NO_TRAFFIC and not opcode.endswith("-done"):
-                moved = shape_bytes(type_text) + sum(shape_bytes(types.get(o, "")) for o in operands)
+                moved = _traffic(type_text, opcode, operands, attrs, types, computations, roots)
                 out["hbm_bytes"] += w * moved
                 out["hbm_bytes_once"] += moved
     out["collective_bytes"] = dict(out["collective_bytes"])

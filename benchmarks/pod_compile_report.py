@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import math
 import subprocess
@@ -141,9 +142,10 @@ def abstract_step(spec, devices):
     return step, state, batch, mesh
 
 
-def compile_case(preset: str, slice: str, mesh_text: str, quick: bool, overrides=()) -> dict:  # noqa: A002
+def compile_case(preset: str, slice: str, mesh_text: str, quick: bool, overrides=(), hlo_dir=None) -> dict:  # noqa: A002
     """One row: compile the preset's train step for the slice and mesh (and config ``overrides``,
-    ``key=value`` strings), and what the compiler says."""
+    ``key=value`` strings), and what the compiler says. With ``hlo_dir``, the optimized HLO text is
+    also written there (gzipped), for ``hlo_stats`` to be rerun on it."""
     from jax.experimental import topologies
 
     from xlstm_jax import backends
@@ -179,7 +181,10 @@ def compile_case(preset: str, slice: str, mesh_text: str, quick: bool, overrides
     tokens = spec.train.global_batch_size * spec.train.seq_len
     row.update(params=params, tokens_per_step=tokens, remat=spec.train.remat, compute_dtype=spec.train.compute_dtype)
     row.update(_memory(compiled, chip))
-    row.update(_costs(compiled))
+    text = compiled.as_text()
+    if hlo_dir:
+        row["hlo_file"] = _save_hlo(text, Path(hlo_dir), row)
+    row.update(_costs(compiled, text))
     row.update(_roofline(row, chip, params, tokens, len(devices)))
     return row
 
@@ -211,10 +216,20 @@ def _memory(compiled, chip: Chip) -> dict:
     }
 
 
-def _costs(compiled) -> dict:
+def _save_hlo(text: str, folder: Path, row: dict) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = [row["preset"], row["slice"], row["mesh_arg"], *row.get("overrides", ())]
+    name = "_".join(parts).translate(str.maketrans("=,/", "--_"))
+    path = folder / f"{name}.hlo.txt.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(text)
+    return str(path)
+
+
+def _costs(compiled, text: str) -> dict:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    stats = hlo_stats(compiled.as_text())
+    stats = hlo_stats(text)
     return {
         "cost_analysis": {"flops": cost.get("flops"), "bytes_accessed": cost.get("bytes accessed")},
         "hlo": stats,
@@ -241,6 +256,15 @@ def _roofline(row: dict, chip: Chip, params: int, tokens: int, chips: int) -> di
     }
 
 
+def recount(row: dict) -> dict:
+    """``row`` with its HLO counts and roofline recomputed from its saved ``hlo_file`` (after a fix
+    to ``hlo_stats``; the compiler's own figures are unchanged)."""
+    with gzip.open(row["hlo_file"], "rt") as f:
+        row = {**row, "hlo": hlo_stats(f.read())}
+    chip = next(c for c in CHIPS.values() if c.source == row["chip"])
+    return {**row, **_roofline(row, chip, row["params"], row["tokens_per_step"], row["chips"])}
+
+
 def _recommend(rows: list[dict]) -> dict:
     fitting = [r for r in rows if r.get("status") == "compiled" and r["fits"]]
     head = {"recommend": True, "preset": rows[0]["preset"], "slice": rows[0]["slice"]}
@@ -258,6 +282,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 blocks, batch 8 x 256 (a check, not the preset)")
     parser.add_argument("--set", action="append", default=[], help="a config override key=value (repeatable)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per compile (each runs in a subprocess)")
+    parser.add_argument("--hlo-dir", default=None, help="also write each compiled module's HLO text here (gzipped)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results_pod_compile.jsonl")))
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case as JSON, in this process
     args = parser.parse_args()
@@ -271,7 +296,7 @@ def main() -> None:
             rows = []
             for mesh_text in (args.meshes or DEFAULT_MESHES[preset]).split(";"):
                 case = {"preset": preset, "slice": slice_name, "mesh_text": mesh_text, "quick": args.quick,
-                        "overrides": args.set}  # fmt: skip
+                        "overrides": args.set, "hlo_dir": args.hlo_dir}  # fmt: skip
                 rows.append(_run_case(case, args.timeout))
                 _emit(rows[-1], out)
             _emit(_recommend(rows), out)
