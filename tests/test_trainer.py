@@ -198,10 +198,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, referenc
     _assert_same_params(_params(out), _params(reference_run))
 
 
-def test_bad_configs_give_clear_errors(tmp_path):
-    cfg = _write_config(tmp_path / "cfg.yaml")
+def test_bad_configs_give_clear_errors(tmp_path, monkeypatch, capsys):
+    """The first case through a real ``python -m xlstm_jax.train`` process, the others through the
+    same ``main`` in this process (a process start per case only re-imports JAX): exit status 2 and
+    a message naming the field."""
+    from xlstm_jax.train.cli import main
+
+    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(tmp_path / "run")})
+    proc = _train(cfg, "optim.lr=-1", check=False, timeout=600)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr[-2000:])
+    assert "optim.lr must be a finite number > 0, got -1" in proc.stderr, proc.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
     for override, message in [
-        ("optim.lr=-1", "optim.lr must be a finite number > 0, got -1"),
         ("train.steps=1.5", "train.steps must be an integer >= 1, got 1.5"),
         ("train.stepz=3", "unknown key(s) train.stepz"),
         ("model.arch=gpt", "model.arch must be one of"),
@@ -209,9 +217,9 @@ def test_bad_configs_give_clear_errors(tmp_path):
         ("data.kind=wikipedia", "kind"),
         ("mesh.data=3", "mesh"),
     ]:
-        proc = _train(cfg, override, check=False, timeout=600)
-        assert proc.returncode == 2, (override, proc.stdout, proc.stderr[-2000:])
-        assert message in proc.stderr, (override, proc.stderr[-2000:])
+        assert main(["--config", str(cfg), override]) == 2, (override, capsys.readouterr())
+        err = capsys.readouterr().err
+        assert message in err, (override, err[-2000:])
 
 
 def test_8_fake_devices_on_a_2x2x2_mesh_match_1_device_and_resume_on_1(tmp_path, reference_run):
