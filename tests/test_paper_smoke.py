@@ -196,3 +196,13 @@ def test_transformer_rotary_scores_depend_on_relative_position_only():
         np.testing.assert_allclose(diagonal, diagonal[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.diagonal(scores), q @ k, rtol=1e-5)
     assert np.ptp([np.diagonal(scores, o)[0] for o in range(-11, 12)]) > 0.1  # positions do change the score
+
+
+def test_transformer_variants_set_the_heads(paper):
+    _, experiments, _ = paper
+    for name, heads in experiments.TRANSFORMER_HEADS.items():
+        model = experiments.build_model(name, 10, 16, seed=0)
+        assert [b.attention.num_heads for b in model.blocks] == [heads, heads]
+        assert name in experiments.MODEL_NAMES
+    with pytest.raises(ValueError, match="model must be one of .*'transformer_h4'.*, got 'transformer_h3'"):
+        experiments.build_model("transformer_h3", 10, 16, seed=0)

@@ -31,6 +31,9 @@ from xlstm_jax.train.data.synthetic import generate_example, task_vocab_size
 FORMAL_TASKS = ("parity", "even_pairs", "modular_arithmetic", "cycle_navigation")
 MODELS = ("xlstm10", "xlstm01", "xlstm11", "transformer")
 MODEL_NAMES = {"xlstm10": "xLSTM[1:0]", "xlstm01": "xLSTM[0:1]", "xlstm11": "xLSTM[1:1]", "transformer": "Transformer"}
+# Variants of the Transformer baseline for the longer runs only (the MQAR plateau): its number of heads.
+TRANSFORMER_HEADS = {"transformer": 2, "transformer_h1": 1, "transformer_h4": 4}
+MODEL_NAMES |= {"transformer_h1": "Transformer, 1 head", "transformer_h4": "Transformer, 4 heads"}
 EVAL_SEED = 10_000  # one held-out set per task, shared by every model and seed
 
 
@@ -83,13 +86,14 @@ class RunSpec:
 
 
 def build_model(name: str, vocab_size: int, width: int, seed: int) -> nnx.Module:
-    """xLSTM[a:b] with two blocks (one head, as the paper's formal-language configs) or the Transformer."""
+    """xLSTM[a:b] with two blocks (one head, as the paper's formal-language configs) or the Transformer
+    (``TRANSFORMER_HEADS[name]`` heads)."""
     rngs = nnx.Rngs(seed)
-    if name == "transformer":
-        return CausalTransformer(vocab_size, width, num_blocks=2, num_heads=2, rngs=rngs)
+    if name in TRANSFORMER_HEADS:
+        return CausalTransformer(vocab_size, width, num_blocks=2, num_heads=TRANSFORMER_HEADS[name], rngs=rngs)
     slstm_at = {"xlstm10": (), "xlstm01": (0, 1), "xlstm11": (1,)}
     if name not in slstm_at:
-        raise ValueError(f"model must be one of {MODELS}, got {name!r}")
+        raise ValueError(f"model must be one of {[*MODELS, *TRANSFORMER_HEADS]}, got {name!r}")
     config = xLSTMLMConfig(
         vocab_size=vocab_size,
         embedding_dim=width,

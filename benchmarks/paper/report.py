@@ -40,6 +40,16 @@ def load_rows(path: Path) -> list[dict]:
     return list(rows.values())
 
 
+def load_side_by_side(path: Path) -> list[dict]:
+    """official_side_by_side.py rows; a later row of the same arm, steps, seed and lr replaces an earlier one."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[(row["impl"], row["steps"], row["seed"], row["lr"])] = row
+    return list(rows.values())
+
+
 def _pct(values) -> str:
     values = np.asarray(values, np.float64) * 100
     if len(values) == 1:
@@ -141,6 +151,49 @@ def longer_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+SIDE_BY_SIDE = "official_side_by_side.jsonl"  # written by official_side_by_side.py
+LOSS_AT = (20, 100, 250, 500, 1000, 1500, 2000, 3000, 4000)  # training-loss columns (mean of the 20 steps up to)
+
+
+def side_by_side_table(rows: list[dict]) -> str:
+    """official_side_by_side.py rows: per arm the training loss along the run, the step at which the
+    two arms' losses first differ by more than 1e-3, and the held-out accuracies."""
+    buckets = sorted(
+        {k for r in rows for k in r if k.startswith("seq_acc_") and k[8].isdigit()}, key=lambda k: int(k.split("_")[2])
+    )
+    steps = [n for n in LOSS_AT if n <= max(r["steps"] for r in rows)]
+    head = [
+        "arm",
+        "steps",
+        *[f"loss @{n}" for n in steps],
+        "arms apart (>1e-3) at step",
+        "train lengths",
+        *[k.removeprefix("seq_acc_").replace("_", "-") for k in buckets],
+        "wall s",
+    ]
+    by_run = defaultdict(dict)
+    for r in rows:
+        by_run[(r["steps"], r["seed"], r["lr"])][r["impl"]] = r
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for run in sorted(by_run):
+        arms = by_run[run]
+        apart = "-"
+        if len(arms) == 2:
+            diff = np.abs(np.subtract(arms["official"]["losses"], arms["ours"]["losses"]))
+            apart = str(int(np.argmax(diff > 1e-3)) + 1) if (diff > 1e-3).any() else "never"
+        for impl in ("official", "ours"):
+            if impl not in arms:
+                continue
+            r = arms[impl]
+            losses = [f"{np.mean(r['losses'][n - 20 : n]):.3f}" if n <= r["steps"] else "-" for n in steps]
+            accs = [f"{100 * r[k]:.1f}" if k in r else "-" for k in ("seq_acc_train_len", *buckets)]
+            name = "official PyTorch" if impl == "official" else "this project"
+            lines.append(
+                f"| {name} | {r['steps']} | " + " | ".join([*losses, apart, *accs, f"{r['wall_s']:.0f}"]) + " |"
+            )
+    return "\n".join(lines)
+
+
 def mqar_table(cells) -> str:
     settings = sorted({(c, p) for c, p, _, _ in cells})
     columns = sorted({(m, w) for _, _, m, w in cells}, key=lambda mw: (MODELS.index(mw[0]), mw[1]))
@@ -234,6 +287,15 @@ def write_report(
             "### Longer training: held-out accuracy (%) on the training lengths (MQAR: of the queries) and "
             "per evaluation length",
             longer_table(longer) if longer else "(no runs yet)",
+            *(
+                [
+                    "### xLSTM[1:1] on parity beside the official PyTorch model (same weights, batches, optimizer; "
+                    "`official_side_by_side.py`): training loss and held-out sequence accuracy (%)",
+                    side_by_side_table(load_side_by_side(out / SIDE_BY_SIDE)),
+                ]
+                if (out / SIDE_BY_SIDE).exists()
+                else []
+            ),
             f"{len(rows) + len(longer)} runs, {(wall + sum(r['wall_s'] for r in longer)) / 60:.1f} min of run wall "
             "time in total."
             + (f" Not finished (absent from the tables): {', '.join(f'`{k}`' for k in missing)}." if missing else ""),

@@ -198,6 +198,8 @@ FULL = Protocol(
         ("parity", "xlstm11", 3e-3, 4000, 0),  # does xLSTM[1:1] (77% on the training lengths at 2,000) finish?
         ("mqar_c64_p4", "transformer", 3e-3, 4800, 0),  # does the Transformer leave its plateau at all?
         ("mqar_c128_p8", "xlstm11", 3e-3, 1200, 0),  # the next setting, trained as long as (64, 4) needed
+        ("mqar_c64_p4", "transformer_h4", 3e-3, 2400, 0),  # the plateau, fix 1: more heads (head size 16)
+        ("mqar_c64_p4", "transformer_h1", 3e-3, 2400, 0),  # fix 2: one head of size 64 (Zoology's attention)
     ),
 )
 
