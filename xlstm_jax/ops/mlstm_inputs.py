@@ -90,25 +90,29 @@ def normalizer_floor(m: jax.Array) -> jax.Array:
 
 
 class NonFinite(NamedTuple):
-    """Where a NaN or inf in k or v has reached, per component: True from its step on."""
+    """Where a NaN or inf in k or v has reached, per component: from its first bad step on.
 
-    k: jax.Array  # (B, NH, S, DHQK)
-    v: jax.Array  # (B, NH, S, DHV)
+    Kept as the first bad step per component (S where there is none), not as (B, NH, S, D)
+    masks: the masks are compared against the step index inside the one pass that puts NaN
+    back, so no sequence-length array is materialized for the guard.
+    """
+
+    k: jax.Array  # (B, NH, 1, DHQK) int32: first step with a non-finite key component, or S
+    v: jax.Array  # (B, NH, 1, DHV) int32: the same for value components
+    length: int  # S
 
     def h(self, h: jax.Array) -> jax.Array:
         """h (B, NH, S, DHV) with NaN where the recurrent form has it: every component
         after a bad key (it enters the normalizer), component e after a bad value[e]."""
-        return _nan_where(jnp.any(self.k, axis=-1, keepdims=True) | self.v, h)
+        first = jnp.minimum(jnp.min(self.k, axis=-1, keepdims=True), self.v)  # (B, NH, 1, DHV)
+        step = jnp.arange(h.shape[2], dtype=jnp.int32)[:, None]  # (S, 1)
+        return _nan_where(step >= first, h)
 
     def state(self, c: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Final c (B, NH, DHQK, DHV) and n (B, NH, DHQK): NaN in the rows of bad key
         components and the columns of bad value components."""
-        k, v = self.k[..., -1, :], self.v[..., -1, :]
+        k, v = self.k[..., 0, :] < self.length, self.v[..., 0, :] < self.length
         return _nan_where(k[..., :, None] | v[..., None, :], c), _nan_where(k, n)
-
-
-def _nan_where(mask, x):
-    return jnp.where(mask, jnp.asarray(jnp.nan, x.dtype), x)
 
 
 def isolate_nonfinite(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, NonFinite]:
@@ -129,20 +133,22 @@ def isolate_nonfinite(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array,
     """
     bad_k, bad_v = ~jnp.isfinite(k), ~jnp.isfinite(v)
     zero = lambda x, bad: jnp.where(bad, jnp.zeros((), x.dtype), x)
-    return zero(k, bad_k), zero(v, bad_v), NonFinite(_ever(bad_k), _ever(bad_v))
+    return zero(k, bad_k), zero(v, bad_v), NonFinite(_first(bad_k), _first(bad_v), k.shape[2])
 
 
-def _ever(bad: jax.Array) -> jax.Array:
-    """(B, NH, S, D) bool: a non-finite entry at or before each step, per component.
+def _first(bad: jax.Array) -> jax.Array:
+    """(B, NH, 1, D) int32: the first step with a non-finite entry, per component; S if none.
 
-    The running "or" as a comparison with the first bad step: O(S) per component. (XLA's CPU
-    backend lowers ``lax.cummax`` to a reduce-window of the whole length, O(S^2), which took
-    5% of a training step at S=256.)
+    A reduction over S, O(S) per component. (XLA's CPU backend lowers ``lax.cummax`` to a
+    reduce-window of the whole length, O(S^2), which took 5% of a training step at S=256.)
     """
     s = bad.shape[2]
     step = jnp.arange(s, dtype=jnp.int32)[:, None]  # (S, 1)
-    first = jnp.min(jnp.where(bad, step, s), axis=2, keepdims=True)  # (B, NH, 1, D)
-    return step >= first
+    return jnp.min(jnp.where(bad, step, s), axis=2, keepdims=True)
+
+
+def _nan_where(mask, x):
+    return jnp.where(mask, jnp.asarray(jnp.nan, x.dtype), x)
 
 
 __all__ = [
