@@ -200,7 +200,8 @@ def side(impl: str, spec: RunSpec, log_every: int) -> dict:
     }
     for lo, hi in length_buckets(*spec.eval_len):
         sel = (lengths >= lo) & (lengths <= hi)
-        row[f"seq_acc_{lo}_{hi}"] = float(np.mean(right[sel] == answers[sel]))
+        if sel.any():
+            row[f"seq_acc_{lo}_{hi}"] = float(np.mean(right[sel] == answers[sel]))
     row.update(
         train_s=round(train_s, 1),
         wall_s=round(time.perf_counter() - t0, 1),
