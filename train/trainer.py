@@ -207,14 +207,14 @@ def _check_batch_fits_mesh(global_batch_size: int, mesh, rules, seq_lens=()) -> 
     if global_batch_size % shards:
         raise ConfigError(
             f"train.global_batch_size={global_batch_size} must be divisible by the {shards} batch shards of the mesh "
-            f"{dict(mesh.shape)} (mesh.rules.batch={list(rules.get('batch', []))}); use a multiple of {shards} "
+            f"{describe(mesh)} (mesh.rules.batch={list(rules.get('batch', []))}); use a multiple of {shards} "
             "or another mesh"
         )
     shards = math.prod(mesh.shape[a] for a in length)
     for field, value in seq_lens:
         if value % shards:
             raise ConfigError(
-                f"{field}={value} must be divisible by the {shards} sequence shards of the mesh {dict(mesh.shape)} "
+                f"{field}={value} must be divisible by the {shards} sequence shards of the mesh {describe(mesh)} "
                 f"(mesh.context, mesh.rules.length={list(rules.get('length', []))}); use a multiple of {shards} "
                 "or another mesh"
             )
