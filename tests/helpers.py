@@ -3,6 +3,8 @@ weights and the check that the official PyTorch packages are importable."""
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,6 +122,16 @@ def perturbed(model, seed: int = 0, scale: float = 0.1):
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     leaves = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)]
     return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+_OPT_FLAG = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(*flags: str) -> str:
+    """``XLA_FLAGS`` for a test's subprocess: ``flags`` plus the test run's compile-speed flag when
+    ``conftest.py`` set it (see there), so a subprocess compiles the way the test process does."""
+    own = os.environ.get("XLA_FLAGS", "").split()
+    return " ".join([*flags, *([_OPT_FLAG] if _OPT_FLAG in own else [])])
 
 
 OFFICIAL_PACKAGES = ("torch", "mlstm_kernels", "xlstm")

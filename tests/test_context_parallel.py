@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import xla_flags
+
 REPO = Path(__file__).resolve().parents[1]
 
 _SCRIPT = """
@@ -142,7 +144,7 @@ print("CONTEXT-OK")
 
 
 def _run(script: str, full: bool) -> None:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=8"), "JAX_PLATFORMS": "cpu"}
     env["CONTEXT_FULL"] = "1" if full else "0"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=env, cwd=REPO,

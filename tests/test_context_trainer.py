@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import xla_flags
 from xlstm_jax.train.config import ConfigError, MeshConfig, build_dataclass
 from xlstm_jax.train.mesh import row_blocks
 from xlstm_jax.train.trainer import resolve
@@ -81,7 +82,7 @@ def test_processes_sharing_rows_load_the_same_block():
 def _run(script: str, *args: str) -> str:
     """``script`` in a subprocess with 8 fake CPU devices (``args`` in ``sys.argv``); its stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu",
+    env.update(XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu",
                PYTHONPATH=os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")]))  # fmt: skip
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=1200)  # fmt: skip

@@ -20,7 +20,16 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from helpers import assert_close, cast, mlstm_inputs, mlstm_state, perturbed, slstm_inputs, slstm_state
+from helpers import (
+    assert_close,
+    cast,
+    mlstm_inputs,
+    mlstm_state,
+    perturbed,
+    slstm_inputs,
+    slstm_state,
+    xla_flags,
+)
 from xlstm_jax import backends, ops
 
 KERNELS = ("pallas_tpu", "pallas_gpu")
@@ -165,7 +174,7 @@ def test_kernels_run_under_shard_map_in_a_mesh():
     """4 fake CPU devices, mesh (data=2, fsdp=1, tensor=2): batch and heads split across shards;
     Explicit mesh axes (``jax.make_mesh``'s default) and Auto ones (the trainer's); the logical-axis
     rules decide the split, and a mesh that cannot split the batch is an error."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"), "JAX_PLATFORMS": "cpu"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "tests"), str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_SHARDED)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=600)  # fmt: skip

@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from helpers import xla_flags
+
 REPO = Path(__file__).resolve().parents[1]
 
 _PROGRAM = """
@@ -26,7 +28,7 @@ print("FLOPS", one, 2 * 256 * 128 * 64)
 
 
 def test_step_flops_are_one_devices_share():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_PROGRAM)], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 import pytest
 import yaml
 
+from helpers import xla_flags
 from tests.trainer_cases import jit_cache_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def _shared_jit_cache(tmp_path_factory):
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", **_JIT_CACHE, **extra)
+    env.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1", XLA_FLAGS=xla_flags(), **_JIT_CACHE, **extra)
     return env
 
 
