@@ -24,7 +24,7 @@ def test_quick_train_step_compiles_for_a_v5e_slice():
         pytest.skip("libtpu is not installed (pip install 'libtpu==0.0.42.*'): no TPU topology to compile for")
     row = report.compile_case("xlstm71_125m", "v5e-4", "data=2,fsdp=2", quick=True)
     assert row["status"] == "compiled", row.get("error")
-    assert row["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+    assert row["mesh"] == {"data": 2, "fsdp": 2, "context": 1, "tensor": 1}
     assert row["fits"] and 0 < row["memory_gib"]["per_chip"] < row["hbm_gib"]
     # FSDP over 2 chips gathers parameters and reduce-scatters or all-reduces gradients.
     assert row["hlo"]["collective_bytes"].get("all-gather", 0) > 0
