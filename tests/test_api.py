@@ -208,7 +208,10 @@ def test_forward_returns_one_typed_output(models, arch):
     chex.assert_trees_all_close(normed, out.last_hidden_state, rtol=rounding, atol=0)
     features = backbone(params, IDS)
     assert features.logits is None and features.state is None and features.hidden_states is None
-    chex.assert_trees_all_equal(features.last_hidden_state, out.last_hidden_state)
+    # Two separately compiled programs: equal up to how each one's machine code rounds (with the test
+    # run's LLVM -O0, conftest.py, they differ by up to 5e-7 for the NeurIPS LM; a wrong tensor, e.g.
+    # the pre-norm features or another block's output, differs by O(1)).
+    chex.assert_trees_all_close(features.last_hidden_state, out.last_hidden_state, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["xlstm_lm", "xlstm_large"])
