@@ -85,6 +85,17 @@ class RunSpec:
         )
 
 
+def bucket_accuracies(right: np.ndarray, answers: np.ndarray, lengths: np.ndarray, eval_len) -> dict[str, float]:
+    """Sequence accuracy per evaluation-length bucket (``length_buckets``): {"seq_acc_LO_HI": acc};
+    empty buckets are left out."""
+    out = {}
+    for lo, hi in length_buckets(*eval_len):
+        sel = (lengths >= lo) & (lengths <= hi)
+        if sel.any():
+            out[f"seq_acc_{lo}_{hi}"] = float(np.mean(right[sel] == answers[sel]))
+    return out
+
+
 def build_model(name: str, vocab_size: int, width: int, seed: int) -> nnx.Module:
     """xLSTM[a:b] with two blocks (one head, as the paper's formal-language configs) or the Transformer
     (``TRANSFORMER_HEADS[name]`` heads)."""
@@ -242,10 +253,7 @@ def run(spec: RunSpec) -> dict:
         # padded to the evaluation length: the same compiled function
         r_in, a_in, _ = evaluate(spec.data(EVAL_SEED, spec.train_len), seq_len=spec.eval_len[1])
         row["seq_acc_train_len"] = float(np.mean(r_in == a_in))
-        for lo, hi in length_buckets(*spec.eval_len):
-            sel = (lengths >= lo) & (lengths <= hi)
-            if sel.any():
-                row[f"seq_acc_{lo}_{hi}"] = float(np.mean(right[sel] == answers[sel]))
+        row.update(bucket_accuracies(right, answers, lengths, spec.eval_len))
     row.update(
         train_s=round(train_s, 2),
         wall_s=round(time.perf_counter() - t0, 2),

@@ -35,7 +35,16 @@ sys.path.insert(0, str(HERE))
 os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import numpy as np  # noqa: E402
-from experiments import EVAL_SEED, RunSpec, accuracy, build_model, length_buckets, lr_at, make_batch, step  # noqa: E402
+from experiments import (  # noqa: E402
+    EVAL_SEED,
+    RunSpec,
+    accuracy,
+    bucket_accuracies,
+    build_model,
+    lr_at,
+    make_batch,
+    step,
+)
 
 WIDTH, VOCAB, TRAIN_SEQ = 64, 10, 40  # the grid's formal-language width, model vocabulary and training row length
 
@@ -198,10 +207,7 @@ def side(impl: str, spec: RunSpec, log_every: int) -> dict:
         "seq_acc_train_len": float(np.mean(r_in == a_in)),
         "final_loss": float(np.mean(losses[-max(1, len(losses) // 10) :])),
     }
-    for lo, hi in length_buckets(*spec.eval_len):
-        sel = (lengths >= lo) & (lengths <= hi)
-        if sel.any():
-            row[f"seq_acc_{lo}_{hi}"] = float(np.mean(right[sel] == answers[sel]))
+    row.update(bucket_accuracies(right, answers, lengths, spec.eval_len))
     row.update(
         train_s=round(train_s, 1),
         wall_s=round(time.perf_counter() - t0, 1),
