@@ -170,14 +170,16 @@ def test_transformer_baseline_is_causal():
         from transformer import CausalTransformer
     finally:
         sys.path.remove(str(PAPER))
-    model = CausalTransformer(7, 16, num_heads=2, rngs=nnx.Rngs(0))
     ids = np.array([[1, 2, 3, 4, 5, 6]])
     changed = ids.copy()
     changed[0, 4:] = [6, 1]
-    a, b = np.asarray(model(ids)), np.asarray(model(changed))
-    assert a.shape == (1, 6, 7)
-    np.testing.assert_allclose(a[:, :4], b[:, :4], rtol=1e-6, atol=1e-6)
-    assert np.abs(a[:, 4:] - b[:, 4:]).max() > 1e-3
+    for conv_kernel in (0, 4):  # the baseline, and the variant with a short causal conv in front of q and k
+        model = CausalTransformer(7, 16, num_heads=2, conv_kernel=conv_kernel, rngs=nnx.Rngs(0))
+        assert all((b.conv is None) == (conv_kernel == 0) for b in model.blocks)
+        a, b = np.asarray(model(ids)), np.asarray(model(changed))
+        assert a.shape == (1, 6, 7)
+        np.testing.assert_allclose(a[:, :4], b[:, :4], rtol=1e-6, atol=1e-6)
+        assert np.abs(a[:, 4:] - b[:, 4:]).max() > 1e-3
 
 
 def test_transformer_rotary_scores_depend_on_relative_position_only():

@@ -32,8 +32,13 @@ FORMAL_TASKS = ("parity", "even_pairs", "modular_arithmetic", "cycle_navigation"
 MODELS = ("xlstm10", "xlstm01", "xlstm11", "transformer")
 MODEL_NAMES = {"xlstm10": "xLSTM[1:0]", "xlstm01": "xLSTM[0:1]", "xlstm11": "xLSTM[1:1]", "transformer": "Transformer"}
 # Variants of the Transformer baseline for the longer runs only (the MQAR plateau): its number of heads.
-TRANSFORMER_HEADS = {"transformer": 2, "transformer_h1": 1, "transformer_h4": 4}
-MODEL_NAMES |= {"transformer_h1": "Transformer, 1 head", "transformer_h4": "Transformer, 4 heads"}
+TRANSFORMER_HEADS = {"transformer": 2, "transformer_h1": 1, "transformer_h4": 4, "transformer_conv": 2}
+TRANSFORMER_CONV = {"transformer_conv": 4}  # kernel of the short causal conv in front of q and k
+MODEL_NAMES |= {
+    "transformer_h1": "Transformer, 1 head",
+    "transformer_h4": "Transformer, 4 heads",
+    "transformer_conv": "Transformer + short conv (q, k)",
+}
 EVAL_SEED = 10_000  # one held-out set per task, shared by every model and seed
 
 
@@ -101,7 +106,14 @@ def build_model(name: str, vocab_size: int, width: int, seed: int) -> nnx.Module
     (``TRANSFORMER_HEADS[name]`` heads)."""
     rngs = nnx.Rngs(seed)
     if name in TRANSFORMER_HEADS:
-        return CausalTransformer(vocab_size, width, num_blocks=2, num_heads=TRANSFORMER_HEADS[name], rngs=rngs)
+        return CausalTransformer(
+            vocab_size,
+            width,
+            num_blocks=2,
+            num_heads=TRANSFORMER_HEADS[name],
+            conv_kernel=TRANSFORMER_CONV.get(name, 0),
+            rngs=rngs,
+        )
     slstm_at = {"xlstm10": (), "xlstm01": (0, 1), "xlstm11": (1,)}
     if name not in slstm_at:
         raise ValueError(f"model must be one of {[*MODELS, *TRANSFORMER_HEADS]}, got {name!r}")

@@ -200,6 +200,7 @@ FULL = Protocol(
         ("mqar_c128_p8", "xlstm11", 3e-3, 1200, 0),  # the next setting, trained as long as (64, 4) needed
         ("mqar_c64_p4", "transformer_h4", 3e-3, 2400, 0),  # the plateau, fix 1: more heads (head size 16)
         ("mqar_c64_p4", "transformer_h1", 3e-3, 2400, 0),  # fix 2: one head of size 64 (Zoology's attention)
+        ("mqar_c64_p4", "transformer_conv", 3e-3, 1200, 0),  # fix 3: the short causal conv the xLSTM blocks have
     ),
 )
 
