@@ -98,9 +98,12 @@ def fit(
     ``config``: a preset name (``"quickstart"``), a YAML path, a config mapping or a ``RunSpec``;
     ``overrides``: dotted ``key=value`` strings or a mapping (``{"train.steps": 100}``).
     ``model`` (an NNX module), ``optimizer`` (an optax transformation) and ``data`` (an iterable of
-    per-process batches: dicts of ``inputs``, ``targets`` and optionally ``loss_mask``,
-    ``segment_ids``, each (b, S)) replace the config's model, optim and data sections; a user's
-    data has no saved position and no held-out split, so its runs are not evaluated.
+    this process's batches: dicts of ``inputs``, ``targets`` and optionally ``loss_mask``,
+    ``segment_ids``, each (b, S) with b = global batch / the number of row blocks,
+    ``train.mesh.process_rows``: one block per process, except that processes spanned by a ``context``
+    or ``tensor`` axis hold the same rows and must yield the same block) replace the config's model,
+    optim and data sections; a user's data has no saved position and no held-out split, so its runs
+    are not evaluated.
     ``out_dir`` replaces ``train.out_dir``. ``resume``: ``"auto"`` continues from the run folder's
     newest checkpoint when there is one, ``"never"`` refuses a folder that has checkpoints,
     ``"must"`` refuses one that has none; a checkpoint of a different model, data or optimizer
