@@ -117,13 +117,13 @@ def abstract_step(spec, devices):
     from xlstm_jax.train.mesh import AXES, batch_sharding, mesh_shape
     from xlstm_jax.train.optim import make_optimizer
     from xlstm_jax.train.step import abstract_train_state, jit_train_step
-    from xlstm_jax.train.trainer import _check_batch_fits_mesh, abstract_model
+    from xlstm_jax.train.trainer import _check_batch_fits_mesh, _seq_lens, abstract_model
 
     # What train.mesh.make_mesh builds on a one-slice pod (jax.make_mesh over all its devices).
     shape = mesh_shape(spec.mesh, len(devices))
     mesh = jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
     t = spec.train
-    _check_batch_fits_mesh(t.global_batch_size, mesh, spec.mesh.rules)
+    _check_batch_fits_mesh(t.global_batch_size, mesh, spec.mesh.rules, _seq_lens(t))
     graphdef, abstract_params, rest, param_shardings = abstract_model(spec, mesh)
     tx = make_optimizer(spec.optim, t.steps, abstract_params)
     state = abstract_train_state(tx, abstract_params, param_shardings)
