@@ -81,7 +81,7 @@ def logical_spec(
             log.info("replicating a dim of size %d (%s): not divisible by mesh axes %s", size, name, axes)
             axes = []
         used.update(axes)
-        spec.append(tuple(axes) if len(axes) > 1 else (axes[0] if axes else None))
+        spec.append(_entry(axes))
     return PartitionSpec(*spec)
 
 

@@ -101,7 +101,7 @@ def compute_dtype(*arrays) -> jnp.dtype:
 def _varying_axes(x) -> frozenset[str]:
     """The ``shard_map`` mesh axes over which ``x`` is typed as varying (empty outside ``shard_map``)."""
     aval = jax.typeof(x)
-    manual = getattr(aval, "manual_axis_type", None)  # jax 0.10; older and newer releases: ``aval.vma``
+    manual = getattr(aval, "manual_axis_type", None)  # jax 0.10.2; other releases may name it ``aval.vma``
     return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
 
 
