@@ -18,6 +18,12 @@ def test_mesh_argument_names_the_axes():
         report.parse_mesh("model=2")
 
 
+@pytest.mark.parametrize("preset", list(report.PRESETS))
+def test_presets_scan_their_blocks_as_committed(preset):
+    # The report's rows are the presets' own step: no --set model.scan_blocks=true is needed.
+    assert report.load_spec(preset, {}).model.scan_blocks is True
+
+
 @pytest.mark.slow
 def test_quick_train_step_compiles_for_a_v5e_slice():
     if importlib.util.find_spec("libtpu") is None:
