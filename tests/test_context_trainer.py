@@ -6,16 +6,20 @@ is fixed when JAX starts).
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import xla_flags
 from xlstm_jax.train.config import ConfigError, MeshConfig, build_dataclass
+from xlstm_jax.train.data import make_train_dataset
 from xlstm_jax.train.mesh import row_blocks
 from xlstm_jax.train.trainer import resolve
 
@@ -79,12 +83,18 @@ def test_processes_sharing_rows_load_the_same_block():
         row_blocks([(0, 0, 4), (0, 6, 8), (1, 4, 6)], 0)
 
 
+def _env(devices: int | None) -> dict:
+    """The environment of a test subprocess: CPU, ``devices`` fake devices (None: the script sets them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
+    flags = [f"--xla_force_host_platform_device_count={devices}"] if devices else []
+    env.update(XLA_FLAGS=xla_flags(*flags), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")]))  # fmt: skip
+    return env
+
+
 def _run(script: str, *args: str) -> str:
     """``script`` in a subprocess with 8 fake CPU devices (``args`` in ``sys.argv``); its stdout."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "JAX_"))}
-    env.update(XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests"), env.get("PYTHONPATH", "")]))  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], env=env, cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], env=_env(8), cwd=REPO,
                           capture_output=True, text=True, timeout=1200)  # fmt: skip
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     return proc.stdout
@@ -136,37 +146,181 @@ def test_prefill_with_the_prompt_split_over_context_equals_one_device():
     assert "GENERATE-OK" in _run(_GENERATE)
 
 
-_TRAIN = """
-import sys
+# The run every trainer test below compares with: the same config on (data=8), one process.
+CONFIG = {
+    **TINY,
+    "optim": {"lr": 3.0e-3, "warmup_steps": 1},
+    "train": {**TINY["train"], "steps": 6, "log_every": 1, "eval_every": 0, "eval_batches": 1,
+              "checkpoint_every": 0, "sample_tokens": 2, "tensorboard": False},
+}  # fmt: skip
+COLUMNS = ("loss", "grad_norm", "tokens")
+
+# Shared by the scripts: a fit with mesh and train overrides, and its result as files for the test.
+_FIT = """
+import json, sys
 import jax, numpy as np
-from xlstm_jax.train import fit
-assert jax.device_count() == 8
-out = sys.argv[1]
-config = {**TINY, "optim": {"lr": 3.0e-3, "warmup_steps": 1},
-          "train": {**TINY["train"], "steps": 6, "log_every": 1, "eval_every": 0, "eval_batches": 1,
-                    "checkpoint_every": 0, "sample_tokens": 2, "tensorboard": False}}
-def run(mesh, name, **train):
+
+def run(mesh, out_dir, **train):
+    from xlstm_jax.train import fit
     overrides = {**{f"mesh.{k}": v for k, v in mesh.items()}, **{f"train.{k}": v for k, v in train.items()}}
-    return fit(config, overrides, out_dir=f"{out}/{name}", progress="off")
-ref = run({"data": 8}, "ref")
-first = run({"data": 2, "context": 4}, "ctx", stop_after_steps=3)
-second = run({"data": 1, "context": 8}, "ctx")  # resumes at step 3 on another mesh, to the end
-assert first.eval is None and second.history.of("train")[0]["step"] == 4
-for key in ("loss", "grad_norm", "tokens"):
-    np.testing.assert_allclose(first.history.column(key) + second.history.column(key), ref.history.column(key),
-                               rtol=2e-5, err_msg=key)
-np.testing.assert_allclose(second.eval["loss"], ref.eval["loss"], rtol=2e-5)
-assert second.summary["sample"]["generated"] == ref.summary["sample"]["generated"]
-for a, b in zip(jax.tree.leaves(second.state.params), jax.tree.leaves(ref.state.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
-print("TRAIN-OK", ref.history.column("loss"))
+    return fit(CONFIG, overrides, out_dir=out_dir, progress="off")
+
+def dump(result, path):  # process 0: columns, evaluation, sample and final parameters
+    if jax.process_index() == 0:
+        history = {key: result.history.column(key) for key in COLUMNS}
+        history["steps"] = result.history.column("step")
+        sample = (result.summary.get("sample") or {}).get("generated")
+        info = {"history": history, "eval": result.eval, "sample": sample}
+        open(path + ".json", "w").write(json.dumps(info))
+        np.savez(path + ".npz", *[np.asarray(a) for a in jax.tree.leaves(result.state.params)])
+"""
+
+_REFERENCE = """
+assert jax.device_count() == 8
+dump(run({"data": 8}, sys.argv[1] + "/run"), sys.argv[1] + "/result")
 """
 
 
-def test_trainer_on_a_context_mesh_equals_data_parallel_and_resumes_on_another_mesh(tmp_path):
+def _script(body: str) -> str:
+    return f"CONFIG = {CONFIG!r}\nCOLUMNS = {COLUMNS!r}\n" + textwrap.dedent(_FIT) + textwrap.dedent(body)
+
+
+def _assert_same_run(out: Path, ref: Path, names: list[str]) -> None:
+    """The runs ``names`` (dumped under ``out``) together equal the reference run: losses, gradient
+    norms and scored tokens per step, and the last one's evaluation loss, sample and parameters."""
+    ref_info = json.loads((ref / "result.json").read_text())
+    infos = [json.loads((out / f"{name}.json").read_text()) for name in names]
+    assert sum((info["history"]["steps"] for info in infos), []) == ref_info["history"]["steps"]
+    for key in COLUMNS:
+        ours = sum((info["history"][key] for info in infos), [])
+        np.testing.assert_allclose(ours, ref_info["history"][key], rtol=2e-5, err_msg=key)
+    np.testing.assert_allclose(infos[-1]["eval"]["loss"], ref_info["eval"]["loss"], rtol=2e-5)
+    assert infos[-1]["sample"] == ref_info["sample"]
+    with np.load(out / f"{names[-1]}.npz") as ours, np.load(ref / "result.npz") as theirs:
+        assert len(ours.files) == len(theirs.files)
+        for key in theirs.files:
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted 6-step run on (data=8), 8 fake devices in one process, dumped by ``dump``."""
+    out = tmp_path_factory.mktemp("reference")
+    _run(_script(_REFERENCE), str(out))
+    return out
+
+
+_ONE_PROCESS = """
+assert jax.device_count() == 8
+out = sys.argv[1]
+first = run({"data": 2, "context": 4}, out + "/run", stop_after_steps=3)
+second = run({"data": 1, "context": 8}, out + "/run")  # resumes at step 3 on another mesh, to the end
+assert first.eval is None and second.history.of("train")[0]["step"] == 4
+dump(first, out + "/first")
+dump(second, out + "/second")
+"""
+
+
+def test_trainer_on_a_context_mesh_equals_data_parallel_and_resumes_on_another_mesh(tmp_path, reference):
     """8 fake devices, a one-block model, rows of 16 tokens: steps 1-3 on (data=2, context=4), then a
     resume on (context=8) for steps 4-6 and the final evaluation and sample; losses, gradient norms and
     scored tokens per step, the evaluation loss (float32, rtol 2e-5), the sampled tokens and the final
     parameters equal an uninterrupted run on (data=8)."""
-    script = f"TINY = {TINY!r}\n" + textwrap.dedent(_TRAIN)
-    assert "TRAIN-OK" in _run(script, str(tmp_path))
+    _run(_script(_ONE_PROCESS), str(tmp_path))
+    _assert_same_run(tmp_path, reference, ["first", "second"])
+
+
+# One of two jax.distributed processes with 4 fake CPU devices each (devices 0-3 on process 0, 4-7 on
+# process 1). Every batch this process hands to the mesh is checked: its row block is the expected one
+# of the expected number, and each of its devices holds the rows and the sequence slice that the
+# device's coordinates on the (data, fsdp, context, tensor) mesh give, with this process's loaded values.
+_PROCESS = """
+pid, port, out, name = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+mesh, train, blocks, groups, span = (json.loads(a) for a in sys.argv[5:10])
+jax.config.update("jax_num_cpu_devices", 4)
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device_count() == 4
+from xlstm_jax.train import trainer
+global_batch, seq_len = CONFIG["train"]["global_batch_size"], CONFIG["train"]["seq_len"]
+index, count = blocks[pid]
+loaded = []  # this process's row block of every batch, in order
+
+def checked(local, sharding, n_blocks):
+    arrays = original(local, sharding, n_blocks)
+    rows = global_batch // count
+    assert n_blocks == count and local["inputs"].shape == (rows, seq_len), (n_blocks, local["inputs"].shape)
+    grid = sharding.mesh.devices  # (data, fsdp, context, tensor)
+    if not loaded:  # the context groups span the processes as the test says
+        spans = {frozenset(d.process_index for d in grid[a, f, :, t].flat)
+                 for a in range(grid.shape[0]) for f in range(grid.shape[1]) for t in range(grid.shape[3])}
+        print("context groups' processes:", sorted(map(sorted, spans)), flush=True)
+        assert spans == {frozenset(p) for p in groups}, spans
+    row_shards, tokens = global_batch // (grid.shape[0] * grid.shape[1]), seq_len // grid.shape[2]
+    held = np.zeros((global_batch, seq_len), bool)  # the cells of the global batch on this process's devices
+    for shard in arrays["inputs"].addressable_shards:
+        a, f, c, _ = (int(i) for i in np.argwhere(grid == shard.device)[0])
+        r0, c0 = (a * grid.shape[1] + f) * row_shards, c * tokens
+        where = tuple(i.indices(n)[:2] for i, n in zip(shard.index, (global_batch, seq_len)))
+        assert where == ((r0, r0 + row_shards), (c0, c0 + tokens)), (shard.device, where)
+        mine = local["inputs"][r0 - index * rows : r0 - index * rows + row_shards, c0 : c0 + tokens]
+        np.testing.assert_array_equal(np.asarray(shard.data), mine)
+        held[shard.index] = True
+    (r0, r1), (c0, c1) = span[pid]  # exactly this process's rows and tokens, nothing else
+    assert held[r0:r1, c0:c1].all() and held.sum() == (r1 - r0) * (c1 - c0), np.argwhere(held)
+    loaded.append(local["inputs"])
+    return arrays
+
+original, trainer._global_batch = trainer._global_batch, checked
+result = run(mesh, out + "/run", **train)
+np.save(f"{out}/{name}-loaded{pid}.npy", np.stack(loaded))
+dump(result, f"{out}/{name}")
+print("PROCESS-OK", pid, flush=True)
+"""
+
+
+def _two_processes(out: Path, name: str, mesh: dict, train: dict, **layout) -> list[str]:
+    """``_PROCESS`` as processes 0 and 1 of a ``jax.distributed`` run on localhost; their outputs.
+    ``layout``: ``blocks`` (index, count) of each process's row block, ``groups`` the sets of processes
+    the context groups span, ``span`` ((first row, end row), (first token, end token)) per process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [json.dumps(x) for x in (mesh, train, layout["blocks"], layout["groups"], layout["span"])]
+    procs = [subprocess.Popen([sys.executable, "-c", _script(_PROCESS), str(pid), str(port), str(out), name, *args],
+                              env=_env(None), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for pid in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    for pid, (p, text) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0 and f"PROCESS-OK {pid}" in text, f"process {pid}:\n{text[-5000:]}"
+    return outs
+
+
+def test_context_axis_across_two_processes_trains_saves_and_resumes(tmp_path, reference):
+    """Two ``jax.distributed`` processes with 4 fake CPU devices each. Steps 1-3 on (context=8): each
+    sequence is split over both processes (process 0 holds tokens 0-7 of every row, process 1 tokens
+    8-15), both load the whole batch; then a checkpoint, and the pair resumes on (data=2, context=4),
+    where each process loads its own 4 rows, for steps 4-6, the evaluation and the sample. Every batch
+    is checked on each process (its row block, each device's rows and tokens); the losses, gradient
+    norms, scored tokens, evaluation loss, sample and final parameters equal the one-process (data=8)
+    run, and the rows loaded are that run's batches."""
+    first = _two_processes(tmp_path, "first", {"data": 1, "context": 8}, {"stop_after_steps": 3},
+                           blocks=[[0, 1], [0, 1]], groups=[[0, 1]],
+                           span=[[[0, 8], [0, 8]], [[0, 8], [8, 16]]])  # fmt: skip
+    assert "2 process(es)" in first[0] and "stopped after 3 steps" in first[0]
+    second = _two_processes(tmp_path, "second", {"data": 2, "context": 4}, {},
+                            blocks=[[0, 2], [1, 2]], groups=[[0], [1]],
+                            span=[[[0, 4], [0, 16]], [[4, 8], [0, 16]]])  # fmt: skip
+    assert "resumed from" in second[0] and "at step 3" in second[0]
+    _assert_same_run(tmp_path, reference, ["first", "second"])
+
+    spec = resolve(CONFIG)
+    stream = iter(make_train_dataset(spec.data, seq_len=spec.train.seq_len, global_batch_size=8))
+    batches = [next(stream)["inputs"] for _ in range(6)]  # the one-process run's global batches
+    loaded = {f"{name}{pid}": np.load(tmp_path / f"{name}-loaded{pid}.npy") for name in ("first", "second")
+              for pid in range(2)}  # fmt: skip
+    for pid in range(2):  # context 8: both processes load the whole batch
+        np.testing.assert_array_equal(loaded[f"first{pid}"], batches[:3])
+    for step in range(3):  # data 2: each loads its half of the rows (the evaluation batch follows)
+        rows = np.concatenate([loaded["second0"][step], loaded["second1"][step]])
+        assert sorted(map(tuple, rows)) == sorted(map(tuple, batches[3 + step])), f"step {4 + step}"
+        assert not np.array_equal(loaded["second0"][step], loaded["second1"][step])
