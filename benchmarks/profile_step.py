@@ -74,7 +74,12 @@ DECODE_ARCH = dict(embedding_dim=D, num_heads=4, num_blocks=4, vocab_size=VOCAB)
 
 # (path fragment, function names or None for any, kind); the first match wins.
 KINDS = [
-    ("xlstm_jax/nn/layers.py", {"HeadwiseLinear.__call__"}, "projections (headwise q/k/v)"),
+    (
+        "xlstm_jax/nn/layers.py",
+        {"HeadwiseLinear." + m for m in ("__call__", "heads_major", "fold_into")}
+        | {"blockwise", "_blockwise_apply", "_blockwise_fwd", "_blockwise_bwd"},
+        "projections (headwise q/k/v)",
+    ),
     ("xlstm_jax/nn/layers.py", {"Linear.__call__"}, "projections (dense)"),
     ("xlstm_jax/nn/layers.py", {"Embed.__call__", "Embed.attend"}, "embedding + lm head"),
     ("xlstm_jax/nn/layers.py", {"CausalConv1d.__call__", "CausalConv1d.zero_state"}, "causal conv"),

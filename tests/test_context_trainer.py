@@ -92,9 +92,9 @@ def _env(devices: int | None) -> dict:
     return env
 
 
-def _run(script: str, *args: str) -> str:
-    """``script`` in a subprocess with 8 fake CPU devices (``args`` in ``sys.argv``); its stdout."""
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], env=_env(8), cwd=REPO,
+def _run(script: str, *args: str, devices: int = 8) -> str:
+    """``script`` in a subprocess with ``devices`` fake CPU devices (``args`` in ``sys.argv``); its stdout."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], env=_env(devices), cwd=REPO,
                           capture_output=True, text=True, timeout=1200)  # fmt: skip
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-5000:]}"
     return proc.stdout
@@ -228,6 +228,73 @@ def test_trainer_on_a_context_mesh_equals_data_parallel_and_resumes_on_another_m
     parameters equal an uninterrupted run on (data=8)."""
     _run(_script(_ONE_PROCESS), str(tmp_path))
     _assert_same_run(tmp_path, reference, ["first", "second"])
+
+
+_PALLAS = """
+import dataclasses
+import jax.numpy as jnp, optax
+from flax import nnx
+from helpers import assert_close
+from xlstm_jax import backends
+from xlstm_jax.ops import context_parallel
+from xlstm_jax.train import fit
+from xlstm_jax.train.config import load_config
+from xlstm_jax.train.models import build_model
+from xlstm_jax.train.trainer import resolve
+assert jax.device_count() == 4
+calls = []  # counted while tracing: runs of the Pallas TPU kernel and of the context combine
+kernel = backends.IMPLEMENTATIONS["mlstm", "pallas_tpu"]
+counted = lambda *a, **k: calls.append("kernel") or kernel.run(*a, **k)
+backends.IMPLEMENTATIONS["mlstm", "pallas_tpu"] = dataclasses.replace(kernel, run=counted)
+combine = context_parallel.context_states
+context_parallel.context_states = lambda *a: calls.append("combine") or combine(*a)
+
+config = load_config(CONFIG, {"train.steps": 1, "train.global_batch_size": 2, "train.seq_len": 64,
+                              "model.chunk_size": 8})  # the TPU kernel takes chunks of 8 or more
+spec = resolve(config)
+rng = np.random.default_rng(0)
+ids = rng.integers(0, spec.model.vocab_size, (2, 65))
+seg = np.ones((2, 64), np.int32)
+seg[0, 16:], seg[0, 21:], seg[1, 38:] = 2, 3, 2  # documents from a shard boundary (16) and inside shards
+mask = (rng.random((2, 64)) < 0.8).astype(np.float32)
+batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:], "loss_mask": mask, "segment_ids": seg}
+
+# One trainer step on (context=4) with the Pallas TPU kernel (interpret mode on CPU). The optimizer
+# records the gradient as its state and leaves the parameters as they are.
+record = optax.GradientTransformation(lambda p: jax.tree.map(jnp.zeros_like, p),
+                                      lambda g, s, p=None: (jax.tree.map(jnp.zeros_like, g), g))
+result = fit(config, {"mesh.context": 4, "model.backend": "pallas_tpu"}, data=[batch], optimizer=record,
+             out_dir=sys.argv[1], progress="off")
+assert "kernel" in calls and "combine" in calls, calls
+grads = result.state.opt_state.inner_state
+
+# The reference: the XLA chunkwise form (the config's backend) on one device, no mesh, at the same
+# parameters; the loss the trainer minimizes.
+graphdef, _, rest = nnx.split(build_model(spec.model, spec.train.seed), nnx.Param, ...)
+params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), result.state.params)
+def loss(params):
+    logits = nnx.merge(graphdef, params, rest)(batch["inputs"], segment_ids=batch["segment_ids"])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    return jnp.sum(ce * mask) / jnp.sum(mask)
+calls.clear()
+ref_loss, ref_grads = jax.jit(jax.value_and_grad(loss))(params)
+assert spec.model.backend == "chunkwise" and not calls, calls
+errors = {"loss": assert_close(result.history.column("loss")[0], ref_loss, 1e-5, "loss")}
+assert len(jax.tree.leaves(grads)) == len(jax.tree.leaves(ref_grads)) > 5
+for (path, g), r in zip(jax.tree.leaves_with_path(grads), jax.tree.leaves(ref_grads)):
+    errors[jax.tree_util.keystr(path)] = assert_close(g, r, 1e-5, jax.tree_util.keystr(path))
+print("PALLAS-OK", max(errors.values()), errors["loss"])
+"""
+
+
+def test_pallas_kernel_in_the_context_step_equals_xla_on_one_device(tmp_path):
+    """4 fake devices: one trainer step (``fit``) on (context=4) with ``model.backend: pallas_tpu`` (the
+    Pallas TPU kernel in interpret mode after the context combine), a one-block model, 2 rows of 64
+    tokens (16 per device, chunks of 8) with documents starting on a shard boundary and inside shards,
+    a partial loss mask: the loss and every parameter's gradient equal the XLA chunkwise form's on one
+    device without a mesh (float32; the kernel tests' tolerances 1e-4 and 1e-3 of max|ref|)."""
+    out = _run(_script(_PALLAS), str(tmp_path / "run"), devices=4)
+    assert "PALLAS-OK" in out, out[-3000:]
 
 
 # One of two jax.distributed processes with 4 fake CPU devices each (devices 0-3 on process 0, 4-7 on

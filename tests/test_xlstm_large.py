@@ -169,6 +169,42 @@ def test_single_and_fused_layouts_agree(single):
     assert_close(forward(fused, data["ids"])[0], forward(model, data["ids"])[0], bound, "fused vs single")
 
 
+@pytest.mark.parametrize("name", ["single", "fused_bias"])
+def test_decode_form_is_the_same_function(name):
+    """``decode_form`` (the layout ``generate`` decodes with: one module per block, q/k/v/o, i/f and the
+    FFN up-projections each in one fused kernel) holds exact copies of the weights and gives the
+    model's logits and states up to float32 summation order (``layout_rounding_bound``), on a prompt
+    and on single tokens continuing its state."""
+    d = load_fixture(name)
+    model = from_torch_xlstm_large(d["arch"], d["weights"])
+    dec = model.decode_form()
+    assert type(dec).__name__ == "xLSTMLargeDecoder" and dec.decode_form() is dec
+    assert (dec.config.weight_mode, dec.config.scan_blocks, len(dec.blocks)) == ("fused", False, 2)
+    stacked = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model.blocks)))
+    fused = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(dec.blocks)))
+    parts_of = {"qkv_opreact": ("q", "k", "v", "ogate_preact"), "ifgate_preact": ("igate_preact", "fgate_preact"),
+                "proj_up_gate_z": ("proj_up_gate", "proj_up")}  # fmt: skip
+    for (idx, *path), w in fused.items():  # path: (module, name, leaf) or (norm, leaf)
+        parts = parts_of.get(path[1]) if model.config.weight_mode == "single" else None
+        if parts is None:
+            expected = stacked[tuple(path)][idx]
+        else:
+            expected = np.concatenate([stacked[(path[0], p, path[-1])][idx] for p in parts], axis=-1)
+        np.testing.assert_array_equal(w, expected, err_msg=f"block {idx} {path}")
+    bound = layout_rounding_bound(model.config)
+    ref, ref_state = forward(model, d["ids"])
+    out, state = forward(dec, d["ids"])
+    assert_close(out, ref, bound, "decode form vs model")
+    for t in range(3):
+        token = d["ids"][:, t : t + 1]
+        ref, ref_state = forward(model, token, ref_state)
+        out, state = forward(dec, token, state)
+        assert_close(out, ref, bound, f"decode form vs model, step {t}")
+    for s, r in zip(state, ref_state):
+        for a, b in zip(s, r):
+            assert_close(a, b, bound, "state")
+
+
 def test_conversion_reports_every_key_problem():
     data = load_fixture("single")
     w = dict(data["weights"])

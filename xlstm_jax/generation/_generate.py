@@ -56,7 +56,7 @@ class Generation(NamedTuple):
 
 
 class _Prepared(NamedTuple):
-    graphdef: object
+    graphdef: object  # of the model's decode form
     params: object
     carry: _loop.Carry
     settings: _loop.Settings
@@ -116,6 +116,7 @@ def _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, 
     rng = rng if rng is not None else jax.random.key(0)
     carry = _loop.prefill(graphdef, params, jnp.asarray(left), jnp.asarray(segments), rng, settings.max_new_tokens,
                           rules=_loop.frozen_rules(rules))  # fmt: skip
+    graphdef, params = nnx.split(_loop.decode_form(model))  # built once, for every decode call
     return _Prepared(graphdef, params, carry, settings, int(max_new_tokens), _loop.frozen_rules(rules, length=()))
 
 

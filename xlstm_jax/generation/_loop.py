@@ -64,6 +64,12 @@ def frozen_rules(rules, **changes) -> Rules:
     return tuple(sorted((k, (v,) if isinstance(v, str) else tuple(v)) for k, v in rules.items()))
 
 
+def decode_form(model):
+    """The model as the decode loop runs it: ``model.decode_form()`` where the model has one (xLSTM-7B:
+    per-block fused weights, a copy of the parameters), else the model itself."""
+    return model.decode_form() if hasattr(model, "decode_form") else model
+
+
 def _rules(rules: Rules | None):
     """The context of ``rules``; None: the rules in effect at the call."""
     return contextlib.nullcontext() if rules is None else backends.axis_rules(dict(rules))
@@ -94,10 +100,13 @@ def decode(
 ) -> tuple[jax.Array, Carry]:
     """Up to ``steps`` tokens per row, stopping once every row is done.
 
+    ``graphdef``/``params`` are best those of ``decode_form(model)`` (``generate`` passes them): for
+    a model with another decode form, it is built here, a copy of the weights on every call.
+
     Returns:
       tokens (B, steps) int32 (``pad_id`` where a row emitted nothing) and the new carry.
     """
-    model = nnx.merge(graphdef, params)
+    model = decode_form(nnx.merge(graphdef, params))
     batch = carry.count.shape[0]
 
     def cond(s):

@@ -60,6 +60,26 @@ def rms_norm(config: mLSTMBlockConfig | xLSTMLargeConfig) -> LayerNorm:
     )
 
 
+FUSED_GROUPS = {  # weight_mode "fused" parameter: the "single" ones it concatenates, in order
+    ("mlstm_layer", "qkv_opreact"): ("q", "k", "v", "ogate_preact"),
+    ("mlstm_layer", "ifgate_preact"): ("igate_preact", "fgate_preact"),
+    ("ffn", "proj_up_gate_z"): ("proj_up_gate", "proj_up"),
+}
+
+
+def fuse_block_params(params: dict) -> dict:
+    """One block's parameters (a pure dict, ``nnx.to_pure_dict``) from weight_mode "single" to "fused".
+
+    Kernels (D, N_j) and biases (N_j,) are concatenated along their last axis in ``FUSED_GROUPS``
+    order, the layout the "fused" modules split again; every other entry is passed through.
+    """
+    out = {name: dict(sub) for name, sub in params.items()}
+    for (module, fused), parts in FUSED_GROUPS.items():
+        subs = [out[module].pop(part) for part in parts]
+        out[module][fused] = {k: jnp.concatenate([sub[k] for sub in subs], axis=-1) for k in subs[0]}
+    return out
+
+
 class mLSTMLayer(nnx.Module):
     """x (B, S, D) -> (y (B, S, D), state): projections, soft-capped gates, cell, per-head norm, o-gate.
 

@@ -53,7 +53,7 @@ class xLSTMLarge(nnx.Module):
         dtype, param_dtype = jnp.dtype(c.dtype), jnp.dtype(c.param_dtype)
         d = c.embedding_dim
         self.embedding = Embed(c.vocab_size, d, init=small_init(d), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.blocks = _stacked_blocks(c, rngs)
+        self.blocks = self._init_blocks(rngs)
         self.out_norm = rms_norm(c) if c.add_out_norm else None
         self.lm_head = Linear(
             d,
@@ -65,6 +65,17 @@ class xLSTMLarge(nnx.Module):
             param_dtype=param_dtype,
             rngs=rngs,
         )
+
+    def _init_blocks(self, rngs: nnx.Rngs) -> nnx.Module:
+        """The blocks: one module with stacked parameters (``xLSTMLargeDecoder``: a list)."""
+        return _stacked_blocks(self.config, rngs)
+
+    def decode_form(self) -> xLSTMLarge:
+        """This model laid out for decoding one token per call: an ``xLSTMLargeDecoder`` (same
+        function, new arrays: a copy of the parameters). ``xlstm_jax.generate`` decodes with it."""
+        from ._decode import decode_form
+
+        return decode_form(self)
 
     def init_state(self, batch_size: int) -> State:
         """Zero recurrent state: per block ``MLSTMState`` c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH)."""
@@ -152,8 +163,9 @@ class xLSTMLarge(nnx.Module):
         """x (B, S, D) through the stacked blocks (``nn.run_stack``). Returns x, the new states (if
         ``stateful``) and, if ``collect``, every block's input and the last block's output."""
         c = self.config
+        blocks = list(self.blocks) if isinstance(self.blocks, nnx.List) else self.blocks
         y, state, outputs = nn.run_stack(
-            self.blocks, x, state, resets=resets, return_state=stateful, scan=c.scan_blocks,
+            blocks, x, state, resets=resets, return_state=stateful, scan=c.scan_blocks,
             remat_policy=c.remat_policy if c.remat else None, collect=collect,
         )  # fmt: skip
         return y, state, ((x, *outputs) if collect else None)

@@ -95,20 +95,22 @@ class mLSTMLayer(nnx.Module):  # noqa: N801 (the official name)
         x_m, z = jnp.split(self.proj_up(x), 2, axis=-1)  # (B, S, I) each
         conv, conv_state = self.conv1d(x_m, None if state is None else state.conv, resets)
         xc = jax.nn.silu(conv)
-        q, k, v = self.q_proj(xc), self.k_proj(xc), self.v_proj(x_m)
-        qkv = jnp.concatenate([q, k, v], axis=-1)
-        i = jnp.swapaxes(self.igate(qkv), 1, 2)  # (B, NH, S), float32
-        f = jnp.swapaxes(self.fgate(qkv), 1, 2)
-        if resets is not None:
-            f = jnp.where(resets[:, None, :], -jnp.inf, f)
 
         def heads(t):  # (B, S, I) -> (B, NH, S, DH)
             return jnp.swapaxes(t.reshape(b, s, self.num_heads, -1), 1, 2)
 
+        # q, k, v straight in the cell's head-major layout: two transposes (of xc and x_m) instead
+        # of three, and the block-diagonal maps elementwise.
+        xc_h, xm_h = heads(xc), heads(x_m)
+        q, k, v = self.q_proj.heads_major(xc_h), self.k_proj.heads_major(xc_h), self.v_proj.heads_major(xm_h)
+        i, f = self._gate_preactivations(xc, x_m)
+        if resets is not None:
+            f = jnp.where(resets[:, None, :], -jnp.inf, f)
+
         out = backends.mlstm(
-            heads(q),
-            heads(k),
-            heads(v),
+            q,
+            k,
+            v,
             i,
             f,
             backend=self.backend,
@@ -121,3 +123,21 @@ class mLSTMLayer(nnx.Module):  # noqa: N801 (the official name)
         h = (h + self.learnable_skip[...].astype(h.dtype) * xc) * jax.nn.silu(z)
         y = self.proj_down(h)
         return y, (mLSTMBlockState(cell_state, conv_state) if return_state else None)
+
+    def _gate_preactivations(self, xc: jax.Array, x_m: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """i, f (B, NH, S) float32: ``igate`` and ``fgate`` applied to concat(q, k, v), computed as
+        xc @ W_xc + x_m @ W_xm + bias, the q/k/v maps folded into the gates' kernels (one skinny
+        matmul per input instead of a (B, S, 3I) concatenation read by two)."""
+        inner, nh = xc.shape[-1], self.num_heads
+        f32 = jnp.float32
+        kernel = jnp.concatenate([self.igate.kernel[...], self.fgate.kernel[...]], axis=1).astype(f32)
+        bias = jnp.concatenate([self.igate.bias[...], self.fgate.bias[...]]).astype(f32)  # (2 NH,)
+        parts = [kernel[j * inner : (j + 1) * inner] for j in range(3)]  # (I, 2 NH) for q, k, v
+        for proj, part in zip((self.q_proj, self.k_proj, self.v_proj), parts):
+            if proj.bias is not None:
+                bias = bias + jnp.dot(proj.bias[...].astype(proj.dtype).astype(f32), part)
+        w_xc = self.q_proj.fold_into(parts[0]) + self.k_proj.fold_into(parts[1])
+        w_xm = self.v_proj.fold_into(parts[2])
+        gates = jnp.dot(xc.astype(f32), w_xc) + jnp.dot(x_m.astype(f32), w_xm) + bias  # (B, S, 2 NH)
+        gates = jnp.swapaxes(gates, 1, 2)
+        return gates[:, :nh], gates[:, nh:]

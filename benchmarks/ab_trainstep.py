@@ -1,0 +1,125 @@
+"""Interleaved A/B of the training step in one process: the package at an older commit against the working tree.
+
+Run from the repository root (a git checkout)::
+
+    python benchmarks/ab_trainstep.py --base HEAD~1              # profile_step.py's program
+    python benchmarks/ab_trainstep.py --base 3f2a1c0 --reps 11
+
+The program is ``profile_step.py``'s training step (the trainer's step of the NeurIPS xLSTM, D=256,
+blocks [m, s, m, m], 4 heads, qkv blocksize 4, vocab 1024, chunkwise, B=8, S=256, AdamW + clip).
+The base commit's package (``xlstm_jax`` with ``train/``, ``configs/`` and ``pallas_kernels/`` placed
+where the install puts them) is extracted with ``git archive`` into a temporary folder, imported,
+its step built and compiled; then every ``xlstm_jax`` module is dropped from ``sys.modules`` and the
+working tree's package is imported and compiled the same way. The compiled programs no longer need
+their Python modules, so both run side by side: called alternately ``--reps`` times each (the order
+flips every round), with a jitted 2048² float32 matmul after every round (the same-run peak).
+
+Output: one JSON line with wall and process CPU time medians (ms), new/base ratios, each program's
+XLA cost-analysis FLOPs and fraction of the same-run matmul peak, the largest differences between
+the two programs' metrics after the first step (loss, gradient norm) and ``/proc/loadavg``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import profile_step as P
+
+# repository folder -> where the install puts it (pyproject's package-dir)
+PACKAGES = {
+    "xlstm_jax": "xlstm_jax",
+    "train": "xlstm_jax/train",
+    "configs": "xlstm_jax/configs",
+    "pallas_kernels": "xlstm_jax/pallas_kernels",
+}
+
+
+def extract_package(rev: str, dest: Path) -> None:
+    """The installed layout of the package at ``rev`` under ``dest``."""
+    for src, target in PACKAGES.items():
+        (dest / target).mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", rev, src], check=True, capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest / target), "--strip-components=1"], input=archive, check=True)
+
+
+def drop_package() -> None:
+    for name in [m for m in sys.modules if m == "xlstm_jax" or m.startswith("xlstm_jax.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--base", required=True, help="git revision whose package is the baseline")
+    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=256)
+    a = p.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+
+    load_before = P.loadavg()
+    progs, flops, first = {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="ab_trainstep_") as tmp:
+        extract_package(a.base, Path(tmp))
+        for tag, path in (("base", tmp), ("new", None)):
+            drop_package()
+            if path:
+                sys.path.insert(0, path)
+            t0 = time.perf_counter()
+            origin = importlib.import_module("xlstm_jax").__file__
+            compiled, call = P.train_program(a.batch, a.seq_len)
+            print(f"{tag} ({origin}): compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+            if path:
+                sys.path.remove(path)
+            first[tag] = jax.device_get(jax.block_until_ready(call())[1])
+            progs[tag], flops[tag] = call, P.flops(compiled)
+    n = 2048
+    mat = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y).lower(mat, mat).compile()
+    jax.block_until_ready(mm(mat, mat))
+    for t in progs:  # warm-up
+        jax.block_until_ready(progs[t]())
+    wall = {t: [] for t in progs}
+    cpu = {t: [] for t in progs}
+    mm_s = []
+    for rep in range(a.reps):
+        for t in list(progs) if rep % 2 == 0 else list(progs)[::-1]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            jax.block_until_ready(progs[t]())
+            wall[t].append(time.perf_counter() - t0)
+            cpu[t].append(time.process_time() - c0)
+        t0 = time.perf_counter()
+        jax.block_until_ready(mm(mat, mat))
+        mm_s.append(time.perf_counter() - t0)
+    med = lambda xs: float(np.median(xs)) * 1e3
+    peak = 2 * n**3 / np.median(mm_s) / 1e9
+    shared = sorted(k for k in first["base"] if k in first["new"] and np.ndim(first["base"][k]) == 0)
+    row = {
+        "bench": "ab_trainstep",
+        "base": a.base,
+        "B": a.batch,
+        "S": a.seq_len,
+        "wall_ms": {t: med(x) for t, x in wall.items()},
+        "cpu_ms": {t: med(x) for t, x in cpu.items()},
+        "new_over_base": {"wall": med(wall["new"]) / med(wall["base"]), "cpu": med(cpu["new"]) / med(cpu["base"])},
+        "flops": flops,
+        "frac_of_matmul_peak": {t: flops[t] / (med(wall[t]) * 1e-3) / 1e9 / peak if flops[t] else None for t in progs},
+        "first_step_metrics": {t: {k: float(first[t][k]) for k in shared} for t in progs},
+        "matmul_peak_gflop_per_s": peak,
+        "loadavg": {"before": load_before, "after": P.loadavg()},
+    }
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
