@@ -290,6 +290,7 @@ print("PALLAS-OK", max(errors.values()), errors["loss"])
 """
 
 
+@pytest.mark.slow  # ~32 CPU seconds (interpret mode): over the default suite's ~20 s per test
 def test_pallas_kernel_in_the_context_step_equals_xla_on_one_device(tmp_path):
     """4 fake devices: one trainer step (``fit``) on (context=4) with ``model.backend: pallas_tpu`` (the
     Pallas TPU kernel in interpret mode after the context combine), a one-block model, 2 rows of 64
