@@ -258,3 +258,19 @@ def test_stream_chunks_join_to_generate():
     assert [c.tokens.shape[1] for c in chunks][:-1] == [4] * (len(chunks) - 1)
     np.testing.assert_array_equal(np.concatenate([c.tokens for c in chunks], axis=1), full.tokens[:, : 4 * len(chunks)])
     np.testing.assert_array_equal(sum(np.asarray(c.lengths) for c in chunks), full.lengths)
+
+
+def test_xlstm_large_decodes_under_a_mesh():
+    """``generate`` builds the 7B model's decode form (per-block fused weights) under ``jax.set_mesh``
+    too, where an abstract build would turn the parameters' logical names into mesh axes; the
+    tokens equal the run without a mesh."""
+    from jax.sharding import AxisType
+
+    from xlstm_jax import backends
+
+    model, prompts = _model("xlstm_large"), [[3, 7, 1, 9], [5]]
+    ref = generate(model, prompts, 4)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(AxisType.Auto,))
+    with jax.set_mesh(mesh), backends.axis_rules({"batch": "data"}):
+        out = generate(model, prompts, 4)
+    np.testing.assert_array_equal(out.tokens, ref.tokens)

@@ -252,3 +252,23 @@ def test_reset_makes_packed_documents_independent():
         h_alone, _ = mlstm_chunkwise(*(x[:, :, lo:hi] for x in args), chunk_size=16)
         assert_close(h_packed[:, :, lo:hi], h_alone, 1e-5, f"document [{lo}, {hi})")
         assert_close(mlstm_parallel(*(x[:, :, lo:hi] for x in args)), h_alone, 1e-5, "parallel")
+
+
+def test_reset_free_path_is_bit_identical_and_resets_still_take_the_segmented_math():
+    """Without a reset (no f = -inf) the primal call runs the reset-free math (``decay.by_resets``):
+    bit-identical to the segmented math; with one it runs the segmented math."""
+    from xlstm_jax.ops._chunkwise_fwd import forward
+
+    free = cast(mlstm_inputs(16, s=32), jnp.float32)
+    reset = cast(mlstm_inputs(15, s=32, gates="resets"), jnp.float32)
+    state = MLSTMState.zeros(*free[0].shape[:2], free[0].shape[3], free[2].shape[3], jnp.float32)
+    run = jax.jit(
+        lambda q, k, v, i, f, c: forward(q, k, v, jax.nn.log_sigmoid(f), i, *state, 8, 1e-6, check_resets=c)[0],
+        static_argnums=5,
+    )
+    for name, (q, k, v, i, f) in (("no reset", free), ("resets", reset)):
+        checked, segmented = run(q, k, v, i, f, True), run(q, k, v, i, f, False)
+        for x, y in zip(checked, segmented):
+            assert np.array_equal(np.asarray(x), np.asarray(y)), name
+    h_free, _ = mlstm_chunkwise(*free, chunk_size=8)
+    assert_close(h_free, mlstm_recurrent(*free)[0], 1e-5, "reset-free path against recurrent")

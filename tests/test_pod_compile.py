@@ -24,6 +24,14 @@ def test_presets_scan_their_blocks_as_committed(preset):
     assert report.load_spec(preset, {}).model.scan_blocks is True
 
 
+def test_a_compile_past_its_cpu_limit_is_a_timeout_row():
+    # One CPU second does not even import jax: the kernel stops the case, and the row says so.
+    case = {"preset": "xlstm71_125m", "slice": "v5e-4", "mesh_text": "data=-1", "quick": True, "overrides": []}
+    row = report._run_case(case, timeout=1)
+    assert row["status"] == "timeout" and row["error"] == "did not compile within 1 CPU s", row
+    assert row["mesh_arg"] == "data=-1" and row["preset"] == "xlstm71_125m"
+
+
 @pytest.mark.slow
 def test_quick_train_step_compiles_for_a_v5e_slice():
     if importlib.util.find_spec("libtpu") is None:

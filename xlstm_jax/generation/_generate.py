@@ -116,7 +116,7 @@ def _prepare(model, prompt_ids, max_new_tokens, temperature, top_k, top_p, rng, 
     rng = rng if rng is not None else jax.random.key(0)
     carry = _loop.prefill(graphdef, params, jnp.asarray(left), jnp.asarray(segments), rng, settings.max_new_tokens,
                           rules=_loop.frozen_rules(rules))  # fmt: skip
-    graphdef, params = nnx.split(_loop.decode_form(model))  # built once, for every decode call
+    graphdef, params = nnx.split(_loop.build_decode_form(model))  # built once, for every decode call
     return _Prepared(graphdef, params, carry, settings, int(max_new_tokens), _loop.frozen_rules(rules, length=()))
 
 

@@ -70,6 +70,19 @@ def decode_form(model):
     return model.decode_form() if hasattr(model, "decode_form") else model
 
 
+@partial(jax.jit, static_argnames=("graphdef",))
+def _decode_form_jit(graphdef, params):
+    return decode_form(nnx.merge(graphdef, params))
+
+
+def build_decode_form(model):
+    """``decode_form(model)`` as one compiled call per model structure (built op by op it would
+    dispatch one small op per weight: ~0.2 s per ``generate`` call at D=256, against ~0.02 s)."""
+    if not hasattr(model, "decode_form"):
+        return model
+    return _decode_form_jit(*nnx.split(model))
+
+
 def _rules(rules: Rules | None):
     """The context of ``rules``; None: the rules in effect at the call."""
     return contextlib.nullcontext() if rules is None else backends.axis_rules(dict(rules))

@@ -146,8 +146,28 @@ def _blockwise_fwd(x, w):
 def _blockwise_bwd(res, dy):
     x, w = res
     dx = _blockwise_apply(dy, jnp.swapaxes(w, -1, -2)[:, None])
-    dw = jnp.einsum("bhsjo,bhsji->hjoi", dy, x, preferred_element_type=jnp.promote_types(jnp.float32, x.dtype))
-    return dx, dw.astype(w.dtype)
+    return dx, _blockwise_dw(dy, x).astype(w.dtype)
+
+
+def _blockwise_dw(dy, x):
+    """dw (H, J, DO, DI) = sum over (B, S) of dy[..., j, o] x[..., j, i], from dy (B, H, S, J, DO) and
+    x (B, H, S, J, DI).
+
+    As one dot per group of up to ``ELEMENTWISE_MAX_BLOCK`` neighbouring blocks (their full
+    (G DO, G DI) products, of which the diagonal blocks are kept): a dot per single block
+    contracts over (B, S) with a DI-wide minor axis, which XLA lays out by transposing both operands
+    to positions-last; whole groups give it G times wider rows (G times the few FLOPs)."""
+    b, h, s, j, do = dy.shape
+    di = x.shape[-1]
+    group = max(d for d in range(1, ELEMENTWISE_MAX_BLOCK + 1) if j % d == 0)
+    acc = jnp.promote_types(jnp.float32, x.dtype)
+    full = jnp.einsum(
+        "bhsgo,bhsgi->hgoi",
+        dy.reshape(b, h, s, j // group, group * do),
+        x.reshape(b, h, s, j // group, group * di),
+        preferred_element_type=acc,
+    ).reshape(h, j // group, group, do, group, di)
+    return jnp.moveaxis(jnp.diagonal(full, axis1=2, axis2=4), -1, 2).reshape(h, j, do, di)
 
 
 blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)

@@ -24,11 +24,11 @@ from .mlstm_inputs import isolate_nonfinite, prepare
 
 @partial(jax.custom_vjp, nondiff_argnums=(8, 9))
 def _chunkwise(q, k, v, logf, i, c0, n0, m0, chunk_size, eps):
-    return forward(q, k, v, logf, i, c0, n0, m0, chunk_size, eps)[0]
+    return forward(q, k, v, logf, i, c0, n0, m0, chunk_size, eps, check_resets=True)[0]
 
 
 def _chunkwise_fwd(q, k, v, logf, i, c0, n0, m0, chunk_size, eps):
-    return forward(q, k, v, logf, i, c0, n0, m0, chunk_size, eps)
+    return forward(q, k, v, logf, i, c0, n0, m0, chunk_size, eps, check_resets=False)
 
 
 def _chunkwise_bwd(chunk_size, eps, res: Residuals, cotangents):

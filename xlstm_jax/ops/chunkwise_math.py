@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .decay import cumulative_forget, segment_cummax
+from .decay import cumulative_forget, first_segment, last_segment, running_max
 
 
 def pad_to_chunks(chunk_size: int, q, k, v, logf, i, *, logf_fill: float = 0.0):
@@ -52,14 +52,15 @@ class Stabilizers(NamedTuple):
     m: jax.Array  # (..., NC, L) per-token output stabilizer
 
 
-def stabilizers(logf, i, m0) -> Stabilizers:
-    """logf, i: (B, NH, NC, L); m0: (B, NH). Differentiable (used for the backward's m-path)."""
-    cf = cumulative_forget(logf)
+def stabilizers(logf, i, m0, resets: bool = True) -> Stabilizers:
+    """logf, i: (B, NH, NC, L); m0: (B, NH). Differentiable (used for the backward's m-path).
+
+    ``resets=False``: the caller knows no ``logf`` is -inf (``decay.cumulative_forget``).
+    """
+    cf = cumulative_forget(logf, resets)
     b = cf.hi + cf.lo
-    last = cf.seg[..., -1:]
-    a = ((cf.hi[..., -1:] - cf.hi) + (cf.lo[..., -1:] - cf.lo)) + i
-    a = jnp.where(cf.seg == last, a, -jnp.inf)
-    g = jnp.where(last[..., 0] == 0, b[..., -1], -jnp.inf)
+    a = last_segment(cf, ((cf.hi[..., -1:] - cf.hi) + (cf.lo[..., -1:] - cf.lo)) + i)
+    g = first_segment(cf, b)[..., -1]
 
     def body(m_prev, xs):
         g_k, a_max_k = xs
@@ -70,8 +71,8 @@ def stabilizers(logf, i, m0) -> Stabilizers:
     m_final, m_before = jax.lax.scan(body, m0, (chunks_first(g), chunks_first(jnp.max(a, axis=-1))))
     m_before = jnp.moveaxis(m_before, 0, -1)
     m_after = jnp.concatenate([m_before[..., 1:], m_final[..., None]], axis=-1)
-    entering = jnp.where(cf.seg == 0, m_before[..., None], -jnp.inf)  # the entering memory reaches t
-    m = b + jnp.maximum(entering, segment_cummax(i - b, cf.reset))
+    entering = first_segment(cf, jnp.broadcast_to(m_before[..., None], b.shape))  # the entering memory reaches t
+    m = b + jnp.maximum(entering, running_max(i - b, cf))
     return Stabilizers(a, g, m_before, m_after, m)
 
 

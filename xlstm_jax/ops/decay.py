@@ -11,11 +11,14 @@ masked cumulative sum over a whole (L, L) matrix.
 
 A forget-gate pre-activation of -inf is an exact reset of the memory (document
 boundaries in packed training rows); ``CumulativeForget`` handles it without ever
-subtracting infinities.
+subtracting infinities. ``cumulative_forget(logf, resets=False)`` is the same object for gates
+known to hold no reset: no segments, so every mask below is the plain causal one (the fast path of
+the chunkwise form, which checks for resets once per call and traces both).
 """
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -60,14 +63,50 @@ class CumulativeForget(NamedTuple):
 
     hi: jax.Array  # (..., L) cumulative finite log forget gates: hi + lo (see cumsum_hi_lo)
     lo: jax.Array
-    seg: jax.Array  # (..., L) int32: number of resets at or before each position
-    reset: jax.Array  # (..., L) bool: log forget gate is -inf here
+    seg: jax.Array | None  # (..., L) int32: number of resets at or before each position; None: no resets
+    reset: jax.Array | None  # (..., L) bool: log forget gate is -inf here; None: no resets
 
 
-def cumulative_forget(logf: jax.Array) -> CumulativeForget:
+def cumulative_forget(logf: jax.Array, resets: bool = True) -> CumulativeForget:
+    """``resets=False`` promises that no ``logf`` is -inf (a -inf then breaks the sums: the caller
+    checks); the result has ``seg = reset = None`` and every function below skips the segments."""
+    if not resets:
+        return CumulativeForget(*cumsum_hi_lo(logf), None, None)
     reset = jnp.isneginf(logf)
     hi, lo = cumsum_hi_lo(jnp.where(reset, jnp.zeros((), logf.dtype), logf))
     return CumulativeForget(hi, lo, jnp.cumsum(reset, axis=-1, dtype=jnp.int32), reset)
+
+
+def by_resets(fn, logf: jax.Array, *operands):
+    """``fn(*operands, resets=...)`` with ``resets`` static: True only when some ``logf`` is -inf.
+
+    Both variants are traced (a ``lax.cond``; under ``vmap`` with a batched ``logf`` both run), so
+    gates without a reset, the common case, skip every segment mask and the segmented scans.
+    """
+    has_reset = jnp.any(jnp.isneginf(logf))
+    return jax.lax.cond(has_reset, partial(fn, resets=True), partial(fn, resets=False), *operands)
+
+
+def running_max(x: jax.Array, cf: CumulativeForget) -> jax.Array:
+    """Running max of x along the last axis, restarting at every reset of ``cf``."""
+    if cf.reset is None:
+        return jax.lax.cummax(x, axis=x.ndim - 1)
+    return segment_cummax(x, cf.reset)
+
+
+def first_segment(cf: CumulativeForget, x: jax.Array) -> jax.Array:
+    """x (..., L) where no reset lies at or before t (what entered the chunk still reaches t), else -inf."""
+    return x if cf.seg is None else jnp.where(cf.seg == 0, x, -jnp.inf)
+
+
+def last_segment(cf: CumulativeForget, x: jax.Array) -> jax.Array:
+    """x (..., L) where no reset lies after t (t still reaches the end of the chunk), else -inf."""
+    return x if cf.seg is None else jnp.where(cf.seg == cf.seg[..., -1:], x, -jnp.inf)
+
+
+def same_segment(cf: CumulativeForget, mask: jax.Array) -> jax.Array:
+    """``mask`` (..., L, L) [target t, source s], False where a reset lies in (s, t]."""
+    return mask if cf.seg is None else mask & (cf.seg[..., :, None] == cf.seg[..., None, :])
 
 
 def segment_cummax(x: jax.Array, starts: jax.Array) -> jax.Array:
@@ -99,5 +138,5 @@ def log_decay_matrix(cf: CumulativeForget, i: jax.Array) -> jax.Array:
     """
     hi, lo = cf.hi, cf.lo
     diff = (hi[..., :, None] - hi[..., None, :]) + (lo[..., :, None] - lo[..., None, :])
-    valid = causal_mask(hi.shape[-1]) & (cf.seg[..., :, None] == cf.seg[..., None, :])
+    valid = same_segment(cf, causal_mask(hi.shape[-1]))
     return jnp.where(valid, diff + i[..., None, :], -jnp.inf)

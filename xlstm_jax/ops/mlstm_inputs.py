@@ -100,13 +100,19 @@ class NonFinite(NamedTuple):
     k: jax.Array  # (B, NH, 1, DHQK) int32: first step with a non-finite key component, or S
     v: jax.Array  # (B, NH, 1, DHV) int32: the same for value components
     length: int  # S
+    any: jax.Array  # () bool: some entry of k or v is non-finite
 
     def h(self, h: jax.Array) -> jax.Array:
         """h (B, NH, S, DHV) with NaN where the recurrent form has it: every component
-        after a bad key (it enters the normalizer), component e after a bad value[e]."""
-        first = jnp.minimum(jnp.min(self.k, axis=-1, keepdims=True), self.v)  # (B, NH, 1, DHV)
-        step = jnp.arange(h.shape[2], dtype=jnp.int32)[:, None]  # (S, 1)
-        return _nan_where(step >= first, h)
+        after a bad key (it enters the normalizer), component e after a bad value[e].
+        Finite k and v (the common case) skip the pass over h."""
+
+        def put_nan(h):
+            first = jnp.minimum(jnp.min(self.k, axis=-1, keepdims=True), self.v)  # (B, NH, 1, DHV)
+            step = jnp.arange(h.shape[2], dtype=jnp.int32)[:, None]  # (S, 1)
+            return _nan_where(step >= first, h)
+
+        return jax.lax.cond(self.any, put_nan, lambda h: h, h)
 
     def state(self, c: jax.Array, n: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Final c (B, NH, DHQK, DHV) and n (B, NH, DHQK): NaN in the rows of bad key
@@ -123,7 +129,8 @@ def isolate_nonfinite(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array,
     masked (future) entries by zero inside matrix products, and 0 * NaN = NaN would
     reach outputs before s. So those forms zero the non-finite entries and put NaN
     back where the recurrent form has it (``NonFinite``): the same causality for the
-    cost of a few elementwise passes over k, v and h.
+    cost of one elementwise pass over k and v; the search for the first bad step and the
+    pass over h run only when some entry is non-finite (``lax.cond``).
 
     Args:
       k: (B, NH, S, DHQK); v: (B, NH, S, DHV).
@@ -133,7 +140,11 @@ def isolate_nonfinite(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array,
     """
     bad_k, bad_v = ~jnp.isfinite(k), ~jnp.isfinite(v)
     zero = lambda x, bad: jnp.where(bad, jnp.zeros((), x.dtype), x)
-    return zero(k, bad_k), zero(v, bad_v), NonFinite(_first(bad_k), _first(bad_v), k.shape[2])
+    any_bad = jnp.any(bad_k) | jnp.any(bad_v)
+    s = k.shape[2]
+    none = lambda bad: match_varying((jnp.full((*bad.shape[:2], 1, bad.shape[3]), s, jnp.int32), bad))[0]
+    first = jax.lax.cond(any_bad, lambda: (_first(bad_k), _first(bad_v)), lambda: (none(bad_k), none(bad_v)))
+    return zero(k, bad_k), zero(v, bad_v), NonFinite(*first, s, any_bad)
 
 
 def _first(bad: jax.Array) -> jax.Array:

@@ -51,7 +51,8 @@ def decode_form(model: xLSTMLarge, *, fuse: bool = True) -> xLSTMLargeDecoder:
     """
     mode = "fused" if fuse else model.config.weight_mode
     config = dataclasses.replace(model.config, weight_mode=mode, scan_blocks=False, remat=False)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: xLSTMLargeDecoder(config, rngs=nnx.Rngs(0))))
+    # jax.eval_shape, not nnx.eval_shape: that one would turn the logical names into shardings of the current mesh
+    graphdef, state = nnx.split(jax.eval_shape(lambda: xLSTMLargeDecoder(config, rngs=nnx.Rngs(0))))
     params = nnx.to_pure_dict(nnx.state(model))
     stacked = params.pop("blocks")
     convert = fuse_block_params if model.config.weight_mode != mode else dict
