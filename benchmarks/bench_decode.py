@@ -16,7 +16,8 @@ N(0, 0.1) noise on every tensor, input-gate biases N(0, 1) (``perturbed_weights`
 * ``ours``: ``xlstm_jax.models.xlstm_large.xLSTMLarge`` via
   ``xlstm_jax.convert.from_torch_xlstm_large`` (chunkwise prefill, ``scan_blocks``), driven by
   ``xlstm_jax.generate`` (greedy): prefill + the whole decode loop in one jitted
-  ``lax.while_loop``, compiled once per (batch, prompt length, new tokens).
+  ``lax.while_loop``, compiled once per (batch, prompt length, new tokens); the loop runs the
+  model's decode form (``model.decode_form()``: per-block fused weights, copied once per call).
 * ``official_step_loop``: the official torch ``xlstm.xlstm_large.model.xLSTMLarge`` on CPU with
   the native kernels (chunkwise--native_autograd / native_sequence__native / native step,
   mode="inference", return_last_states=True, autocast_kernel_dtype="float32"), driven by its own

@@ -366,6 +366,10 @@ def _two_processes(out: Path, name: str, mesh: dict, train: dict, **layout) -> l
     return outs
 
 
+# ~85 CPU s over 4 processes, 140-285 s wall on the loaded 2-core machine (gloo collectives wait for every
+# process): slow. The default suite's two-process run (test_trainer.py) trains on a context axis that spans
+# both processes and resumes on (data=2, fsdp=2) with the single-process losses.
+@pytest.mark.slow
 def test_context_axis_across_two_processes_trains_saves_and_resumes(tmp_path, reference):
     """Two ``jax.distributed`` processes with 4 fake CPU devices each. Steps 1-3 on (context=8): each
     sequence is split over both processes (process 0 holds tokens 0-7 of every row, process 1 tokens

@@ -303,13 +303,17 @@ def _two_processes(cfg: Path, *args: str) -> list[str]:
 
 
 def test_two_process_distributed_run_saves_and_restores(tmp_path, reference_run):
-    """Two ``jax.distributed`` processes (2 CPU devices each) train, checkpoint, then
-    resume from that checkpoint; the result equals the single-process run."""
+    """Two ``jax.distributed`` processes (2 CPU devices each) train steps 1-4 with every sequence
+    split over a context axis that spans both processes (context=4: each process's devices hold half
+    of every row), checkpoint, then resume from that checkpoint on (data=2, fsdp=2), each process
+    loading its own rows; the losses equal the single-process run. (``test_context_trainer.py``'s
+    slow two-process test also checks each process's rows and tokens per device.)"""
     out = tmp_path / "run"
     cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "stop_after_steps": 4},
                         mesh={"data": 2, "fsdp": 2, "tensor": 1})  # fmt: skip
-    first = _two_processes(cfg)
+    first = _two_processes(cfg, "mesh.data=1", "mesh.fsdp=1", "mesh.context=4")
     assert "2 process(es)" in first[0] and "stopped after 4 steps" in first[0]
+    assert "mesh {'data': 1, 'fsdp': 1, 'context': 4, 'tensor': 1}" in first[0]
     second = _two_processes(cfg, "train.stop_after_steps=null")
     assert "resumed from" in second[0] and "at step 4" in second[0]
     np.testing.assert_allclose(

@@ -5,7 +5,8 @@ embedding -> num_blocks x mLSTMBlock -> RMSNorm (``add_out_norm``) -> lm_head ->
 The blocks' parameters are stacked along a leading block axis (logical name None),
 built with ``nnx.vmap``; ``nn.run_stack`` runs them (``scan_blocks``: one ``jax.lax.scan``,
 compile time constant in depth, else an unrolled loop over slices of the same parameters;
-``remat`` wraps each block in ``jax.checkpoint``).
+``remat`` wraps each block in ``jax.checkpoint``). For decoding, ``decode_form()`` copies them into
+one fused module per block (``_decode.py``), which ``xlstm_jax.generate`` runs token by token.
 """
 
 from __future__ import annotations
