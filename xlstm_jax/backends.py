@@ -279,6 +279,36 @@ def length_axes(seq_len: int) -> tuple[str, ...] | None:
     return _split("length", seq_len)
 
 
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Pin an activation's sharding to its logical dims' mesh axes under the axis rules; x unchanged
+    outside a mesh.
+
+    ``names`` gives one logical name (``batch``, ``length``, ``heads``) or None per dim of x, e.g.
+    ``("batch", "length", None)`` for the (B, S, D) residual stream. Only Auto mesh axes (the
+    trainer's; GSPMD chooses the rest) of size > 1 that divide the dim are used; a dim whose axes do
+    not divide it, Manual axes (inside ``shard_map``) and Explicit axes (sharded by type) are left
+    to the compiler. Without this, GSPMD may meet a weight sharded over ``fsdp`` by gathering the
+    batch and summing partial products (an activation-sized all-reduce per matmul) instead of
+    gathering the weight.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return x
+    auto = {a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Auto}
+    rules, used, spec = _AXIS_RULES.get(), set(), []
+    for name, size in zip(names, x.shape, strict=True):
+        axes = () if name is None else tuple(a for a in _rule_axes(rules, name) if a in auto and mesh.shape[a] > 1)
+        axes = tuple(a for a in axes if a not in used)
+        if axes and size % math.prod(mesh.shape[a] for a in axes) == 0:
+            used.update(axes)
+            spec.append(axes)
+        else:
+            spec.append(None)
+    if not used:
+        return x
+    return jax.lax.with_sharding_constraint(x, jax.sharding.PartitionSpec(*spec))
+
+
 def _split(logical: str, size: int) -> tuple[str, ...] | None:
     """The mesh axes of size > 1 that ``logical`` maps to, checked to divide ``size``; None if none."""
     mesh = jax.sharding.get_abstract_mesh()

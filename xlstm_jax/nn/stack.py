@@ -27,7 +27,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from .. import backends
 from .remat import remat
+
+# The residual stream's logical dims: under a mesh each block's input and output stay split over
+# the batch (and sequence) axes, so GSPMD gathers fsdp-sharded weights, not activations.
+RESIDUAL = ("batch", "length", None)
 
 __all__ = ["run_stack"]
 
@@ -46,7 +51,9 @@ def _block_fn(graphdef: nnx.GraphDef, resets, return_state: bool, remat_policy: 
     """``(params, x, state) -> (x, state)``: one block as a pure function of its parameters."""
 
     def apply(params, x, state):
-        return nnx.merge(graphdef, params)(x, state, return_state=return_state, resets=resets)
+        x = backends.constrain(x, RESIDUAL)
+        y, state = nnx.merge(graphdef, params)(x, state, return_state=return_state, resets=resets)
+        return backends.constrain(y, RESIDUAL), state
 
     return apply if remat_policy is None else remat(apply, remat_policy)
 
