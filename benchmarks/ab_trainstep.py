@@ -15,8 +15,9 @@ their Python modules, so both run side by side: called alternately ``--reps`` ti
 flips every round), with a jitted 2048² float32 matmul after every round (the same-run peak).
 
 Output: one JSON line with wall and process CPU time medians (ms), new/base ratios, each program's
-XLA cost-analysis FLOPs and fraction of the same-run matmul peak, the largest differences between
-the two programs' metrics after the first step (loss, gradient norm) and ``/proc/loadavg``.
+XLA cost-analysis FLOPs and fraction of the same-run matmul peak, both programs' metrics after the
+first step (loss, gradient norm) and ``/proc/loadavg``; with ``--trace-reps N``, also each program's
+op self time per kind (``profile_step.py``'s classification, N traced calls each).
 """
 
 from __future__ import annotations
@@ -62,13 +63,16 @@ def main(argv=None) -> None:
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument(
+        "--trace-reps", type=int, default=0, help="also profile each program by op kind (profile_step.py's recipe)"
+    )
     a = p.parse_args(argv)
 
     import jax
     import jax.numpy as jnp
 
     load_before = P.loadavg()
-    progs, flops, first = {}, {}, {}
+    progs, compiled_progs, flops, first = {}, {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="ab_trainstep_") as tmp:
         extract_package(a.base, Path(tmp))
         for tag, path in (("base", tmp), ("new", None)):
@@ -82,7 +86,7 @@ def main(argv=None) -> None:
             if path:
                 sys.path.remove(path)
             first[tag] = jax.device_get(jax.block_until_ready(call())[1])
-            progs[tag], flops[tag] = call, P.flops(compiled)
+            progs[tag], compiled_progs[tag], flops[tag] = call, compiled, P.flops(compiled)
     n = 2048
     mat = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
     mm = jax.jit(lambda x, y: x @ y).lower(mat, mat).compile()
@@ -118,6 +122,14 @@ def main(argv=None) -> None:
         "matmul_peak_gflop_per_s": peak,
         "loadavg": {"before": load_before, "after": P.loadavg()},
     }
+    if a.trace_reps:
+        # op self time per kind, the two programs traced one after the other under the same load
+        row["kinds_ms"] = {}
+        for t in progs:
+            kinds, _, op_time = P.breakdown(compiled_progs[t], progs[t], a.trace_reps)
+            row["kinds_ms"][t] = {k: round(v["ms"], 2) for k, v in kinds.items() if v["ops"]}
+            row["kinds_ms"][t]["op time"] = round(op_time * 1e3, 2)
+        row["loadavg"]["after_traces"] = P.loadavg()
     print(json.dumps(row))
 
 
