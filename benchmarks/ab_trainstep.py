@@ -15,8 +15,9 @@ their Python modules, so both run side by side: called alternately ``--reps`` ti
 flips every round), with a jitted 2048² float32 matmul after every round (the same-run peak).
 
 Output: one JSON line with wall and process CPU time medians (ms), new/base ratios, each program's
-XLA cost-analysis FLOPs and fraction of the same-run matmul peak, the largest differences between
-the two programs' metrics after the first step (loss, gradient norm) and ``/proc/loadavg``.
+XLA cost-analysis FLOPs and fraction of the same-run matmul peak, both programs' metrics after the
+first step (loss, gradient norm) and ``/proc/loadavg``; with ``--trace-reps N``, also each program's
+op self time per kind (``profile_step.py``'s classification, N traced calls each).
 """
 
 from __future__ import annotations
@@ -56,68 +57,92 @@ def drop_package() -> None:
     importlib.invalidate_caches()
 
 
+def build_both(base: str, tmp: Path, batch: int, seq_len: int):
+    """{tag: (call, compiled, first step's metrics)} for "base" (extracted under tmp) and "new"."""
+    import jax
+
+    extract_package(base, tmp)
+    out = {}
+    for tag, path in (("base", str(tmp)), ("new", None)):
+        drop_package()
+        if path:
+            sys.path.insert(0, path)
+        t0 = time.perf_counter()
+        origin = importlib.import_module("xlstm_jax").__file__
+        compiled, call = P.train_program(batch, seq_len)
+        print(f"{tag} ({origin}): compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        if path:
+            sys.path.remove(path)
+        out[tag] = (call, compiled, jax.device_get(jax.block_until_ready(call())[1]))
+    return out
+
+
+def interleave(calls: dict, reps: int):
+    """({tag: wall s}, {tag: CPU s}, peak GFLOP/s): the calls alternated, a 2048² matmul after each round."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    mat = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y).lower(mat, mat).compile()
+    jax.block_until_ready(mm(mat, mat))
+    for call in calls.values():  # warm-up
+        jax.block_until_ready(call())
+    wall, cpu, mm_s = {t: [] for t in calls}, {t: [] for t in calls}, []
+    for rep in range(reps):
+        for t in list(calls) if rep % 2 == 0 else list(calls)[::-1]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            jax.block_until_ready(calls[t]())
+            wall[t].append(time.perf_counter() - t0)
+            cpu[t].append(time.process_time() - c0)
+        t0 = time.perf_counter()
+        jax.block_until_ready(mm(mat, mat))
+        mm_s.append(time.perf_counter() - t0)
+    return wall, cpu, 2 * n**3 / np.median(mm_s) / 1e9
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--base", required=True, help="git revision whose package is the baseline")
     p.add_argument("--reps", type=int, default=9)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument(
+        "--trace-reps", type=int, default=0, help="also profile each program by op kind (profile_step.py's recipe)"
+    )
     a = p.parse_args(argv)
 
-    import jax
-    import jax.numpy as jnp
-
     load_before = P.loadavg()
-    progs, flops, first = {}, {}, {}
+    # the base's files stay on disk to the end: the profile reads the function around each op's line
     with tempfile.TemporaryDirectory(prefix="ab_trainstep_") as tmp:
-        extract_package(a.base, Path(tmp))
-        for tag, path in (("base", tmp), ("new", None)):
-            drop_package()
-            if path:
-                sys.path.insert(0, path)
-            t0 = time.perf_counter()
-            origin = importlib.import_module("xlstm_jax").__file__
-            compiled, call = P.train_program(a.batch, a.seq_len)
-            print(f"{tag} ({origin}): compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
-            if path:
-                sys.path.remove(path)
-            first[tag] = jax.device_get(jax.block_until_ready(call())[1])
-            progs[tag], flops[tag] = call, P.flops(compiled)
-    n = 2048
-    mat = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    mm = jax.jit(lambda x, y: x @ y).lower(mat, mat).compile()
-    jax.block_until_ready(mm(mat, mat))
-    for t in progs:  # warm-up
-        jax.block_until_ready(progs[t]())
-    wall = {t: [] for t in progs}
-    cpu = {t: [] for t in progs}
-    mm_s = []
-    for rep in range(a.reps):
-        for t in list(progs) if rep % 2 == 0 else list(progs)[::-1]:
-            c0, t0 = time.process_time(), time.perf_counter()
-            jax.block_until_ready(progs[t]())
-            wall[t].append(time.perf_counter() - t0)
-            cpu[t].append(time.process_time() - c0)
-        t0 = time.perf_counter()
-        jax.block_until_ready(mm(mat, mat))
-        mm_s.append(time.perf_counter() - t0)
-    med = lambda xs: float(np.median(xs)) * 1e3
-    peak = 2 * n**3 / np.median(mm_s) / 1e9
-    shared = sorted(k for k in first["base"] if k in first["new"] and np.ndim(first["base"][k]) == 0)
-    row = {
-        "bench": "ab_trainstep",
-        "base": a.base,
-        "B": a.batch,
-        "S": a.seq_len,
-        "wall_ms": {t: med(x) for t, x in wall.items()},
-        "cpu_ms": {t: med(x) for t, x in cpu.items()},
-        "new_over_base": {"wall": med(wall["new"]) / med(wall["base"]), "cpu": med(cpu["new"]) / med(cpu["base"])},
-        "flops": flops,
-        "frac_of_matmul_peak": {t: flops[t] / (med(wall[t]) * 1e-3) / 1e9 / peak if flops[t] else None for t in progs},
-        "first_step_metrics": {t: {k: float(first[t][k]) for k in shared} for t in progs},
-        "matmul_peak_gflop_per_s": peak,
-        "loadavg": {"before": load_before, "after": P.loadavg()},
-    }
+        progs = build_both(a.base, Path(tmp), a.batch, a.seq_len)
+        wall, cpu, peak = interleave({t: v[0] for t, v in progs.items()}, a.reps)
+        med = lambda xs: float(np.median(xs)) * 1e3
+        flops = {t: P.flops(v[1]) for t, v in progs.items()}
+        first = {t: v[2] for t, v in progs.items()}
+        shared = sorted(k for k in first["base"] if k in first["new"] and np.ndim(first["base"][k]) == 0)
+        row = {
+            "bench": "ab_trainstep",
+            "base": a.base,
+            "B": a.batch,
+            "S": a.seq_len,
+            "wall_ms": {t: med(x) for t, x in wall.items()},
+            "cpu_ms": {t: med(x) for t, x in cpu.items()},
+            "new_over_base": {m: med(src["new"]) / med(src["base"]) for m, src in (("wall", wall), ("cpu", cpu))},
+            "flops": flops,
+            "frac_of_matmul_peak": {t: f / (med(wall[t]) * 1e-3) / 1e9 / peak if f else None for t, f in flops.items()},
+            "first_step_metrics": {t: {k: float(first[t][k]) for k in shared} for t in progs},
+            "matmul_peak_gflop_per_s": peak,
+            "loadavg": {"before": load_before, "after": P.loadavg()},
+        }
+        if a.trace_reps:
+            # op self time per kind, the two programs traced one after the other under the same load
+            row["kinds_ms"] = {}
+            for t, (call, compiled, _) in progs.items():
+                kinds, _, op_time = P.breakdown(compiled, call, a.trace_reps)
+                row["kinds_ms"][t] = {k: round(v["ms"], 2) for k, v in kinds.items() if v["ops"]}
+                row["kinds_ms"][t]["op time"] = round(op_time * 1e3, 2)
+            row["loadavg"]["after_traces"] = P.loadavg()
     print(json.dumps(row))
 
 

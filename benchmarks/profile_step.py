@@ -77,7 +77,7 @@ KINDS = [
     (
         "xlstm_jax/nn/layers.py",
         {"HeadwiseLinear." + m for m in ("__call__", "heads_major", "fold_into")}
-        | {"blockwise", "_blockwise_apply", "_blockwise_fwd", "_blockwise_bwd"},
+        | {"blockwise", "_blockwise_apply", "_blockwise_fwd", "_blockwise_bwd", "_blockwise_dw"},
         "projections (headwise q/k/v)",
     ),
     ("xlstm_jax/nn/layers.py", {"Linear.__call__"}, "projections (dense)"),
