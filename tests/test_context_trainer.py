@@ -23,6 +23,7 @@ from helpers import xla_flags
 from xlstm_jax.train.config import ConfigError, MeshConfig, build_dataclass
 from xlstm_jax.train.data import make_train_dataset
 from xlstm_jax.train.mesh import row_blocks
+from xlstm_jax.train.resume import check_row_blocks
 from xlstm_jax.train.trainer import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -400,3 +401,12 @@ def test_context_axis_across_two_processes_trains_saves_and_resumes(tmp_path, re
         rows = np.concatenate([loaded["second0"][step], loaded["second1"][step]])
         assert sorted(map(tuple, rows)) == sorted(map(tuple, batches[3 + step])), f"step {4 + step}"
         assert not np.array_equal(loaded["second0"][step], loaded["second1"][step])
+
+
+def test_a_corpus_position_saved_with_other_row_blocks_is_refused():
+    # A corpus is sharded per row block: its saved position does not carry over to another count.
+    with pytest.raises(ConfigError, match=r"saved with the batch rows loaded in 2 process block\(s\).*in 4"):
+        check_row_blocks("tokens", saved=2, current=4)
+    check_row_blocks("tokens", saved=2, current=2)
+    check_row_blocks("tokens", saved=None, current=4)  # written before the count was saved
+    check_row_blocks("parity", saved=2, current=4)  # synthetic rows come from their global index

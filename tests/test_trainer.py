@@ -146,6 +146,8 @@ def test_run_writes_metrics_checkpoints_and_a_sample(reference_run):
     assert evals and 0.0 <= evals[-1]["sequence_accuracy"] <= 1.0 and evals[-1]["perplexity"] > 1.0
     steps = sorted(int(p.name) for p in (reference_run / "checkpoints").iterdir() if p.name.isdigit())
     assert steps == [2, 4, 6, 8]
+    meta = json.loads((reference_run / "checkpoints" / "8" / "meta" / "metadata").read_text())
+    assert meta["row_blocks"] == 1  # compared on resume (resume.check_row_blocks)
     assert list((reference_run / "tensorboard").glob("events.out.tfevents.*")), "no TensorBoard event file"
 
 

@@ -81,3 +81,26 @@ def check_resume(ckpt: Checkpointer, resume: str, fp: dict) -> None:
             + "\n".join(lines)
             + "\nuse a new train.out_dir for a new run (steps, logging, evaluation and checkpoint cadence may change)"
         )
+
+
+def check_row_blocks(data_kind: str, saved: int | None, current: int) -> None:
+    """Refuse to continue a corpus whose data position was saved with another number of row blocks.
+
+    Each block of batch rows (``mesh.process_rows``: one per group of processes holding the same rows)
+    reads its own shard of a corpus's documents and packs them; the saved position counts records of
+    that shard, so on another number of blocks it would point into differently sharded streams and
+    documents would be skipped or read twice. Synthetic tasks draw each row from its global index, so
+    their position carries over (``tests/test_context_trainer.py`` resumes them on other meshes).
+    Checkpoints written before the block count was saved (``saved`` None) are not checked.
+    """
+    from .data.config import CORPUS_KINDS
+
+    if saved is None or saved == current or data_kind not in CORPUS_KINDS:
+        return
+    raise ConfigError(
+        f"mesh: the checkpoint's data position was saved with the batch rows loaded in {saved} process "
+        f"block(s), this mesh and process count load them in {current}; a corpus (data.kind={data_kind!r}) is "
+        f"sharded per block, so the saved position does not carry over (documents would be skipped or "
+        f"repeated). Resume on a mesh and process count giving {saved} row block(s), or start a new run "
+        f"(resume='never' or another train.out_dir)"
+    )

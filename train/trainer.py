@@ -41,7 +41,7 @@ from .mesh import batch_axes, batch_sharding, describe, make_mesh, process_rows,
 from .metrics import Logger, device_peak_flops, step_flops
 from .models import build_model, config_to_dict, model_config
 from .optim import make_optimizer, schedule
-from .resume import RESUME_MODES, check_resume, fingerprint
+from .resume import RESUME_MODES, check_resume, check_row_blocks, fingerprint
 from .runlock import RunLock
 from .step import TrainState, jit_train_step, make_eval_step
 
@@ -320,7 +320,8 @@ def init(
         abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         restored = ckpt.restore_latest(abstract_state, checkpointed_data)
         if restored is not None:
-            start, state, _ = restored
+            start, state, saved = restored
+            check_row_blocks(spec.data.kind, saved.get("row_blocks"), rows[1])
             logger.message(f"resumed from {ckpt.directory} at step {start}")
         elif resume == "must":
             raise ConfigError(f"resume='must' but no checkpoint in {ckpt.directory} restores")
@@ -328,6 +329,7 @@ def init(
         train_step = jit_train_step(graphdef, rest, tx, spec.optim.grad_accum_steps, state_sharding, bsh)
         eval_step = jax.jit(make_eval_step(graphdef, rest), in_shardings=(state_sharding.params, bsh))
     meta = {"config": spec.raw, "resolved_model": model_meta, "params": n_params, "fingerprint": fp}
+    meta["row_blocks"] = rows[1]  # checked on resume (resume.check_row_blocks)
     custom = {"model": model is not None, "optimizer": optimizer is not None, "data": data is not None}
     return Session(spec, logger, ckpt, mesh, graphdef, rest, state, train_step, eval_step, bsh, data_iter,
                    checkpointed_data, start, start, meta, n_params, device_peak_flops(), rows, custom)  # fmt: skip
