@@ -202,8 +202,17 @@ def enclosing_function(path: str, line: int) -> str | None:
     return None
 
 
+# (fragment of the op's name, kind), checked before the frames: named scopes of functions whose ops
+# XLA keeps only the caller's frames for (a custom VJP's backward)
+NAMED_KINDS = [("blockwise_bwd", "projections (headwise q/k/v)")]
+
+
 def classify(meta: dict | None) -> str:
-    """The kind of the innermost frame of the op's Python stack that a ``KINDS`` rule matches."""
+    """The kind of the innermost frame of the op's Python stack that a ``KINDS`` rule matches
+    (a ``NAMED_KINDS`` scope in the op's name first)."""
+    for fragment, kind in NAMED_KINDS:
+        if fragment in (meta or {}).get("op_name", ""):
+            return kind
     for path, line in (meta or {}).get("frames", ()):
         path_ = path.replace("\\", "/")
         func = None
