@@ -171,6 +171,39 @@ def _block(x: Any) -> Any:
         return x
 
 
+def interleave(calls: dict[str, Callable[[], Any]], reps: int, *, peak: bool = True):
+    """Same-process A/B: ``({tag: [wall s]}, {tag: [process CPU s]}, peak GFLOP/s or None)``.
+
+    Every call runs once to warm up, then ``reps`` rounds call them all, in reverse order every other
+    round; with ``peak`` a jitted float32 2048² matmul runs after each round, and its median rate
+    is the same-run matmul peak. Process CPU time (``time.process_time``) is the less load-sensitive
+    figure on a shared machine.
+    """
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    n = 2048
+    mat = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
+    mm = jax.jit(lambda x, y: x @ y).lower(mat, mat).compile() if peak else None
+    for call in [*calls.values(), *([lambda: mm(mat, mat)] if peak else [])]:  # warm-up
+        jax.block_until_ready(call())
+    wall, cpu, mm_s = {t: [] for t in calls}, {t: [] for t in calls}, []
+    for rep in range(reps):
+        for t in list(calls) if rep % 2 == 0 else list(calls)[::-1]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            jax.block_until_ready(calls[t]())
+            wall[t].append(time.perf_counter() - t0)
+            cpu[t].append(time.process_time() - c0)
+        if peak:
+            t0 = time.perf_counter()
+            jax.block_until_ready(mm(mat, mat))
+            mm_s.append(time.perf_counter() - t0)
+    return wall, cpu, (2 * n**3 / float(np.median(mm_s)) / 1e9 if peak else None)
+
+
 def median_time(
     fn: Callable[[], Any],
     warmup: int = 1,

@@ -23,10 +23,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from _timing import interleave
 
 
 def extract_ops(rev: str, dest: Path) -> None:
@@ -75,22 +76,7 @@ def main(argv=None) -> None:
             progs[f"{tag}_fwdbwd"] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))).lower(*args).compile()
         outs = {t: jax.block_until_ready(c(*args)) for t, c in progs.items()}
         diff = lambda x, y: max(float(jnp.max(jnp.abs(u - w))) for u, w in zip(jax.tree.leaves(x), jax.tree.leaves(y)))
-        n = 2048
-        mat = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
-        mm = jax.jit(lambda x, y: x @ y).lower(mat, mat).compile()
-        jax.block_until_ready(mm(mat, mat))
-        wall = {t: [] for t in progs}
-        cpu = {t: [] for t in progs}
-        mm_s = []
-        for rep in range(a.reps):
-            for t in list(progs) if rep % 2 == 0 else list(progs)[::-1]:
-                c0, t0 = time.process_time(), time.perf_counter()
-                jax.block_until_ready(progs[t](*args))
-                wall[t].append(time.perf_counter() - t0)
-                cpu[t].append(time.process_time() - c0)
-            t0 = time.perf_counter()
-            jax.block_until_ready(mm(mat, mat))
-            mm_s.append(time.perf_counter() - t0)
+        wall, cpu, peak = interleave({t: (lambda c=c: c(*args)) for t, c in progs.items()}, a.reps)
         med = lambda xs: float(np.median(xs)) * 1e3
         row = {
             "bench": "ab_chunkwise",
@@ -107,7 +93,7 @@ def main(argv=None) -> None:
                 "fwd": diff(outs["base_fwd"], outs["new_fwd"]),
                 "fwdbwd": diff(outs["base_fwdbwd"], outs["new_fwdbwd"]),
             },
-            "matmul_peak_gflop_per_s": 2 * n**3 / np.median(mm_s) / 1e9,
+            "matmul_peak_gflop_per_s": peak,
             "loadavg": {"before": load_before, "after": loadavg()},
         }
         print(json.dumps(row))

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import profile_step as P
 
+from _timing import interleave
+
 # repository folder -> where the install puts it (pyproject's package-dir)
 PACKAGES = {
     "xlstm_jax": "xlstm_jax",
@@ -75,30 +77,6 @@ def build_both(base: str, tmp: Path, batch: int, seq_len: int):
             sys.path.remove(path)
         out[tag] = (call, compiled, jax.device_get(jax.block_until_ready(call())[1]))
     return out
-
-
-def interleave(calls: dict, reps: int):
-    """({tag: wall s}, {tag: CPU s}, peak GFLOP/s): the calls alternated, a 2048² matmul after each round."""
-    import jax
-    import jax.numpy as jnp
-
-    n = 2048
-    mat = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), jnp.float32)
-    mm = jax.jit(lambda x, y: x @ y).lower(mat, mat).compile()
-    jax.block_until_ready(mm(mat, mat))
-    for call in calls.values():  # warm-up
-        jax.block_until_ready(call())
-    wall, cpu, mm_s = {t: [] for t in calls}, {t: [] for t in calls}, []
-    for rep in range(reps):
-        for t in list(calls) if rep % 2 == 0 else list(calls)[::-1]:
-            c0, t0 = time.process_time(), time.perf_counter()
-            jax.block_until_ready(calls[t]())
-            wall[t].append(time.perf_counter() - t0)
-            cpu[t].append(time.process_time() - c0)
-        t0 = time.perf_counter()
-        jax.block_until_ready(mm(mat, mat))
-        mm_s.append(time.perf_counter() - t0)
-    return wall, cpu, 2 * n**3 / np.median(mm_s) / 1e9
 
 
 def main(argv=None) -> None:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 from bench_ops import flops_chunkwise_fwd
+
+from _timing import interleave
 
 
 def loadavg() -> list[float]:
@@ -45,10 +46,7 @@ def main(argv=None) -> None:
     from xlstm_jax import ops
 
     chunks = [int(c) for c in a.chunks.split(",")]
-    n = 2048
     rng = np.random.default_rng(0)
-    mat = jnp.asarray(rng.standard_normal((n, n)), jnp.float32)
-    mm = jax.jit(lambda x, y: x @ y).lower(mat, mat).compile()
     for shape in a.shapes.split(","):
         s, b = (int(x) for x in shape.split("x"))
         nh, d = 4, 64
@@ -64,20 +62,8 @@ def main(argv=None) -> None:
             progs[f"fwd_{c}"] = jax.jit(h).lower(*args).compile()
             progs[f"fwdbwd_{c}"] = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))).lower(*args).compile()
         outs = {t: jax.block_until_ready(prog(*args)) for t, prog in progs.items()}
-        wall = {t: [] for t in progs}
-        cpu = {t: [] for t in progs}
-        mm_s = []
-        for rep in range(a.reps):
-            for t in list(progs) if rep % 2 == 0 else list(progs)[::-1]:
-                c0, t0 = time.process_time(), time.perf_counter()
-                jax.block_until_ready(progs[t](*args))
-                wall[t].append(time.perf_counter() - t0)
-                cpu[t].append(time.process_time() - c0)
-            t0 = time.perf_counter()
-            jax.block_until_ready(mm(mat, mat))
-            mm_s.append(time.perf_counter() - t0)
+        wall, cpu, peak = interleave({t: (lambda p=p, args=args: p(*args)) for t, p in progs.items()}, a.reps)
         med = lambda xs: float(np.median(xs)) * 1e3
-        peak = 2 * n**3 / np.median(mm_s) / 1e9
         first = chunks[0]
         row = {
             "bench": "chunk_size_sweep",

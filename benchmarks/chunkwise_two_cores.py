@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
+
+from _timing import interleave
 
 
 def main(argv=None) -> None:
@@ -52,14 +53,7 @@ def main(argv=None) -> None:
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     progs = {name: jax.jit(fn).lower(*args).compile() for name, fn in (("whole", whole), ("split", split))}
     outs = {name: jax.block_until_ready(prog(*args)) for name, prog in progs.items()}
-    wall = {name: [] for name in progs}
-    cpu = {name: [] for name in progs}
-    for rep in range(a.reps):
-        for name in list(progs) if rep % 2 == 0 else list(progs)[::-1]:
-            c0, t0 = time.process_time(), time.perf_counter()
-            jax.block_until_ready(progs[name](*args))
-            wall[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
+    wall, cpu, _ = interleave({n: (lambda p=p: p(*args)) for n, p in progs.items()}, a.reps, peak=False)
     med = lambda xs: float(np.median(xs)) * 1e3
     timing = lambda w, c: {"wall_ms": med(w), "cpu_ms": med(c), "cpu_over_wall": med(c) / med(w)}
     row = {
