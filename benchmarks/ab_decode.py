@@ -45,12 +45,12 @@ import dataclasses
 import functools
 import json
 import re
-import sys
 import time
 from pathlib import Path
 from unittest import mock
 
 import numpy as np
+import profile_step
 
 VOCAB, HEADS, BLOCKS, PROMPT = 1024, 4, 4, 64
 VARIANTS = ("model", "model_unrolled", "per_block", "decode_form")
@@ -173,9 +173,6 @@ def operand_bytes(hlo_text: str) -> dict[str, tuple[str, int]]:
 
 
 def op_profile(compiled, call, steps: int, top: int) -> list[dict]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import profile_step
-
     text = compiled.as_text()
     module = re.search(r"HloModule\s+([\w.\-]+)", text).group(1)
     times = profile_step.op_self_times(call, 1, module.split(".")[0])
@@ -201,14 +198,7 @@ def run_dim(dim: int, a) -> dict:
     graphdef, params = nnx.split(model)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (1, PROMPT)), jnp.int32)
     carry = _loop.prefill(graphdef, params, ids, jnp.ones_like(ids), jax.random.key(0), a.steps)
-    settings = _loop.Settings(
-        temperature=jnp.float32(0.0),
-        top_k=jnp.int32(0),
-        top_p=jnp.float32(1.0),
-        eos_ids=jnp.full((8,), -1, jnp.int32),
-        pad_id=jnp.int32(0),
-        max_new_tokens=jnp.int32(a.steps),
-    )
+    settings = profile_step.greedy_settings(a.steps)
     progs, compiled, compile_s = {}, {}, {}
     for name in a.variants:
         t0 = time.perf_counter()

@@ -325,6 +325,22 @@ def train_program(batch: int, seq_len: int):
     return compiled, call
 
 
+def greedy_settings(steps: int):
+    """``generation._loop.Settings`` of a greedy decode of ``steps`` tokens that never stops early."""
+    import jax.numpy as jnp
+
+    from xlstm_jax.generation import _loop
+
+    return _loop.Settings(
+        temperature=jnp.float32(0.0),
+        top_k=jnp.int32(0),
+        top_p=jnp.float32(1.0),
+        eos_ids=jnp.full((8,), -1, jnp.int32),
+        pad_id=jnp.int32(0),
+        max_new_tokens=jnp.int32(steps),
+    )
+
+
 def decode_program(steps: int, prompt_len: int):
     """(compiled decode loop, call, the model's parameters) at batch 1 after a prompt."""
     import jax
@@ -338,14 +354,7 @@ def decode_program(steps: int, prompt_len: int):
     graphdef, params = nnx.split(model)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, VOCAB, (1, prompt_len)), jnp.int32)
     carry = _loop.prefill(graphdef, params, ids, jnp.ones_like(ids), jax.random.key(0), steps)
-    settings = _loop.Settings(
-        temperature=jnp.float32(0.0),
-        top_k=jnp.int32(0),
-        top_p=jnp.float32(1.0),
-        eos_ids=jnp.full((8,), -1, jnp.int32),
-        pad_id=jnp.int32(0),
-        max_new_tokens=jnp.int32(steps),
-    )
+    settings = greedy_settings(steps)
     fn = jax.jit(functools.partial(_loop.decode.__wrapped__, graphdef, steps=steps))
     compiled = fn.lower(params, carry, settings).compile()
     return compiled, lambda: compiled(params, carry, settings), params
