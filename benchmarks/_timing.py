@@ -171,6 +171,15 @@ def _block(x: Any) -> Any:
         return x
 
 
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages (``/proc/loadavg``), or [] where there is none."""
+    try:
+        with open("/proc/loadavg") as fh:
+            return [float(x) for x in fh.read().split()[:3]]
+    except OSError:
+        return []
+
+
 def interleave(calls: dict[str, Callable[[], Any]], reps: int, *, peak: bool = True):
     """Same-process A/B: ``({tag: [wall s]}, {tag: [process CPU s]}, peak GFLOP/s or None)``.
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _timing import interleave
+from _timing import interleave, loadavg
 
 
 def extract_ops(rev: str, dest: Path) -> None:
@@ -35,13 +35,6 @@ def extract_ops(rev: str, dest: Path) -> None:
     (dest / "ops_base").mkdir()
     archive = subprocess.run(["git", "archive", rev, "xlstm_jax/ops"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest / "ops_base"), "--strip-components=2"], input=archive, check=True)
-
-
-def loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
 
 
 def main(argv=None) -> None:

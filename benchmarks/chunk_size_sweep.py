@@ -19,19 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 from bench_ops import flops_chunkwise_fwd
 
-from _timing import interleave
-
-
-def loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
+from _timing import interleave, loadavg
 
 
 def main(argv=None) -> None:

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 import _timing as T
+from _timing import loadavg
 
 D, VOCAB = 256, 1024
 TRAIN = dict(
@@ -114,11 +115,6 @@ KIND_ORDER = [
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def loadavg() -> list[float]:
-    with open("/proc/loadavg") as fh:
-        return [float(x) for x in fh.read().split()[:3]]
 
 
 # --------------------------------------------------------------------------- #
