@@ -71,7 +71,7 @@ def build_both(base: str, tmp: Path, batch: int, seq_len: int):
             sys.path.insert(0, path)
         t0 = time.perf_counter()
         origin = importlib.import_module("xlstm_jax").__file__
-        compiled, call = P.train_program(batch, seq_len)
+        compiled, call, _ = P.train_program(batch, seq_len)
         print(f"{tag} ({origin}): compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         if path:
             sys.path.remove(path)

@@ -289,16 +289,23 @@ def breakdown(compiled, call, reps: int) -> tuple[dict, list, float]:
 # --------------------------------------------------------------------------- #
 # programs
 # --------------------------------------------------------------------------- #
-def train_program(batch: int, seq_len: int):
-    """(compiled step, call) of the trainer's step on random weights and tokens."""
+def train_program(batch: int, seq_len: int, cpu_devices: int = 1):
+    """(compiled step, call, FLOPs of the whole step) of the trainer's step on random weights and tokens.
+
+    ``cpu_devices`` > 1: the trainer's data-parallel step (``train.step.jit_train_step`` on a
+    ``mesh.data=cpu_devices`` mesh, parameters and optimizer state replicated, the batch split over
+    the devices), what ``xlstm-train --cpu-devices N`` runs. The FLOPs are the unpartitioned step's
+    (XLA's cost analysis of the lowered program), so the figure counts the same work either way.
+    """
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from xlstm_jax.train.config import OptimConfig
+    from xlstm_jax.train.config import MeshConfig, OptimConfig
+    from xlstm_jax.train.mesh import batch_sharding, make_mesh, replicated
     from xlstm_jax.train.models import build_model, model_config
     from xlstm_jax.train.optim import make_optimizer
-    from xlstm_jax.train.step import TrainState, make_train_step
+    from xlstm_jax.train.step import TrainState, jit_train_step
 
     cfg = model_config(TRAIN, vocab_size=VOCAB, dtype="float32", param_dtype="float32", remat=False)
     graphdef, params, rest = nnx.split(build_model(cfg, 0), nnx.Param, ...)
@@ -311,14 +318,23 @@ def train_program(batch: int, seq_len: int):
         "loss_mask": jnp.ones((batch, seq_len), jnp.float32),
         "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
     }
-    compiled = jax.jit(make_train_step(graphdef, rest, tx, 1), donate_argnums=(0,)).lower(state, data).compile()
+    mesh_cfg = MeshConfig(data=cpu_devices)
+    mesh = make_mesh(mesh_cfg, jax.devices()[:cpu_devices])
+    state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
+    state = jax.device_put(state, state_sharding)
+    data = jax.device_put(data, batch_sharding(mesh, mesh_cfg.rules))
+    lowered = jit_train_step(graphdef, rest, tx, 1, state_sharding, batch_sharding(mesh, mesh_cfg.rules)).lower(
+        state, data
+    )
+    compiled = lowered.compile()
+    step_flops = flops(compiled) if cpu_devices == 1 else flops(lowered)
     box = [state]
 
     def call():
         box[0], metrics = compiled(box[0], data)
         return box[0], metrics
 
-    return compiled, call
+    return compiled, call, step_flops
 
 
 def greedy_settings(steps: int):
@@ -389,6 +405,7 @@ def weight_read_floor(params, reps: int) -> tuple[float, int]:
 
 # --------------------------------------------------------------------------- #
 def flops(compiled) -> float | None:
+    """XLA's FLOP count of a compiled (per device) or lowered (whole program) step."""
     try:
         ca = compiled.cost_analysis()
         ca = ca[0] if isinstance(ca, list) else ca
@@ -397,7 +414,7 @@ def flops(compiled) -> float | None:
         return None
 
 
-def run_program(name, compiled, call, a, per_call_steps=1):
+def run_program(name, compiled, call, a, per_call_steps=1, step_flops=None):
     idle = T.wait_for_idle_cpu(max_wait_s=a.max_idle_wait)
     with T.CpuMonitor() as mon:
         med = T.median_time(call, warmup=2, reps=a.reps)["median_s"]
@@ -408,7 +425,7 @@ def run_program(name, compiled, call, a, per_call_steps=1):
         "median_ms": med * 1e3 / per_call_steps,
         "op_time_ms": op_time * 1e3 / per_call_steps,
         "op_time_over_wall": op_time / med,
-        "flops": (flops(compiled) or 0) / per_call_steps or None,
+        "flops": (step_flops or flops(compiled) or 0) / per_call_steps or None,
         "kinds": {
             k: {**v, "ms": v["ms"] / per_call_steps, "bwd_ms": v["bwd_ms"] / per_call_steps} for k, v in kinds.items()
         },
@@ -448,9 +465,18 @@ def main(argv=None):
     p.add_argument("--top", type=int, default=15, help="top ops listed per program")
     p.add_argument("--max-idle-wait", type=float, default=60.0, help="seconds to wait for an idle CPU per program")
     p.add_argument("--markdown", action="store_true", help="print a markdown table to stderr")
+    p.add_argument("--cpu-devices", default="1",
+                   help="train: run the trainer's data-parallel step over N CPU devices (an integer, or 'auto': "
+                   "one per usable core, as xlstm-train --cpu-devices auto); decode stays on one device")  # fmt: skip
     a = p.parse_args(argv)
 
     import jax
+
+    from xlstm_jax.train.cli import cpu_device_count
+
+    a.cpu_devices = cpu_device_count(a.cpu_devices)
+    if a.cpu_devices > 1:
+        jax.config.update("jax_num_cpu_devices", a.cpu_devices)
 
     load0 = loadavg()
     peak = matmul_peak(a.reps)
@@ -461,17 +487,18 @@ def main(argv=None):
         "cpu": T.cpu_model(),
         "argv": sys.argv[1:],
         "matmul_peak_gflop_per_s": peak,
+        "cpu_devices": a.cpu_devices,
     }
     T.emit(env)
     log(f"matmul peak {peak:.1f} GFLOP/s")
     records = [env]
     if a.only in (None, "train"):
         t0 = time.perf_counter()
-        compiled, call = train_program(a.batch, a.seq_len)
+        compiled, call, step_flops = train_program(a.batch, a.seq_len, a.cpu_devices)
         log(f"train step compiled in {time.perf_counter() - t0:.1f} s")
-        r = run_program("train", compiled, call, a)
+        r = run_program("train", compiled, call, a, step_flops=step_flops)
         r["frac_of_matmul_peak"] = r["flops"] / (r["median_ms"] * 1e-3) / 1e9 / peak if r["flops"] else None
-        r.update(B=a.batch, S=a.seq_len, matmul_peak_gflop_per_s=peak)
+        r.update(B=a.batch, S=a.seq_len, matmul_peak_gflop_per_s=peak, cpu_devices=a.cpu_devices)
         records.append(r)
         T.emit(r)
     if a.only in (None, "decode"):

@@ -234,7 +234,8 @@ def test_bad_train_values_name_the_field(override, message):
 
 def test_bad_values_on_the_command_line_name_the_field(tmp_path):
     for options, overrides, message in [
-        (["--cpu-devices", "-1"], [], "--cpu-devices must be an integer >= 1 or None, got -1"),
+        (["--cpu-devices", "-1"], [], "--cpu-devices must be an integer >= 1 or 'auto', got '-1'"),
+        (["--cpu-devices", "all"], [], "--cpu-devices must be an integer >= 1 or 'auto', got 'all'"),
         (["--cpu-devices", "2"], ["train.global_batch_size=3", f"train.out_dir={tmp_path}"],
          "train.global_batch_size=3 must be divisible by the 2 batch shards of the mesh {'data': 2, 'fsdp': 1, "
          "'tensor': 1}"),
@@ -244,6 +245,16 @@ def test_bad_values_on_the_command_line_name_the_field(tmp_path):
             cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"},
         )  # fmt: skip
         assert proc.returncode == 2 and message in proc.stderr, (options, overrides, proc.stderr[-2000:])
+
+
+def test_cpu_devices_auto_is_one_device_per_usable_core():
+    from xlstm_jax.train.cli import cpu_device_count
+
+    assert cpu_device_count("auto") == len(os.sched_getaffinity(0))
+    assert (cpu_device_count("3"), cpu_device_count(2), cpu_device_count(None)) == (3, 2, None)
+    for bad in ("0", "1.5", 0, True):
+        with pytest.raises(ValueError, match="--cpu-devices must be an integer >= 1 or 'auto'"):
+            cpu_device_count(bad)
 
 
 # ----------------------------------------------------------------------------- progress
