@@ -5,13 +5,18 @@ Run from the repository root::
     python benchmarks/profile_step.py                 # both programs, about 1-2 minutes
     python benchmarks/profile_step.py --only train --reps 5
     python benchmarks/profile_step.py --markdown      # also a markdown table on stderr
+    python benchmarks/profile_step.py --only train --cpu-devices auto   # data parallel, one device per core
 
 Programs (float32, one process, the 2-core CPU or whatever ``jax.devices()[0]`` is):
 
 * ``train``: the trainer's step (``xlstm_jax.train.step.make_train_step``: forward, masked cross
   entropy, backward, global-norm clip 1.0, AdamW) of the NeurIPS ``xLSTMLMModel``, D=256, 4 blocks
   [mLSTM, sLSTM, mLSTM, mLSTM], 4 heads, qkv blocksize 4, vocab 1024, chunkwise mLSTM (chunk 64),
-  B=8, S=256 (``benchmarks/bench_train.py``'s model, with its own random init).
+  B=8, S=256 (``benchmarks/bench_train.py``'s model, with its own random init). With
+  ``--cpu-devices N`` (or ``auto``: one per usable core) the same step runs data parallel over N CPU
+  devices (``xlstm-train --cpu-devices N``: the batch split, parameters replicated, gradients
+  all-reduced), and its FLOPs are the unpartitioned step's, so ``frac_of_matmul_peak`` counts the
+  same work; per-op times then add up over the devices' threads.
 * ``decode``: ``xlstm_jax.generation``'s compiled decode loop (one ``lax.while_loop``, greedy) of
   ``xLSTMLarge`` (the xLSTM-7B architecture) at D=256, 4 blocks, 4 heads, vocab 1024, batch 1,
   after a 64-token prompt; ``--decode-steps`` steps per call, per-step time = call time / steps.
