@@ -30,7 +30,12 @@ one table row.
   (``mlstm_recurrent``), and the official ``mlstm_kernels.torch`` kernels
   ``chunkwise--native_autograd`` and ``chunkwise--native_custbw`` (same chunk
   size). Note: custbw's backward treats the normaliser as a constant (not the
-  exact gradient), so it does less work than an exact backward.
+  exact gradient), so it does less work than an exact backward. With
+  ``--cpu-devices N`` the CPU is split into N JAX devices and the row
+  ``jax_chunkwise_heads_over_devices`` adds the same chunkwise call with its
+  heads split over them (``jax.shard_map``, inputs placed there beforehand; a
+  check row compares it with the official kernel too); every other JAX row
+  stays on device 0.
 * ``slstm``: B=4, S=512, hidden 256 in 4 heads (DH=64): ``jax_slstm_scan``
   (``xlstm_jax.ops.slstm_scan``) vs the official ``xlstm`` ``sLSTMCell`` with
   ``backend='vanilla'`` (torch autograd), float32.
@@ -186,10 +191,30 @@ MLSTM_FORMS = (
          torch_kernel="chunkwise--native_autograd"),
     Form("official_torch_chunkwise_native_custbw", flops_chunkwise_fwd, chunked=True,
          torch_kernel="chunkwise--native_custbw"),
+    Form("jax_chunkwise_heads_over_devices", flops_chunkwise_fwd, chunked=True, jax=lambda ops, L: heads_over_devices(
+        lambda *qkvif: ops.mlstm_chunkwise(*qkvif, chunk_size=L)[0]), option="devices"),
     Form("jax_parallel", flops_parallel_fwd, jax=lambda ops, L: ops.mlstm_parallel, power=2, option="parallel"),
     Form("jax_recurrent", flops_recurrent_fwd, jax=lambda ops, L: lambda *qkvif: ops.mlstm_recurrent(*qkvif)[0],
          power=1, option="recurrent"),
 )  # fmt: skip
+
+
+def heads_over_devices(h: Callable) -> Callable:
+    """``h(q, k, v, i, f)`` with the heads split over every JAX device (``jax.shard_map``; each device
+    runs ``h`` on its heads, nothing is communicated): the same call on a CPU host split into one
+    device per core (``--cpu-devices``). Inputs placed with ``heads_sharding()`` run without a copy."""
+    import jax
+
+    spec = heads_sharding().spec
+    return jax.shard_map(h, mesh=heads_sharding().mesh, in_specs=spec, out_specs=spec)
+
+
+def heads_sharding():
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((len(jax.devices()),), ("heads",), axis_types=(jax.sharding.AxisType.Explicit,))
+    return NamedSharding(mesh, PartitionSpec(None, "heads"))
 
 
 # --------------------------------------------------------------------------- #
@@ -436,6 +461,7 @@ class Runner:
 
     # ------------------------------------------------------------------ mLSTM
     def bench_mlstm(self, ops):
+        import jax
         import jax.numpy as jnp
         import torch
         from mlstm_kernels.torch import get_mlstm_kernel
@@ -474,6 +500,9 @@ class Runner:
             in_bytes = sum(x.nbytes for x in in_np)
             jin = tuple(jnp.asarray(x) for x in in_np)
             jct = jnp.asarray(ct_np)
+            split_inputs = None
+            if "devices" in a.forms:
+                split_inputs = jax.device_put((jin, jct), heads_sharding())
             tin = tuple(torch.from_numpy(x.copy()) for x in in_np)
             tct = torch.from_numpy(ct_np.copy())
             tokens = B * S
@@ -500,10 +529,11 @@ class Runner:
                             h = partial(official[form.impl], chunk_size=L, return_last_states=False)
                             self.torch_form(base, h, tin, tct, in_bytes, tokens, gf)
                             continue
-                        keep = check_here and form.impl == "jax_chunkwise" and L == a.chunk_sizes[0]
-                        row, out = self.jax_form(base, form.jax(ops, L), jin, jct, tokens, gf, keep_output=keep)
+                        keep = check_here and form.impl in self.chunkwise_impls() and L == a.chunk_sizes[0]
+                        xs, ct = (jin, jct) if form.option != "devices" else split_inputs
+                        row, out = self.jax_form(base, form.jax(ops, L), xs, ct, tokens, gf, keep_output=keep)
                         if out is not None:
-                            jax_cw_out[mode] = out
+                            jax_cw_out.setdefault(form.impl, {})[mode] = out
                         if row is not None and form.power:
                             last_time[(form.impl, mode)] = (S, row["median_s"])
 
@@ -517,10 +547,9 @@ class Runner:
                     (h * tct).sum().backward()
                     return h.detach().numpy(), {n: x.grad.numpy() for n, x in zip("qkvif", tg)}
 
-                row = self.base(
-                    "mlstm", "check_jax_chunkwise_vs_official_native_autograd", S, B, NH, DQK, DV, L, "check"
-                )
-                self.emit_check(row, jax_cw_out, reference, "qkvif")
+                for impl, outs in jax_cw_out.items():
+                    check = f"check_{impl}_vs_official_native_autograd"
+                    self.emit_check(self.base("mlstm", check, S, B, NH, DQK, DV, L, "check"), outs, reference, "qkvif")
 
     def emit_check(self, row, jout, reference, grad_names):
         """A ``check`` row: the JAX output (``jout['fwd']``) and gradients (``jout['fwdbwd']``, in
@@ -607,6 +636,10 @@ class Runner:
             self.emit_check(row, jout, reference, ("gates_x", "recurrent_kernel", "bias"))
 
     # ---------------------------------------------------------------- summary
+    def chunkwise_impls(self) -> list[str]:
+        """Our chunkwise rows the summary compares: one device, and the heads over devices if run."""
+        return ["jax_chunkwise"] + (["jax_chunkwise_heads_over_devices"] if "devices" in self.args.forms else [])
+
     def summary(self):
         a = self.args
         rows = [r for r in self.rows if r.get("median_s") is not None]
@@ -642,11 +675,11 @@ class Runner:
         if S_list:
             S_ref = 4096 if 4096 in S_list else min(S_list, key=lambda s: abs(s - 4096))
             for L in a.chunk_sizes:
-                for mode in ("fwdbwd", "fwd"):
-                    ours = find("mlstm", "jax_chunkwise", mode, S_ref, L)
+                for ours_impl, mode in [(o, m) for o in self.chunkwise_impls() for m in ("fwdbwd", "fwd")]:
+                    ours = find("mlstm", ours_impl, mode, S_ref, L)
                     rec = {
                         "bench": "summary",
-                        "metric": f"chunkwise_{mode}_speedup_vs_official",
+                        "metric": f"chunkwise_{mode}_speedup_vs_official" + ours_impl.removeprefix("jax_chunkwise"),
                         "S": S_ref,
                         "chunk_size": L,
                         "target": 3.0 if mode == "fwdbwd" else None,
@@ -696,25 +729,26 @@ class Runner:
                         rec.update({"value": None, "met": None, "note": "needs >= 2 sequence lengths"})
                     out.append(rec)
 
-                fr = {}
-                for S in sorted(S_list):
-                    r = find("mlstm", "jax_chunkwise", "fwd", S, L)
-                    if r and r.get("gflop_per_s") is not None and peak:
-                        fr[str(S)] = r["gflop_per_s"] / peak
-                v = fr.get(str(S_ref))
-                out.append(
-                    {
-                        "bench": "summary",
-                        "metric": "chunkwise_fwd_frac_of_matmul_peak",
-                        "S": S_ref,
-                        "chunk_size": L,
-                        "value": v,
-                        "per_S": fr,
-                        "matmul_peak_gflop_per_s": peak,
-                        "target": 0.5,
-                        "met": (v >= 0.5) if v is not None else None,
-                    }
-                )
+                for ours_impl in self.chunkwise_impls():
+                    fr = {}
+                    for S in sorted(S_list):
+                        r = find("mlstm", ours_impl, "fwd", S, L)
+                        if r and r.get("gflop_per_s") is not None and peak:
+                            fr[str(S)] = r["gflop_per_s"] / peak
+                    v = fr.get(str(S_ref))
+                    out.append(
+                        {
+                            "bench": "summary",
+                            "metric": "chunkwise_fwd_frac_of_matmul_peak" + ours_impl.removeprefix("jax_chunkwise"),
+                            "S": S_ref,
+                            "chunk_size": L,
+                            "value": v,
+                            "per_S": fr,
+                            "matmul_peak_gflop_per_s": peak,
+                            "target": 0.5,
+                            "met": (v >= 0.5) if v is not None else None,
+                        }
+                    )
 
         if "slstm" in a.only:
             for mode in ("fwdbwd", "fwd"):
@@ -791,6 +825,9 @@ def parse_args(argv=None):
         default=0.6,
         help="skip JAX cases whose XLA buffer assignment exceeds this fraction of MemAvailable",
     )
+    p.add_argument("--cpu-devices", type=int, default=1,
+                   help="split the CPU into N JAX devices and add the row jax_chunkwise_heads_over_devices (the same "
+                   "call with the heads split over the devices); the other JAX rows stay on device 0")  # fmt: skip
     p.add_argument("--no-check", action="store_true", help="skip the correctness check rows")
     p.add_argument("--no-rss", dest="measure_rss", action="store_false", help="skip the RSS cross-check for JAX")
     a = p.parse_args(argv)
@@ -809,6 +846,8 @@ def parse_args(argv=None):
     else:
         a.mlstm_S = [1024] if a.quick else [1024, 4096, 16384]
     a.forms = [x for x in a.forms.split(",") if x]
+    if a.cpu_devices > 1:
+        a.forms.append("devices")
     a.slstm_S = 128 if a.quick else 512
     if "mlstm" not in a.only:
         a.mlstm_S = []
@@ -820,6 +859,8 @@ def main(argv=None):
     import jax
     import torch
 
+    if a.cpu_devices > 1:
+        jax.config.update("jax_num_cpu_devices", a.cpu_devices)
     torch.set_num_threads(THREADS)
     ops, ops_err = None, None
     try:
