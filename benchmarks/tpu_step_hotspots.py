@@ -9,9 +9,13 @@ how often it runs per step (``while`` bodies by their trip counts, as ``hlo_stat
   matmul FLOPs (the ``dot`` and ``convolution`` instructions in it, 2 x multiply-adds: MXU work);
   elementwise element-ops (arithmetic instructions inside it, one per output element, a reduce one
     per input element: VPU work, approximate, not in the roofline: the spec sheets give no VPU peak);
-  HBM bytes (its operands and output, slices in place, as ``hlo_stats`` counts them);
+  HBM bytes (its operands and output, slices in place, as ``hlo_stats`` counts them; an async
+    ``slice-start`` its slice, read and written, where ``hlo_stats`` charges the whole source);
   a roofline time, max(FLOPs / bf16 peak, bytes / HBM bandwidth) (collectives: bytes / ICI
     bandwidth), with the chip figures of ``pod_compile_report.CHIPS``;
+  the same bytes and roofline "off chip": less the arrays whose TPU layout puts them in memory
+    space 1 or above (``S(1)``, the compiler's alternate on-chip memory; its prefetch copies count),
+    which ``hlo_stats`` charges like any other;
 
 and a kind from the Python source location in its metadata (``profile_step.classify``: headwise
 q/k/v projections, dense projections, causal conv, mLSTM cell, sLSTM scan, norms/gates/activations,
@@ -35,7 +39,9 @@ Run from the repository root (libtpu 0.0.42.1 installed; minutes per step compil
     JAX_PLATFORMS=cpu python benchmarks/tpu_step_hotspots.py --what cell,qkv --topologies v5p:2x2x1,v6e:2x2
     JAX_PLATFORMS=cpu python benchmarks/tpu_step_hotspots.py --what step --set model.chunk_size=128
 
-One JSON line per case on stdout, appended to ``benchmarks/results_tpu_hotspots.jsonl``.
+One JSON line per case on stdout, appended to ``benchmarks/results_tpu_hotspots.jsonl``. Each
+compile's HLO is saved (``--hlo-dir``); ``--reanalyze ROWS.jsonl`` recounts saved rows (with
+``--source-root OLD=NEW`` against an older checkout's sources, for the classifier).
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from pathlib import Path
 
 import hlo_stats as hs
 import pod_compile_report as pod
-from profile_step import KIND_ORDER, classify, hlo_metadata
+from profile_step import KIND_ORDER, classify, enclosing_function, hlo_metadata
 
 # Cloud TPU names count TensorCores on v5p (two per chip): v5p-8 is 4 chips, one host.
 pod.SLICES.setdefault("v5p-8", "v5p:2x2x1")
@@ -101,19 +107,64 @@ def _inner(computations: dict, types: dict, name: str, seen=None) -> tuple[float
     return flops, elems, custom
 
 
+# Functions of nn/layers.py that apply the headwise blocks on a TPU only (profile_step.KINDS lists the
+# CPU's: on a CPU these never run, so its profiles do not need them).
+_TPU_HEADWISE = {"_apply", "_tiled_apply", "_tiled_dw", "_group"}
+
+
+def _classify(m: dict | None) -> str:
+    """``profile_step.classify``, with the TPU-only headwise functions of ``nn/layers.py`` as headwise."""
+    for path, line in (m or {}).get("frames", ())[:1]:
+        in_layers = path.replace("\\", "/").endswith("xlstm_jax/nn/layers.py")
+        if in_layers and enclosing_function(path, line) in _TPU_HEADWISE:
+            return "projections (headwise q/k/v)"
+    return classify(m)
+
+
 def _kind(name: str, attrs: str, meta: dict, computations: dict) -> str:
     """The op's kind from its metadata; for a fusion without a located source, from the ops inside
     it (its matmul's kind if it has one, else the most common located kind)."""
-    kind = classify(meta.get(name))
+    kind = _classify(meta.get(name))
     callee = re.search(r"calls=%?([\w.\-]+)", attrs)
     if kind != "other" or not callee or callee.group(1) not in computations:
         return kind
     kinds = collections.Counter()
     for inner_name, _, opcode, _, _ in computations[callee.group(1)]:
-        k = classify(meta.get(inner_name))
+        k = _classify(meta.get(inner_name))
         if k != "other":
             kinds[k] += 100 if opcode in ("dot", "convolution") else 1
     return kinds.most_common(1)[0][0] if kinds else "other"
+
+
+_TYPED = re.compile(r"\b(?:pred|[suf]\d+|bf16|c64|c128|f8e\w+)\[[\d,]*\](?:\{[^}]*\})?")
+_ON_CHIP = re.compile(r"S\([1-9]")
+
+
+def _off_chip(type_text: str) -> float:
+    """Bytes of the arrays of an HLO type outside memory spaces 1+ (``S(1)`` in a TPU layout: the
+    compiler's alternate memory, on chip; ``S(2)``: semaphores)."""
+    return sum(hs.shape_bytes(t) for t in _TYPED.findall(type_text) if not _ON_CHIP.search(t))
+
+
+def _off_chip_traffic(type_text, opcode, operands, attrs, types, computations, roots) -> float:
+    """``hlo_stats``' bytes of one op, less what it reads from or writes to on-chip memory."""
+    parts = _TYPED.findall(type_text)
+    if opcode == "copy-start":  # (destination, source, context): reads the source, writes the destination
+        return sum(_off_chip(types.get(o, "")) for o in operands[:1]) + (_off_chip(parts[0]) if parts else 0.0)
+    if opcode == "slice-start":  # ((source), slice, context)
+        return 2 * _off_chip(parts[1]) if len(parts) > 1 else 0.0
+    if opcode == "dynamic-slice":
+        out = hs.shape_bytes(type_text)
+        return (out if _off_chip(types.get(operands[0], "")) else 0.0) + _off_chip(type_text)
+    if opcode == "dynamic-update-slice":
+        update = hs.shape_bytes(types.get(operands[1], ""))
+        return (update if _off_chip(types.get(operands[0], "")) else 0.0) + _off_chip(types.get(operands[1], ""))
+    callee = re.search(r"calls=%?([\w.\-]+)", attrs) if opcode == "fusion" else None
+    if callee is None or callee.group(1) not in computations:
+        return _off_chip(type_text) + sum(_off_chip(types.get(o, "")) for o in operands)
+    body = hs._Body(computations, callee.group(1))
+    read = sum(body.read(n, _off_chip(types.get(o, ""))) for n, o in enumerate(operands))
+    return read + min(body.written(roots.get(callee.group(1)), roots), _off_chip(type_text))
 
 
 def per_op(text: str, chip: pod.Chip) -> list[dict]:
@@ -130,11 +181,15 @@ def per_op(text: str, chip: pod.Chip) -> list[dict]:
         for name, type_text, opcode, operands, attrs in instructions:
             kind = _kind(name, attrs, meta, computations)
             if kind == "other" and opcode in _MOVES and operands:  # a copy XLA added: its operand's kind
-                kind = kinds.get(operands[0]) or classify(meta.get(operands[0]))
+                kind = kinds.get(operands[0]) or _classify(meta.get(operands[0]))
             kinds[name] = kind
             if opcode in hs._NO_TRAFFIC or opcode.endswith("-done"):
                 continue
             moved = hs._traffic(type_text, opcode, operands, attrs, types, computations, roots)
+            if opcode == "slice-start":  # async slice ((source), slice, context): reads and writes the slice
+                shapes = hs._SHAPE.findall(type_text)
+                moved = 2 * hs.shape_bytes("{}[{}]".format(*shapes[1])) if len(shapes) > 1 else moved
+            off_chip = _off_chip_traffic(type_text, opcode, operands, attrs, types, computations, roots)
             if opcode in ("dot", "convolution"):
                 operand_types = [types.get(o, "") for o in operands]
                 flops, elems, custom = hs._matmul_flops(type_text, opcode, operand_types, attrs), 0.0, False
@@ -146,11 +201,15 @@ def per_op(text: str, chip: pod.Chip) -> list[dict]:
             collective = opcode.removesuffix("-start") in hs.COLLECTIVES
             compute_s, hbm_s = flops / chip.peak_flops, moved / chip.hbm_bandwidth
             seconds = moved / chip.ici_bandwidth if collective else max(compute_s, hbm_s)
+            seconds_off_chip = (
+                off_chip / chip.ici_bandwidth if collective else max(compute_s, off_chip / chip.hbm_bandwidth)
+            )
             m = meta.get(name, {})
             ops.append({
                 "op": name, "opcode": opcode, "kind": kind,
                 "bwd": "transpose(" in m.get("op_name", ""), "runs": w, "flops": w * flops, "elem_ops": w * elems,
-                "bytes": w * moved, "roofline_s": w * seconds, "bound": "ici" if collective else
+                "bytes": w * moved, "roofline_s": w * seconds, "off_chip_bytes": w * off_chip,
+                "off_chip_roofline_s": w * seconds_off_chip, "bound": "ici" if collective else
                 ("compute" if compute_s > hbm_s else "hbm"),
                 "custom_call": custom, "shape": type_text[:120],
                 "at": ", ".join(f"{Path(f).name}:{ln}" for f, ln in m.get("frames", ())[:2]) or None,
@@ -191,14 +250,18 @@ def summarize(ops: list[dict], chip: pod.Chip, top: int = 25) -> dict:
             "elem_ops": sum(o["elem_ops"] for o in mine),
             "roofline_ms": round(seconds * 1e3, 3),
             "share": round(seconds / total, 4),
+            "off_chip_bytes": sum(o["off_chip_bytes"] for o in mine),
+            "off_chip_roofline_ms": round(sum(o["off_chip_roofline_s"] for o in mine) * 1e3, 3),
             "bwd_roofline_ms": round(sum(o["roofline_s"] for o in mine if o["bwd"]) * 1e3, 3),
             "compute_bound_ms": round(sum(o["roofline_s"] for o in mine if o["bound"] == "compute") * 1e3, 3),
             "ops": len(mine),
         }
     flops, moved = sum(o["flops"] for o in ops), sum(o["bytes"] for o in ops)
+    off_chip_total = sum(o["off_chip_roofline_s"] for o in ops)
     rows = sorted(ops, key=lambda o: -o["roofline_s"])[:top]
     for o in rows:
         o["roofline_ms"] = round(o.pop("roofline_s") * 1e3, 4)
+        o["off_chip_roofline_ms"] = round(o.pop("off_chip_roofline_s") * 1e3, 4)
     compute_ms, hbm_ms = flops / chip.peak_flops * 1e3, moved / chip.hbm_bandwidth * 1e3
     return {
         "totals": {
@@ -207,6 +270,8 @@ def summarize(ops: list[dict], chip: pod.Chip, top: int = 25) -> dict:
             "elem_ops": sum(o["elem_ops"] for o in ops),
             "sum_of_op_rooflines_ms": round(total * 1e3, 3),
             "module_roofline_ms": round(max(compute_ms, hbm_ms), 3),
+            "off_chip_bytes": sum(o["off_chip_bytes"] for o in ops),
+            "sum_of_off_chip_op_rooflines_ms": round(off_chip_total * 1e3, 3),
             "compute_ms": round(compute_ms, 3),
             "hbm_ms": round(hbm_ms, 3),
         },  # fmt: skip
@@ -244,7 +309,7 @@ def step_case(preset: str, slice_name: str, mesh_text: str, overrides: list, hlo
     return analyze(out)
 
 
-def analyze(row: dict, source_root: tuple[str, str] | None = None) -> dict:
+def analyze(row: dict, source_root: tuple[str, str] | None = None, top: int = 25) -> dict:
     """``row`` with the per-kind table and top ops of its saved ``hlo_file``. ``source_root``
     (old, new): read the source files the metadata names under ``new`` instead of ``old`` (the
     classifier reads the Python files the HLO points to: an HLO compiled from an older checkout is
@@ -254,7 +319,7 @@ def analyze(row: dict, source_root: tuple[str, str] | None = None) -> dict:
         text = f.read()
     if source_root:
         text = text.replace(*source_root)
-    return {**row, "chip": chip.source, **summarize(per_op(text, chip), chip)}
+    return {**row, "chip": chip.source, **summarize(per_op(text, chip), chip, top)}
 
 
 def _one_chip(topology: str):
@@ -273,14 +338,18 @@ def _compile_micro(fn, args, topology: str, hlo_dir: str | None, name: str) -> d
     start = time.perf_counter()
     compiled = jax.jit(fn).lower(*structs).compile()
     text = compiled.as_text()
+    saved = {}
     if hlo_dir:
         Path(hlo_dir).mkdir(parents=True, exist_ok=True)
-        with gzip.open(Path(hlo_dir) / f"{name}_{topology.replace(':', '-')}.hlo.txt.gz", "wt") as f:
+        path = Path(hlo_dir) / f"{name}_{topology.replace(':', '-')}.hlo.txt.gz"
+        with gzip.open(path, "wt") as f:
             f.write(text)
+        saved["hlo_file"] = str(path)
     m = compiled.memory_analysis()
     summary = summarize(per_op(text, chip), chip, top=6)
     return {"topology": topology, "device_kind": device.device_kind, "compile_s": round(time.perf_counter() - start, 1),
-            "temp_gib": round(m.temp_size_in_bytes / 2**30, 3), **summary}  # fmt: skip
+            "temp_gib": round(m.temp_size_in_bytes / 2**30, 3),
+        **saved, **summary}  # fmt: skip
 
 
 def cell_case(topology: str, chunk: int, b: int, nh: int, s: int, dh: int, hlo_dir) -> dict:
@@ -388,7 +457,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=3600, help="CPU seconds for the step's compile")
     parser.add_argument("--hlo-dir", default="/tmp/tpu_step_hotspots_hlo")
     parser.add_argument("--out", default=str(_OUT), help="'' for stdout only")
-    parser.add_argument("--reanalyze", help="a .jsonl of step rows: redo their tables from their saved HLO")
+    parser.add_argument("--reanalyze", help="a .jsonl of rows: redo their tables from their saved HLO (hlo_file)")
     parser.add_argument("--source-root", help="OLD=NEW: with --reanalyze, classify against the files under NEW")
     parser.add_argument("--compile-case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -400,9 +469,10 @@ def main() -> None:
         root = tuple(args.source_root.split("=", 1)) if args.source_root else None
         for line in Path(args.reanalyze).read_text().splitlines():
             row = json.loads(line)
-            if row.get("case") == "step" and row.get("status") == "compiled":
+            if row.get("hlo_file") and row.get("status", "compiled") == "compiled":
                 keep = {k: v for k, v in row.items() if k not in ("chip", "totals", "kinds", "top")}
-                _emit({**analyze(keep, root), **({"source_root": args.source_root} if root else {})}, out)
+                top = 25 if row.get("case") == "step" else 6
+                _emit({**analyze(keep, root, top), **({"source_root": args.source_root} if root else {})}, out)
         return
     what = args.what.split(",")
     b, nh, s, dh = (int(x) for x in args.shape.split(","))
