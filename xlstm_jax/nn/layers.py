@@ -131,8 +131,9 @@ def blockwise(x: jax.Array, w: jax.Array) -> jax.Array:
     compile for a TPU gets it too) the blocks are applied as dots with block-diagonal tiles up to
     ``TPU_TILE`` wide instead (``_tiled_apply``): the TPU lays out a DI-wide minor axis padded to
     128 lanes and splits the elementwise form into relayout copies and per-column passes through
-    HBM; the tiles' extra (zero) FLOPs are nearly free on the matrix unit. The values are the same sums (float32
-    accumulation of the same products); ``benchmarks/RESULTS.md`` has the compiled counts.
+    HBM; the tiles' extra (zero) FLOPs are nearly free on the matrix unit. The values are the same
+    sums (float32 accumulation of the same products); ``benchmarks/RESULTS.md`` has the compiled
+    counts.
     """
     return _apply(x, w[:, None])
 
