@@ -203,6 +203,32 @@ def _platform() -> str:
     return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
 
 
+# The XLA chunkwise form's chunk length for ``chunk_size="auto"``, per platform (the default:
+# ``DEFAULT_CHUNK_SIZE``). On a TPU that form is bound by HBM traffic, most of it the float32
+# (DHQK x DHV) memory of every chunk, written and read back per chunk: fewer, longer chunks move
+# less. On the CPU 64 is fastest (both from benchmarks/RESULTS.md: "Chunk size per platform" for
+# the CPU, "The training step's hot spots in the compiled TPU program" for the TPU).
+DEFAULT_CHUNK_SIZE = 64
+CHUNK_SIZES = {"tpu": 256}
+
+
+def target_platform() -> str:
+    """The platform the program being traced is for: the devices of the mesh set with
+    ``jax.set_mesh`` (so an ahead-of-time compile for a TPU topology on a CPU host is for the TPU),
+    else ``jax.default_backend()``."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    platform = getattr(device, "platform", None) or jax.default_backend()
+    return "gpu" if platform in ("gpu", "cuda", "rocm") else platform
+
+
+def chunk_size_for(chunk_size: int | str, platform: str | None = None) -> int:
+    """``chunk_size`` itself, or for ``"auto"`` the XLA chunkwise form's chunk length on ``platform``
+    (default: ``target_platform()``), ``CHUNK_SIZES`` or ``DEFAULT_CHUNK_SIZE``."""
+    if chunk_size != "auto":
+        return chunk_size
+    return CHUNK_SIZES.get(platform or target_platform(), DEFAULT_CHUNK_SIZE)
+
+
 def resolve(name: str, *, xla: str) -> str:
     """``auto`` -> the kernel for this platform, or the XLA form ``xla`` on CPU; ``xla`` -> ``xla``."""
     if name == "xla":
@@ -417,12 +443,15 @@ def mlstm(
     f,
     *,
     backend: str = "chunkwise",
-    chunk_size: int = 64,
+    chunk_size: int | str = DEFAULT_CHUNK_SIZE,
     initial_state: ops.MLSTMState | None = None,
     return_state: bool = False,
     eps: float = 1e-6,
 ):
     """mLSTM over a sequence with the named backend.
+
+    ``chunk_size="auto"`` is ``chunk_size_for("auto")`` for the XLA forms (256 on a TPU, 64
+    elsewhere) and ``DEFAULT_CHUNK_SIZE`` for the kernels (which choose their own blocks).
 
     Shapes as in ``xlstm_jax.ops``: q, k (B, NH, S, DHQK), v (B, NH, S, DHV), i, f (B, NH, S).
     A single token with a state runs ``ops.mlstm_step`` whatever the backend (the
@@ -438,6 +467,8 @@ def mlstm(
     if name == "parallel" and stateful:
         name = "chunkwise"
     impl = implementation("mlstm", name)
+    if chunk_size == "auto":
+        chunk_size = chunk_size_for(chunk_size) if impl.platform is None else DEFAULT_CHUNK_SIZE
     out = None
     if q.shape[2] == 1 and stateful:
         h, state = ops.mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[:, :, 0], f[:, :, 0], initial_state, eps=eps)

@@ -126,8 +126,46 @@ def blockwise(x: jax.Array, w: jax.Array) -> jax.Array:
     neighbours into a single pass over x, where a batched (J, ., DI) x (J, DI, DO) dot needs the
     blocks moved to the leading axis and back (transposes of arrays whose minor axis is DI wide).
     The custom backward keeps dx elementwise too; dw is one dot over the (B, S) positions.
+
+    On a TPU (chosen when the program is lowered, ``jax.lax.platform_dependent``: an ahead-of-time
+    compile for a TPU gets it too) the blocks are applied as dots with block-diagonal tiles up to
+    ``TPU_TILE`` wide instead (``_tiled_apply``): the TPU lays out a DI-wide minor axis padded to
+    128 lanes and splits the elementwise form into relayout copies and per-column passes through
+    HBM; the tiles' extra (zero) FLOPs are nearly free on the matrix unit. The values are the same
+    sums (float32 accumulation of the same products); ``benchmarks/RESULTS.md`` has the compiled
+    counts.
     """
-    return _blockwise_apply(x, w[:, None])
+    return _apply(x, w[:, None])
+
+
+# Block-diagonal tiles up to this width on a TPU. A whole head of the 125M preset (DH 384) is one
+# tile: its dot is HBM-bound on v5p (2 x 384 FLOPs per bf16 element read and written, about the
+# chip's ridge), and splitting the minor axis into narrower tiles costs a relayout copy
+# (benchmarks/RESULTS.md, "The training step's hot spots in the compiled TPU program").
+TPU_TILE = 512
+
+
+def _group(j: int, most: int) -> int:
+    """The largest divisor of ``j`` that is at most ``most`` (at least 1)."""
+    return max(d for d in range(1, max(1, min(j, most)) + 1) if j % d == 0)
+
+
+def _tiled_apply(x, w):
+    """``_blockwise_apply`` as a dot: groups of neighbouring blocks form block-diagonal matrices up to
+    ``TPU_TILE`` wide. x (B, H, S, J, DI), w (H, 1, J, DO, DI) -> (B, H, S, J, DO)."""
+    b, h, s, j, di = x.shape
+    do = w.shape[-2]
+    g = _group(j, TPU_TILE // max(di, do))
+    acc = jnp.promote_types(jnp.float32, x.dtype)
+    blocks = w[:, 0].reshape(h, j // g, g, do, 1, di)
+    eye = jnp.eye(g, dtype=w.dtype)[:, None, :, None]  # (G, 1, G, 1): block g' of tile row g
+    tiles = (blocks * eye).reshape(h, j // g, g * do, g * di)
+    y = jnp.einsum("bhsti,htoi->bhsto", x.reshape(b, h, s, j // g, g * di), tiles, preferred_element_type=acc)
+    return y.reshape(b, h, s, j, do).astype(x.dtype)
+
+
+def _apply(x, w):
+    return jax.lax.platform_dependent(x, w, tpu=_tiled_apply, default=_blockwise_apply)
 
 
 def _blockwise_apply(x, w):
@@ -147,21 +185,27 @@ def _blockwise_bwd(res, dy):
     x, w = res
     # named: XLA keeps only the caller's frames for some of these ops; profiles find them by this name
     with jax.named_scope("blockwise_bwd"):
-        dx = _blockwise_apply(dy, jnp.swapaxes(w, -1, -2)[:, None])
-        return dx, _blockwise_dw(dy, x).astype(w.dtype)
+        dx = _apply(dy, jnp.swapaxes(w, -1, -2)[:, None])
+        dw = jax.lax.platform_dependent(dy, x, tpu=_tiled_dw, default=_blockwise_dw)
+        return dx, dw.astype(w.dtype)
 
 
-def _blockwise_dw(dy, x):
+def _tiled_dw(dy, x):
+    """``_blockwise_dw`` with groups up to ``TPU_TILE`` wide (the TPU's)."""
+    return _blockwise_dw(dy, x, TPU_TILE // max(dy.shape[-1], x.shape[-1]))
+
+
+def _blockwise_dw(dy, x, most: int = ELEMENTWISE_MAX_BLOCK):
     """dw (H, J, DO, DI) = sum over (B, S) of dy[..., j, o] x[..., j, i], from dy (B, H, S, J, DO) and
     x (B, H, S, J, DI).
 
-    As one dot per group of up to ``ELEMENTWISE_MAX_BLOCK`` neighbouring blocks (their full
+    As one dot per group of up to ``most`` neighbouring blocks (their full
     (G DO, G DI) products, of which the diagonal blocks are kept): a dot per single block
     contracts over (B, S) with a DI-wide minor axis, which XLA lays out by transposing both operands
     to positions-last; whole groups give it G times wider rows (G times the few FLOPs)."""
     b, h, s, j, do = dy.shape
     di = x.shape[-1]
-    group = max(d for d in range(1, ELEMENTWISE_MAX_BLOCK + 1) if j % d == 0)
+    group = _group(j, most)
     acc = jnp.promote_types(jnp.float32, x.dtype)
     full = jnp.einsum(
         "bhsgo,bhsgi->hgoi",

@@ -62,7 +62,7 @@ class mLSTMLayerConfig:  # noqa: N801 (the official name)
     num_blocks: int = 1
     bias: bool = False
     backend: str = "chunkwise"
-    chunk_size: int = 64
+    chunk_size: int | str = 64
     dtype: str = "float32"
     param_dtype: str = "float32"
 
@@ -77,7 +77,8 @@ class mLSTMLayerConfig:  # noqa: N801 (the official name)
         check_int("mlstm.round_proj_up_to_multiple_of", self.round_proj_up_to_multiple_of, 1)
         check_bool("mlstm.bias", self.bias)
         check_choice("mlstm.backend", self.backend, MLSTM_BACKENDS)
-        check_int("mlstm.chunk_size", self.chunk_size, 1)
+        if self.chunk_size != "auto":  # "auto": chosen per platform (backends.chunk_size_for)
+            check_int("mlstm.chunk_size", self.chunk_size, 1)
         _check_model_wide(self, "mlstm")
         if self.embedding_dim is not None:
             self.check_dims(self.embedding_dim)
@@ -236,7 +237,8 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
       bias: biases in the mLSTM layers' projections (proj_up, q/k/v, proj_down).
       tie_weights: the LM head reuses the token embedding.
       backend: mLSTM form for sequences, one of ``backends.MLSTM_BACKENDS``.
-      chunk_size: chunk length of the chunkwise form.
+      chunk_size: chunk length of the chunkwise form, or ``"auto"``: chosen per platform when the
+        step is traced (``backends.chunk_size_for``: 256 on a TPU, 64 elsewhere).
       slstm_backend: sLSTM implementation, one of ``backends.SLSTM_BACKENDS`` (``scan`` is the
         XLA ``lax.scan``; ``auto`` picks the fused Pallas kernel on TPU and GPU).
       dtype: compute dtype of the matmuls; gates, norms, recurrent states and the
@@ -259,7 +261,7 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
     bias: bool = False
     tie_weights: bool = False
     backend: str = "chunkwise"
-    chunk_size: int = 64
+    chunk_size: int | str = 64
     slstm_backend: str = "scan"
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -284,7 +286,8 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
         check_choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
         check_choice("backend", self.backend, MLSTM_BACKENDS)
         check_choice("slstm_backend", self.slstm_backend, SLSTM_BACKENDS)
-        check_int("chunk_size", self.chunk_size, 1)
+        if self.chunk_size != "auto":  # "auto": chosen per platform (backends.chunk_size_for)
+            check_int("chunk_size", self.chunk_size, 1)
         object.__setattr__(self, "dtype", dtype_name("dtype", self.dtype))
         object.__setattr__(self, "param_dtype", dtype_name("param_dtype", self.param_dtype))
         object.__setattr__(self, "slstm_at", self._normalized_slstm_at())
