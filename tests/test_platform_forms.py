@@ -75,7 +75,7 @@ def test_auto_chunk_size_is_64_on_cpu_bit_for_bit():
 def test_auto_chunk_size_is_validated():
     from xlstm_jax.train.models import model_config
 
-    with pytest.raises(ValueError, match="chunk_size"):
+    with pytest.raises(ValueError, match="chunk_size must be an integer >= 1 or 'auto', got 'big'"):
         model_config({"arch": "xlstm_lm", "chunk_size": "big"}, vocab_size=64, dtype="float32", param_dtype="float32",
                      remat=False)  # fmt: skip
 

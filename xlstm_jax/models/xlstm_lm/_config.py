@@ -77,8 +77,7 @@ class mLSTMLayerConfig:  # noqa: N801 (the official name)
         check_int("mlstm.round_proj_up_to_multiple_of", self.round_proj_up_to_multiple_of, 1)
         check_bool("mlstm.bias", self.bias)
         check_choice("mlstm.backend", self.backend, MLSTM_BACKENDS)
-        if self.chunk_size != "auto":  # "auto": chosen per platform (backends.chunk_size_for)
-            check_int("mlstm.chunk_size", self.chunk_size, 1)
+        _check_chunk_size("mlstm.chunk_size", self.chunk_size)
         _check_model_wide(self, "mlstm")
         if self.embedding_dim is not None:
             self.check_dims(self.embedding_dim)
@@ -286,8 +285,7 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
         check_choice("remat_policy", self.remat_policy, tuple(REMAT_POLICIES))
         check_choice("backend", self.backend, MLSTM_BACKENDS)
         check_choice("slstm_backend", self.slstm_backend, SLSTM_BACKENDS)
-        if self.chunk_size != "auto":  # "auto": chosen per platform (backends.chunk_size_for)
-            check_int("chunk_size", self.chunk_size, 1)
+        _check_chunk_size("chunk_size", self.chunk_size)
         object.__setattr__(self, "dtype", dtype_name("dtype", self.dtype))
         object.__setattr__(self, "param_dtype", dtype_name("param_dtype", self.param_dtype))
         object.__setattr__(self, "slstm_at", self._normalized_slstm_at())
@@ -368,3 +366,9 @@ class xLSTMLMConfig:  # noqa: N801 (the official name)
 
 
 _OWN_FIELDS = ("backend", "chunk_size", "slstm_backend", "dtype", "param_dtype", "scan_blocks", "remat", "remat_policy")
+
+
+def _check_chunk_size(field: str, value) -> None:
+    """A chunk length: an integer >= 1, or "auto" (chosen per platform by ``backends.chunk_size_for``)."""
+    if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"{field} must be an integer >= 1 or 'auto', got {value!r}")
