@@ -30,8 +30,9 @@ rng = np.random.default_rng(0)
 
 
 def check_grads(ref, sharded, args, name):
-    # h, c, n, m and every gradient within 1e-5 * max|ref| (float32).
-    out_ref, out = ref(*args), jax.jit(sharded)(*args)
+    # h, c, n, m and every gradient within 1e-5 * max|ref| (float32). The references are jitted too: one
+    # compile each instead of one per primitive.
+    out_ref, out = jax.jit(ref)(*args), jax.jit(sharded)(*args)
     for idx, (a, b) in enumerate(zip(jax.tree.leaves(out), jax.tree.leaves(out_ref))):
         assert_close(a, b, 1e-5, f"{name} output {idx}")
     w = jnp.asarray(rng.normal(size=out_ref[0].shape), jnp.float32)
@@ -40,7 +41,7 @@ def check_grads(ref, sharded, args, name):
             h, state = fn(*a)
             return jnp.sum(h * w) + sum(jnp.sum(jnp.sin(x)) for x in state)
         return value
-    g_ref = jax.grad(loss(ref), argnums=tuple(range(len(args))))(*args)
+    g_ref = jax.jit(jax.grad(loss(ref), argnums=tuple(range(len(args)))))(*args)
     g = jax.jit(jax.grad(loss(sharded), argnums=tuple(range(len(args)))))(*args)
     for idx, (a, b) in enumerate(zip(jax.tree.leaves(g), jax.tree.leaves(g_ref))):
         assert_close(a, b, 1e-5, f"{name} gradient {idx}")
@@ -116,12 +117,12 @@ q, k, v, i, f = cast(mlstm_inputs(7, b=2, nh=2, s=32, dhqk=16, dhv=16), jnp.floa
 f = f.at[0, :, 8].set(-jnp.inf).at[1, :, 13].set(-jnp.inf)
 g, r, b = cast(slstm_inputs(8, b=2, s=32, nh=4, dh=16), jnp.float32)
 resets = jnp.zeros((2, 32), bool).at[0, 8].set(True).at[1, 13].set(True)
-ref_m = ops.mlstm_chunkwise(q, k, v, i, f, chunk_size=8)
-ref_s = ops.slstm_scan(g, r, b, resets=resets)
+ref_m = jax.jit(lambda *a: ops.mlstm_chunkwise(*a, chunk_size=8))(q, k, v, i, f)
+ref_s = jax.jit(lambda *a: ops.slstm_scan(*a, resets=resets))(g, r, b)
 mloss = lambda name: lambda q, i: jnp.sum(jnp.sin(backends.mlstm(q, k, v, i, f, backend=name, chunk_size=8)))
 sloss = lambda name: lambda g, r: jnp.sum(jnp.sin(backends.slstm(g, r, b, backend=name, resets=resets)[0]))
-ref_dm = jax.grad(mloss("chunkwise"), argnums=(0, 1))(q, i)
-ref_ds = jax.grad(sloss("scan"), argnums=(0, 1))(g, r)
+ref_dm = jax.jit(jax.grad(mloss("chunkwise"), argnums=(0, 1)))(q, i)
+ref_ds = jax.jit(jax.grad(sloss("scan"), argnums=(0, 1)))(g, r)
 with jax.set_mesh(mesh), backends.axis_rules({"batch": "data", "length": "ctx"}):
     for name in ("chunkwise", "parallel", "pallas_tpu") if FULL else ("chunkwise",):
         fn = jax.jit(lambda *a: backends.mlstm(*a, backend=name, chunk_size=8, return_state=True))

@@ -311,8 +311,9 @@ def test_two_process_distributed_run_saves_and_restores(tmp_path, reference_run)
     loading its own rows; the losses equal the single-process run. (``test_context_trainer.py``'s
     slow two-process test also checks each process's rows and tokens per device.)"""
     out = tmp_path / "run"
-    cfg = _write_config(tmp_path / "cfg.yaml", train={"out_dir": str(out), "stop_after_steps": 4},
-                        mesh={"data": 2, "fsdp": 2, "tensor": 1})  # fmt: skip
+    # Checkpoints at steps 4 (the resume point) and 8 only: a two-process save costs ~4 s on 2 cores.
+    train = {"out_dir": str(out), "stop_after_steps": 4, "checkpoint_every": 4}
+    cfg = _write_config(tmp_path / "cfg.yaml", train=train, mesh={"data": 2, "fsdp": 2, "tensor": 1})
     first = _two_processes(cfg, "mesh.data=1", "mesh.fsdp=1", "mesh.context=4")
     assert "2 process(es)" in first[0] and "stopped after 4 steps" in first[0]
     assert "mesh {'data': 1, 'fsdp': 1, 'context': 4, 'tensor': 1}" in first[0]
