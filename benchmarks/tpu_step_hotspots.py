@@ -433,14 +433,6 @@ def qkv_case(topology: str, form: str, b: int, nh: int, s: int, dh: int, block: 
             "dtype": "bfloat16 (the step's compute dtype)", "estimate": ESTIMATE, **row}  # fmt: skip
 
 
-def _emit(row: dict, out: Path | None) -> None:
-    line = json.dumps(row)
-    print(line, flush=True)
-    if out is not None:
-        with out.open("a") as f:
-            f.write(line + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--what", default="step", help="comma-separated: step, cell, qkv")
@@ -472,20 +464,20 @@ def main() -> None:
             if row.get("hlo_file") and row.get("status", "compiled") == "compiled":
                 keep = {k: v for k, v in row.items() if k not in ("chip", "totals", "kinds", "top")}
                 top = 25 if row.get("case") == "step" else 6
-                _emit({**analyze(keep, root, top), **({"source_root": args.source_root} if root else {})}, out)
+                pod._emit({**analyze(keep, root, top), **({"source_root": args.source_root} if root else {})}, out)
         return
     what = args.what.split(",")
     b, nh, s, dh = (int(x) for x in args.shape.split(","))
     if "step" in what:
         overrides = args.set if args.set is not None else ["train.global_batch_size=32"]
-        _emit(step_case(args.preset, args.slice, args.mesh, overrides, args.hlo_dir, args.timeout), out)
+        pod._emit(step_case(args.preset, args.slice, args.mesh, overrides, args.hlo_dir, args.timeout), out)
     for topology in args.topologies.split(","):
         if "cell" in what:
             for chunk in (int(c) for c in args.chunks.split(",")):
-                _emit(cell_case(topology, chunk, b, nh, s, dh, args.hlo_dir), out)
+                pod._emit(cell_case(topology, chunk, b, nh, s, dh, args.hlo_dir), out)
         if "qkv" in what:
             for form in args.forms.split(","):
-                _emit(qkv_case(topology, form, b, nh, s, dh, 4, args.hlo_dir), out)
+                pod._emit(qkv_case(topology, form, b, nh, s, dh, 4, args.hlo_dir), out)
 
 
 if __name__ == "__main__":
