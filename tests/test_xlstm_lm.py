@@ -390,7 +390,7 @@ def _cfg(**kw) -> xLSTMLMConfig:
             dict(backend="flash"),
             "backend must be one of 'auto', 'xla', 'chunkwise', 'parallel', 'recurrent'",
         ),
-        (dict(chunk_size=0), "chunk_size must be an integer >= 1, got 0"),
+        (dict(chunk_size=0), "chunk_size must be an integer >= 1 or 'auto', got 0"),
         (dict(dtype="int8"), "dtype must be one of 'float32', 'bfloat16', 'float16', 'float64', got 'int8'"),
         (
             dict(param_dtype="float8"),
