@@ -280,6 +280,26 @@ class _Body:
         return shape_bytes(root[1])
 
 
+def instruction_bytes(text: str) -> dict[str, float]:
+    """Bytes each instruction outside fusions reads and writes per call of the module (``hbm_bytes``
+    by instruction name: its traffic times how often its computation runs)."""
+    computations, roots, entry = _parse(text)
+    types = {inst[0]: inst[1] for instructions in computations.values() for inst in instructions}
+    weight, inside_fusion, _, _ = _weights(computations, roots, entry)
+    return {
+        inst[0]: weight.get(name, 0) * moved for name, inst, moved in _moves(computations, roots, types, inside_fusion)
+    }
+
+
+def _moves(computations, roots, types, inside_fusion):
+    """(computation, instruction, bytes per run) of every instruction that moves data (``hbm_bytes``)."""
+    for name, instructions in computations.items():
+        for inst in instructions:
+            opcode = inst[2]
+            if name not in inside_fusion and opcode not in _NO_TRAFFIC and not opcode.endswith("-done"):
+                yield name, inst, _traffic(inst[1], opcode, inst[3], inst[4], types, computations, roots)
+
+
 def hlo_stats(text: str) -> dict:
     """The counts of the module docstring from ``compiled.as_text()``."""
     computations, roots, entry = _parse(text)
@@ -302,10 +322,9 @@ def hlo_stats(text: str) -> dict:
                 out["dot_flops_once"] += flops
             elif opcode == "while":
                 out["loop_iterations"] += w * trips[inst_name]
-            if name not in inside_fusion and opcode not in _NO_TRAFFIC and not opcode.endswith("-done"):
-                moved = _traffic(type_text, opcode, operands, attrs, types, computations, roots)
-                out["hbm_bytes"] += w * moved
-                out["hbm_bytes_once"] += moved
+    for name, _, moved in _moves(computations, roots, types, inside_fusion):
+        out["hbm_bytes"] += weight.get(name, 0) * moved
+        out["hbm_bytes_once"] += moved
     out["collective_bytes"] = dict(out["collective_bytes"])
     out["collective_bytes_once"] = dict(out["collective_bytes_once"])
     return out

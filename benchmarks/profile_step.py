@@ -34,6 +34,10 @@ Method:
    that is not jax itself: our layer, optax, the step): the file and the function enclosing the
    line give the kind (``KINDS``). Ops without a source location (copies and transposes XLA adds)
    are ``other``. ``bwd`` marks ops whose ``op_name`` lies under ``transpose(``: the backward pass.
+   ``mb``: the megabytes an op reads and writes per call, from the optimized HLO
+   (``hlo_stats.instruction_bytes``: operands and output of each instruction outside fusions, slices
+   in place, times its loop's trip count); ``gb_per_s`` = ``mb`` / self time in ms, the rate the op
+   reached (``benchmarks/dot_bound.py`` measures the rate an elementwise pass can reach).
 4. Limits measured in the same run: ``matmul_peak_gflop_per_s`` (jitted float32 2048x2048 matmul,
    median), and for decode the weight-read floor: one jitted call that multiplies a batch-1
    vector by every weight matrix the step uses once (all parameters but the embedding table; the
@@ -41,7 +45,7 @@ Method:
    time / peak; ``over_weight_read_floor`` = decode step time / floor.
 
 Output: one JSON line per program (``bench="profile"``) with ``kinds`` {kind: {ms, share, bwd_ms,
-ops}}, the top ops, the limits and the machine's load (``/proc/loadavg`` before and after).
+ops, mb, gb_per_s}}, the top ops, the limits and the machine's load (``/proc/loadavg`` before and after).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from hlo_stats import instruction_bytes
 
 import _timing as T
 from _timing import loadavg
@@ -271,9 +276,10 @@ def breakdown(compiled, call, reps: int) -> tuple[dict, list, float]:
     """({kind: {ms, bwd_ms, ops}}, top ops, op time in s) of one call."""
     text = compiled.as_text()
     meta = hlo_metadata(text)
+    moved = instruction_bytes(text)
     module = re.search(r"HloModule\s+([\w.\-]+)", text).group(1)
     times = op_self_times(call, reps, module.split(".")[0])
-    kinds = {k: {"ms": 0.0, "bwd_ms": 0.0, "ops": 0} for k in KIND_ORDER}
+    kinds = {k: {"ms": 0.0, "bwd_ms": 0.0, "ops": 0, "mb": 0.0} for k in KIND_ORDER}
     rows = []
     for name, sec in times.items():
         m = meta.get(name)
@@ -282,11 +288,15 @@ def breakdown(compiled, call, reps: int) -> tuple[dict, list, float]:
         kinds[kind]["ms"] += sec * 1e3
         kinds[kind]["bwd_ms"] += sec * 1e3 if bwd else 0.0
         kinds[kind]["ops"] += 1
+        kinds[kind]["mb"] += moved.get(name, 0.0) / 1e6
         where = ", ".join(f"{Path(f).name}:{ln}" for f, ln in (m or {}).get("frames", ())[:3]) or None
-        rows.append({"op": name, "ms": sec * 1e3, "kind": kind, "bwd": bwd, "at": where})
+        mb = moved.get(name, 0.0) / 1e6
+        rows.append({"op": name, "ms": sec * 1e3, "mb": mb, "gb_per_s": mb / (sec * 1e3) if sec else None,
+                     "kind": kind, "bwd": bwd, "at": where})  # fmt: skip
     total = sum(times.values())
     for v in kinds.values():
         v["share"] = v["ms"] / (total * 1e3) if total else None
+        v["gb_per_s"] = v["mb"] / v["ms"] if v["ms"] else None  # MB per ms
     rows.sort(key=lambda r: -r["ms"])
     return kinds, rows, total
 
