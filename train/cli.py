@@ -6,6 +6,8 @@ or CPU clusters give ``--coordinator host:port --num-processes N --process-id i`
 ``--cpu-devices N`` splits a CPU host into N devices (tests, laptops); ``--cpu-devices auto`` makes one
 per usable core, so that the default data axis runs one replica per core (on a 2-core CPU the
 benchmark step takes about 0.7x the time of one device using both cores: ``benchmarks/RESULTS.md``).
+On the CPU the process keeps freed host memory for reuse (``--host-memory``, ``host_memory.py``):
+XLA's CPU runtime maps each step's buffers afresh otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--process-id", type=int)
     p.add_argument("--cpu-devices", help="number of CPU devices to expose (CPU only): an integer, or 'auto' for one "
                    "per usable core (the data axis then runs one replica per core)")  # fmt: skip
+    p.add_argument("--host-memory", default="auto", help="keep: glibc's malloc keeps freed memory for reuse (a "
+                   "CPU step then skips a page fault per page of its buffers; the process keeps its peak memory); "
+                   "release: malloc as it is; auto (default): keep when the run is on the CPU")  # fmt: skip
     p.add_argument("--resume", choices=("auto", "never", "must"), default="auto",
                    help="auto: continue from the newest checkpoint in train.out_dir if any; never: refuse a folder "
                    "with checkpoints; must: refuse one without")  # fmt: skip
@@ -81,10 +86,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     from xlstm_jax._validation import check_int
 
+    from . import host_memory
+
     try:
         args.cpu_devices = cpu_device_count(args.cpu_devices)
         check_int("--num-processes", args.num_processes, 1, optional=True)
         check_int("--process-id", args.process_id, 0, optional=True)
+        keep_memory = host_memory.resolve(args.host_memory, args.cpu_devices)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -98,6 +106,8 @@ def main(argv=None) -> int:
     if args.print_config:
         print(to_json(raw))
         return 0
+    if keep_memory:  # before JAX starts its threads
+        host_memory.keep_freed_host_memory()
     init_distributed(args)
     from .api import fit
     from .errors import TrainingError
