@@ -44,6 +44,11 @@ Method:
    output head included), median. ``frac_of_matmul_peak`` = XLA's cost-analysis FLOPs / median
    time / peak; ``over_weight_read_floor`` = decode step time / floor.
 
+Host memory: by default the process keeps freed memory for reuse, as ``xlstm-train`` does on the CPU
+(``xlstm_jax.train.host_memory``; ``--host-memory release`` leaves glibc's malloc as it is, which maps
+XLA's temporary buffer afresh on every call). ``minor_faults_per_call`` and ``system_s_per_call``
+(``getrusage`` over 3 more calls) show the difference.
+
 Output: one JSON line per program (``bench="profile"``) with ``kinds`` {kind: {ms, share, bwd_ms,
 ops, mb, gb_per_s}}, the top ops, the limits and the machine's load (``/proc/loadavg`` before and after).
 """
@@ -56,6 +61,7 @@ import functools
 import glob
 import os
 import re
+import resource
 import sys
 import tempfile
 import time
@@ -430,9 +436,15 @@ def flops(compiled) -> float | None:
 
 
 def run_program(name, compiled, call, a, per_call_steps=1, step_flops=None):
+    import jax
+
     idle = T.wait_for_idle_cpu(max_wait_s=a.max_idle_wait)
     with T.CpuMonitor() as mon:
         med = T.median_time(call, warmup=2, reps=a.reps)["median_s"]
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(3):
+        jax.block_until_ready(call())
+    after = resource.getrusage(resource.RUSAGE_SELF)
     kinds, rows, op_time = breakdown(compiled, call, a.trace_reps)
     return {
         "bench": "profile",
@@ -447,6 +459,9 @@ def run_program(name, compiled, call, a, per_call_steps=1, step_flops=None):
         "top_ops": [{**r, "ms": r["ms"] / per_call_steps} for r in rows[: a.top]],
         "cpu_busy_before": idle["cpu_busy_before"],
         "cpu_other_during": mon.other,
+        # page faults and kernel time per call (the first touch of freshly mapped buffers: --host-memory)
+        "minor_faults_per_call": (after.ru_minflt - before.ru_minflt) / 3 / per_call_steps,
+        "system_s_per_call": (after.ru_stime - before.ru_stime) / 3 / per_call_steps,
     }
 
 
@@ -483,7 +498,14 @@ def main(argv=None):
     p.add_argument("--cpu-devices", default="1",
                    help="train: run the trainer's data-parallel step over N CPU devices (an integer, or 'auto': "
                    "one per usable core, as xlstm-train --cpu-devices auto); decode stays on one device")  # fmt: skip
+    p.add_argument("--host-memory", choices=("keep", "release"), default="keep",
+                   help="keep (as xlstm-train on the CPU): glibc keeps freed memory, so XLA's per-call buffers are "
+                   "not mapped afresh; release: malloc as it is")  # fmt: skip
     a = p.parse_args(argv)
+
+    from xlstm_jax.train import host_memory
+
+    kept = a.host_memory == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts its threads
 
     import jax
 
@@ -503,6 +525,7 @@ def main(argv=None):
         "argv": sys.argv[1:],
         "matmul_peak_gflop_per_s": peak,
         "cpu_devices": a.cpu_devices,
+        "host_memory_kept": kept,
     }
     T.emit(env)
     log(f"matmul peak {peak:.1f} GFLOP/s")
