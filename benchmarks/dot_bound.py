@@ -106,16 +106,16 @@ def program_dots(hlo_text: str) -> tuple[list[dict], dict, int]:
     _, inside_fusion, _, trips = hlo_stats._weights(computations, roots, entry)
     all_types = {inst[0]: inst[1] for instructions in computations.values() for inst in instructions}
 
+    def is_dot(inst) -> bool:
+        """A dot, or an instruction whose called computations (fusions, nested) contain one."""
+        return inst[2] == "dot" or any(has_dot(c) for k, c in hlo_stats._CALLEES.findall(inst[4]) if k == "calls")
+
     @functools.cache
     def has_dot(name: str) -> bool:
-        return any(
-            inst[2] == "dot" or any(has_dot(c) for k, c in hlo_stats._CALLEES.findall(inst[4]) if k == "calls")
-            for inst in computations.get(name, ())
-        )
+        return any(is_dot(inst) for inst in computations.get(name, ()))
 
     keys, own, calls, odd, dot_ops = {}, {}, {}, 0, set()
     for name, instructions in computations.items():
-        types = {inst[0]: inst[1] for inst in instructions}
         own[name], calls[name] = collections.Counter(), []
         for inst_name, type_text, opcode, operands, attrs in instructions:
             branches = [b.strip().lstrip("%") for g in hlo_stats._BRANCHES.findall(attrs) for b in g.split(",")]
@@ -129,18 +129,16 @@ def program_dots(hlo_text: str) -> tuple[list[dict], dict, int]:
             if opcode != "dot":
                 continue
             dims = dict(_DIMS.findall(attrs))
-            parsed = [_shape(types[o]) for o in operands[:2]] + [_shape(type_text)]
+            parsed = [_shape(all_types[o]) for o in operands[:2]] + [_shape(type_text)]
             odd += sum(not row_major for _, _, row_major in parsed)
             names = ("lhs_contracting_dims", "rhs_contracting_dims", "lhs_batch_dims", "rhs_batch_dims")
             numbers = tuple(tuple(int(x) for x in dims.get(k, "").split(",") if x) for k in names)
             key = (parsed[0][0], parsed[0][1], parsed[1][1], numbers)
             own[name][key] += 1
             keys[key] = None
-    for name, (inst_name, _, opcode, _, attrs), moved in hlo_stats._moves(
-        computations, roots, all_types, inside_fusion
-    ):
-        if opcode == "dot" or any(has_dot(c) for k, c in hlo_stats._CALLEES.findall(attrs) if k == "calls"):
-            dot_ops.add(inst_name)
+    for name, inst, moved in hlo_stats._moves(computations, roots, all_types, inside_fusion):
+        if is_dot(inst):
+            dot_ops.add(inst[0])
         else:
             own[name][OTHER_BYTES] += moved
     dots = []
@@ -193,12 +191,23 @@ def _loop(dot, iters: int, with_dot: bool):
     return run
 
 
+def _on_devices(devices: int):
+    """(sharding of a leading axis over the first ``devices`` devices, ``f`` -> jitted ``f`` run on
+    each device's slice at once)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((devices,), ("d",), devices=jax.devices()[:devices])
+    spec = PartitionSpec("d")
+    run = lambda f: jax.jit(jax.shard_map(f, mesh=mesh, in_specs=spec, out_specs=spec))
+    return NamedSharding(mesh, spec), run
+
+
 def dot_timer(spec: dict, devices: int, reps: int, min_call_ms: float):
     """A function that times the dot of ``spec`` alone (on ``devices`` devices at once) and returns
     seconds per dot, the empty loop subtracted; compiled once, so it can be called in several rounds."""
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
 
     lc, rc, lb, rb = spec["numbers"]
     dot = functools.partial(jax.lax.dot_general, dimension_numbers=((lc, rc), (lb, rb)))
@@ -207,16 +216,12 @@ def dot_timer(spec: dict, devices: int, reps: int, min_call_ms: float):
     a = jnp.asarray(rng.standard_normal((devices, *spec["lhs"])), dtype)
     b = jnp.asarray(rng.standard_normal((devices, *spec["rhs"])), dtype)
     out = jnp.zeros((devices, *jax.eval_shape(dot, a[0], b[0]).shape), dtype)
-    mesh = jax.make_mesh((devices,), ("d",), devices=jax.devices()[:devices])
-    sharding = NamedSharding(mesh, PartitionSpec("d"))
+    sharding, on_devices = _on_devices(devices)
     a, b, out = (jax.device_put(x, sharding) for x in (a, b, out))
 
     def compiled(iters, with_dot):
         body = _loop(dot, iters, with_dot)
-        per_device = lambda a, b, out: body(a[0], b[0], out[0])[None]
-        spec_ = PartitionSpec("d")
-        fn = jax.shard_map(per_device, mesh=mesh, in_specs=(spec_,) * 3, out_specs=spec_)
-        return jax.jit(fn).lower(a, b, out).compile()
+        return on_devices(lambda a, b, out: body(a[0], b[0], out[0])[None]).lower(a, b, out).compile()
 
     probe = compiled(16, True)
     per_iter = T.median_time(lambda: probe(a, b, out), warmup=1, reps=3)["median_s"] / 16
@@ -237,14 +242,12 @@ def bandwidth(devices: int, reps: int) -> dict:
     counts (``best``): a floor must not assume a slower memory than the program could find."""
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec
 
-    mesh = jax.make_mesh((devices,), ("d",), devices=jax.devices()[:devices])
-    spec = PartitionSpec("d")
-    add = jax.jit(jax.shard_map(lambda x: x + 1.0, mesh=mesh, in_specs=spec, out_specs=spec))
+    sharding, on_devices = _on_devices(devices)
+    add = on_devices(lambda x: x + 1.0)
     rates = {}
     for mib in (1, 4, 16, 64):
-        x = jax.device_put(jnp.zeros((devices, mib * 2**18), jnp.float32), NamedSharding(mesh, spec))
+        x = jax.device_put(jnp.zeros((devices, mib * 2**18), jnp.float32), sharding)
         t = T.median_time(lambda x=x: add(x), warmup=2, reps=max(reps, 9), min_time_s=0.2)["median_s"]
         rates[f"{mib}MiB"] = 2 * mib * 2**20 / t
     return {"best": max(rates.values()), "by_mib": rates}
@@ -271,7 +274,8 @@ def chunkwise_program(devices: int, seq_len: int):
     return compiled, lambda: compiled(*args), bench_ops.flops_chunkwise_fwd(b, nh, seq_len, d, d, chunk)
 
 
-def measure(name: str, compiled, call, flop: float, a) -> dict:
+def measure(name: str, compiled, call, flop: float, bandwidth: float, a) -> dict:
+    """The row of one program; ``bandwidth`` (bytes/s) only chooses a ``conditional``'s cheaper branch."""
     dots, graph, odd = program_dots(compiled.as_text())
     T.wait_for_idle_cpu(max_wait_s=a.max_idle_wait)
     with T.CpuMonitor() as mon:
@@ -286,8 +290,7 @@ def measure(name: str, compiled, call, flop: float, a) -> dict:
     for spec in dots:
         spec["ms"] = min(spec["ms_rounds"])
     log(f"{name}: {len(dots)} distinct dots timed in {a.rounds} rounds in {time.perf_counter() - t0:.0f} s")
-    ms_per_byte = 1e3 / a.bandwidth
-    runs = per_call(graph, {**{s["key"]: s["ms"] for s in dots}, OTHER_BYTES: ms_per_byte})
+    runs = per_call(graph, {**{s["key"]: s["ms"] for s in dots}, OTHER_BYTES: 1e3 / bandwidth})
     for spec in dots:
         spec["runs"] = runs.get(spec["key"], 0)
         spec["total_ms"] = spec["ms"] * spec["runs"]
@@ -349,16 +352,15 @@ def main(argv=None):
     load0 = T.loadavg()
     peaks = [profile_step.matmul_peak(a.reps)]
     rates = [bandwidth(a.cpu_devices, a.reps)]
-    a.bandwidth = rates[0]["best"]  # chooses the cheaper branch of a conditional
     env = {"bench": "env", "jax": jax.__version__, "cpu": T.cpu_model(), "argv": sys.argv[1:], "host_memory_kept": kept}
     T.emit(env)
     rows = []
     if a.only in (None, "train"):
         compiled, call, flop = profile_step.train_program(a.batch, a.seq_len, a.cpu_devices)
-        rows.append(measure("train", compiled, call, flop, a))
+        rows.append(measure("train", compiled, call, flop, rates[0]["best"], a))
     if a.only in (None, "chunkwise"):
         compiled, call, flop = chunkwise_program(a.cpu_devices, 4096)
-        rows.append(measure("chunkwise_fwd_S4096", compiled, call, flop, a))
+        rows.append(measure("chunkwise_fwd_S4096", compiled, call, flop, rates[0]["best"], a))
     peaks.append(profile_step.matmul_peak(a.reps))
     rates.append(bandwidth(a.cpu_devices, a.reps))
     peak, rate = max(peaks), max(r["best"] for r in rates)

@@ -294,9 +294,9 @@ def breakdown(compiled, call, reps: int) -> tuple[dict, list, float]:
         kinds[kind]["ms"] += sec * 1e3
         kinds[kind]["bwd_ms"] += sec * 1e3 if bwd else 0.0
         kinds[kind]["ops"] += 1
-        kinds[kind]["mb"] += moved.get(name, 0.0) / 1e6
-        where = ", ".join(f"{Path(f).name}:{ln}" for f, ln in (m or {}).get("frames", ())[:3]) or None
         mb = moved.get(name, 0.0) / 1e6
+        kinds[kind]["mb"] += mb
+        where = ", ".join(f"{Path(f).name}:{ln}" for f, ln in (m or {}).get("frames", ())[:3]) or None
         rows.append({"op": name, "ms": sec * 1e3, "mb": mb, "gb_per_s": mb / (sec * 1e3) if sec else None,
                      "kind": kind, "bwd": bwd, "at": where})  # fmt: skip
     total = sum(times.values())
