@@ -13,8 +13,9 @@ Cases (each skipped with a reason when it cannot run here):
 * ``pallas``: ``pallas_kernels.mlstm.gpu`` on a GPU, ``.tpu`` on a TPU (``--smoke`` on CPU: interpreted);
 * ``cudnn_attention``: ``jax.nn.dot_product_attention(implementation="cudnn")``, causal, NH=16, head
   dim 128 for q, k and v (cuDNN needs equal head dims), as the softmax-attention baseline;
-* ``tfla_torch``: the official TFLA Triton kernels (``mlstm_kernels.torch ... triton_xl_chunk``) in
-  torch, when torch with CUDA and ``mlstm_kernels`` are installed.
+* ``tfla_torch``: the official TFLA Triton kernels (``mlstm_kernels.torch ... triton_xl_chunk``, chunk
+  128) in torch, on the same inputs (shared through DLPack), when torch with CUDA and ``mlstm_kernels``
+  are installed.
 
 Before timing, each fast path's h is compared with the XLA form's on the same inputs (max error
 relative to max |h|). Prints one JSON line per case and a summary line with the ratios.
@@ -91,8 +92,9 @@ def _attention(q, k, v):
     return jax.nn.dot_product_attention(t(q), t(k), t(v), is_causal=True, implementation="cudnn")
 
 
-def _tfla_torch(b, nh, s, dhqk, dhv, chunk, reps):
-    """The official TFLA kernels in torch: (fwd ms, fwd+bwd ms), or a reason string."""
+def _tfla_torch(xs, chunk, reps, ref):
+    """The official TFLA kernels in torch on the same inputs ``xs`` (shared through DLPack):
+    {fwd ms, fwdbwd ms, max error of h against ``ref`` relative to max |ref|}, or a reason string."""
     try:
         import torch
         from mlstm_kernels.torch.chunkwise.triton_xl_chunk import mlstm_chunkwise__xl_chunk
@@ -100,13 +102,13 @@ def _tfla_torch(b, nh, s, dhqk, dhv, chunk, reps):
         return f"torch / mlstm_kernels not importable: {err}"
     if not torch.cuda.is_available():
         return "torch has no CUDA device"
-    dev = torch.device("cuda")
-    g = torch.Generator(device=dev).manual_seed(0)
-    mk = lambda *shape, dt=torch.bfloat16: torch.randn(*shape, device=dev, dtype=dt, generator=g)
-    q, k, v = mk(b, nh, s, dhqk), mk(b, nh, s, dhqk), mk(b, nh, s, dhv)
-    i, f = mk(b, nh, s, dt=torch.float32), 3.0 + mk(b, nh, s, dt=torch.float32)
+    q, k, v, i, f = (torch.from_dlpack(x).clone() for x in xs)
     for x in (q, k, v, i, f):
         x.requires_grad_(True)
+    with torch.no_grad():
+        h = mlstm_chunkwise__xl_chunk(q, k, v, i, f, chunk_size=chunk).float()
+        scale = float(jnp.max(jnp.abs(ref)))
+        err = float((h - torch.from_dlpack(ref)).abs().max()) / scale
 
     def fwd():
         with torch.no_grad():
@@ -130,6 +132,7 @@ def _tfla_torch(b, nh, s, dhqk, dhv, chunk, reps):
             torch.cuda.synchronize()
             times.append(start.elapsed_time(end))
         out[name] = statistics.median(times)
+    out["max_err_vs_xla"] = err
     return out
 
 
@@ -182,12 +185,16 @@ def main(argv=None) -> None:
             except Exception as err:
                 rec["error"] = f"{type(err).__name__}: {err}"[:500]
             print(json.dumps(rec), flush=True)
-            tfla = _tfla_torch(b, nh, s, dhqk, dhv, 128, reps)
+            try:
+                tfla = _tfla_torch(xs, 128, reps, ref)
+            except Exception as err:  # the baseline failing must not stop the run
+                tfla = f"failed: {type(err).__name__}: {err}"[:500]
             rec = {"bench": "mlstm_kernel", "case": "tfla_torch", "B": b, "NH": nh, "S": s, "chunk": 128}
             if isinstance(tfla, str):
                 rec["skipped"] = tfla
             else:
                 rec["fwd"], rec["fwdbwd"] = {"median_ms": tfla["fwd"]}, {"median_ms": tfla["fwdbwd"]}
+                rec["max_err_vs_xla"] = tfla["max_err_vs_xla"]
                 row["tfla_torch"] = (tfla["fwd"], tfla["fwdbwd"])
             print(json.dumps(rec), flush=True)
         summary[s] = row

@@ -27,9 +27,14 @@ class TritonKernel(NamedTuple):
     num_stages: int
 
 
+def on_h100():
+    """A context in which a CUDA lowering targets an H100 without a GPU attached."""
+    return jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=H100))
+
+
 def lower_for_h100(fn, *args) -> str:
     """StableHLO text of ``jax.jit(fn)(*args)`` lowered for CUDA (args may be ShapeDtypeStructs)."""
-    with jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("x",), abstract_device=H100)):
+    with on_h100():
         return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
