@@ -6,11 +6,15 @@
 #
 #   bash benchmarks/gpu_check.sh RESULTS_DIR            # on the GPU machine, from the repository root
 #   bash benchmarks/gpu_check.sh RESULTS_DIR --smoke    # tiny shapes, anywhere (CPU: kernels interpreted)
+#   KERNEL_ARGS="--seq 8192 32768 --cases xla pallas" bash benchmarks/gpu_check.sh RESULTS_DIR "" kernels
+#                                                       # only the named sections, kernel timings narrowed
 #
 # Without an installed xlstm-jax the package is installed (no dependencies) into a temporary folder.
 set -u
-out=${1:?usage: gpu_check.sh RESULTS_DIR [--smoke]}
+out=${1:?usage: gpu_check.sh RESULTS_DIR [--smoke|""] [SECTION ...]}
 smoke=${2:-}
+shift $(($# < 2 ? $# : 2))
+only=" ${*:-env mlstm kernels slstm train tune} "
 mkdir -p "$out"
 res="$out/results.jsonl"
 log="$out/log.txt"
@@ -43,6 +47,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi >>"$log" 2>&1
 section() {  # name, time limit (s), command...
   local name=$1 limit=$2
   shift 2
+  [[ $only == *" $name "* ]] || return 0
   local t0=$SECONDS
   echo "== $name (limit ${limit}s)" | tee -a "$log"
   timeout -k 10 "$limit" "$@" >>"$res" 2>>"$log"
@@ -54,7 +59,7 @@ section() {  # name, time limit (s), command...
 section env 45 "$py" benchmarks/gpu_check.py --section env $smoke
 section mlstm 120 "$py" benchmarks/gpu_check.py --section mlstm $smoke
 # torch (the TFLA baseline) shares the GPU with JAX in this process: JAX takes at most 60% of it.
-XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 section kernels 190 "$py" benchmarks/bench_kernels.py --reps 10 $smoke
+XLA_PYTHON_CLIENT_MEM_FRACTION=0.6 section kernels 190 "$py" benchmarks/bench_kernels.py ${KERNEL_ARGS:---reps 10} $smoke
 section slstm 100 "$py" benchmarks/gpu_check.py --section slstm $smoke
 section train 160 "$py" benchmarks/gpu_check.py --section train $smoke
 section tune 70 "$py" benchmarks/gpu_check.py --section tune $smoke

@@ -52,6 +52,32 @@ class Stabilizers(NamedTuple):
     m: jax.Array  # (..., NC, L) per-token output stabilizer
 
 
+def _then(earlier, later):
+    """The chunk maps x -> max(g + x, a) as pairs (g, a): ``earlier`` composed with ``later`` (applied
+    after it) is max(g1 + g2 + x, max(g2 + a1, a2)). Associative; -inf entries stay -inf (no inf - inf)."""
+    (g1, a1), (g2, a2) = earlier, later
+    return g1 + g2, jnp.maximum(g2 + a1, a2)
+
+
+def memory_scales(g, a_max, m0):
+    """The memory scale after every chunk, M_k = max(g_k + M_{k-1}, a_max_k) with M_{-1} = m0.
+
+    One ``associative_scan`` over the chunk axis (log depth): a sequential ``lax.scan`` is one loop
+    iteration per chunk, which on a GPU costs more than the kernels themselves at long sequences
+    (benchmarks/RESULTS.md, "The kernels on an H200"). Summation order differs from the loop's
+    (``tests/test_chunkwise_math.py`` compares the two).
+
+    Args:
+      g: (..., NC) log decay across each chunk; a_max: (..., NC) the chunk's largest write weight;
+        m0: (...) the scale entering the first chunk.
+
+    Returns:
+      M (..., NC).
+    """
+    g_all, a_all = jax.lax.associative_scan(_then, (g, a_max), axis=g.ndim - 1)
+    return jnp.maximum(g_all + m0[..., None], a_all)
+
+
 def stabilizers(logf, i, m0, resets: bool = True) -> Stabilizers:
     """logf, i: (B, NH, NC, L); m0: (B, NH). Differentiable (used for the backward's m-path).
 
@@ -62,15 +88,8 @@ def stabilizers(logf, i, m0, resets: bool = True) -> Stabilizers:
     a = last_segment(cf, ((cf.hi[..., -1:] - cf.hi) + (cf.lo[..., -1:] - cf.lo)) + i)
     g = first_segment(cf, b)[..., -1]
 
-    def body(m_prev, xs):
-        g_k, a_max_k = xs
-        m_next = jnp.maximum(g_k + m_prev, a_max_k)
-        return m_next, m_prev
-
-    chunks_first = lambda x: jnp.moveaxis(x, -1, 0)
-    m_final, m_before = jax.lax.scan(body, m0, (chunks_first(g), chunks_first(jnp.max(a, axis=-1))))
-    m_before = jnp.moveaxis(m_before, 0, -1)
-    m_after = jnp.concatenate([m_before[..., 1:], m_final[..., None]], axis=-1)
+    m_after = memory_scales(g, jnp.max(a, axis=-1), m0)
+    m_before = jnp.concatenate([m0[..., None], m_after[..., :-1]], axis=-1)
     entering = first_segment(cf, jnp.broadcast_to(m_before[..., None], b.shape))  # the entering memory reaches t
     m = b + jnp.maximum(entering, running_max(i - b, cf))
     return Stabilizers(a, g, m_before, m_after, m)
