@@ -28,8 +28,7 @@ Sections (one JSON line per case on stdout):
   of the 125M xLSTM[7:1] preset (``configs/pretrain_xlstm71_125m.yaml``: bfloat16 compute, remat)
   at B=16, S=2048, vocab 50304, with ``backend``/``slstm_backend`` = (chunkwise, scan) and
   (pallas_gpu, pallas_gpu): compile time, median step time, tokens/s, MFU against the vendor
-  bf16 peak (989 TFLOP/s) with the XLA step's cost-analysis FLOPs for both (XLA counts no FLOPs
-  inside a Pallas call).
+  bf16 peak (989 TFLOP/s) with the XLA step's matmul FLOPs (``train.flops``) for both.
 * ``tune``: ``pallas_gpu`` mLSTM time with other tiles, warps and stages (``TUNE_BLOCKS``) at S=8192,
   65,536 tokens, NH=16, DHQK=128, DHV=256, bfloat16.
 
@@ -270,10 +269,11 @@ def section_slstm(smoke: bool) -> None:
 
 
 def train_step_program(backend: str, slstm_backend: str, batch: int, seq_len: int, smoke: bool):
-    """(compiled step, call) of the trainer's jitted step for the 125M xLSTM[7:1] preset."""
+    """(matmul FLOPs, call) of the trainer's jitted step for the 125M xLSTM[7:1] preset, compiled."""
     from flax import nnx
 
     from xlstm_jax.train.config import MeshConfig, OptimConfig, build_dataclass, load_config
+    from xlstm_jax.train.flops import program_flops
     from xlstm_jax.train.mesh import batch_sharding, make_mesh, replicated
     from xlstm_jax.train.models import build_model, model_config
     from xlstm_jax.train.optim import make_optimizer
@@ -301,31 +301,30 @@ def train_step_program(backend: str, slstm_backend: str, batch: int, seq_len: in
     state = jax.device_put(state, state_sharding)
     data = jax.device_put(data, batch_sharding(mesh, mesh_cfg.rules))
     step = jit_train_step(graphdef, rest, tx, 1, state_sharding, batch_sharding(mesh, mesh_cfg.rules))
-    compiled = step.lower(state, data).compile()
+    traced = step.trace(state, data)
+    compiled = traced.lower().compile()
     box = [state]
 
     def call():
         box[0], metrics = compiled(box[0], data)
         return metrics
 
-    return compiled, call
+    return program_flops(traced.jaxpr), call
 
 
 def section_train(smoke: bool) -> None:
-    from xlstm_jax.train.metrics import step_flops
-
     batch, seq_len, reps = (2, 64, 1) if smoke else (16, 2048, 5)
-    xla_flops = None
+    xla_flops = None  # the XLA step's count: jaxpr_flops counts a kernel's dynamic loops once
     for backend, slstm_backend in (("chunkwise", "scan"), ("pallas_gpu", "pallas_gpu")):
         rec = {"section": "train", "preset": "pretrain_xlstm71_125m", "backend": backend,
                "slstm_backend": slstm_backend, "B": batch, "S": seq_len}  # fmt: skip
         try:
             t0 = time.perf_counter()
-            compiled, call = train_step_program(backend, slstm_backend, batch, seq_len, smoke)
+            flops, call = train_step_program(backend, slstm_backend, batch, seq_len, smoke)
             rec["compile_s"] = round(time.perf_counter() - t0, 1)
-            rec["flops_cost_analysis"] = step_flops(compiled)
+            rec["matmul_flops"] = flops
             if backend == "chunkwise":
-                xla_flops = rec["flops_cost_analysis"]
+                xla_flops = flops
             metrics = jax.device_get(call())
             rec["first_loss"] = float(metrics["loss"])
             ms = median_ms(call, (), reps)

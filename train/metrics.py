@@ -20,6 +20,7 @@ import numpy as np
 from xlstm_jax._validation import check_choice
 
 from .config import ConfigError
+from .flops import program_flops
 
 # Dense bfloat16 peak FLOP/s per device, for the MFU estimate (vendor figures).
 _PEAK_FLOPS = {
@@ -56,18 +57,15 @@ def device_peak_flops() -> tuple[float, str]:
     return 5 * 2 * 1024**3 / (time.perf_counter() - start), "measured 1024^2 float32 matmul"
 
 
-def step_flops(compiled) -> float:
-    """FLOPs of one compiled step on ONE device, from XLA's cost analysis (nan when unavailable).
+def step_flops(traced, num_devices: int) -> float:
+    """One device's share of the matmul FLOPs of a traced step (``jax.jit(step).trace(state, batch)``).
 
-    For a program partitioned over several devices (SPMD), XLA reports the cost of one partition,
-    so MFU is ``step_flops / seconds_per_step / device_peak_flops()``, with no device count.
+    ``flops.program_flops`` counts the whole program with its loops (XLA's cost analysis counts a loop
+    body once: a preset with ``scan_blocks`` was reported at a twentieth of its FLOPs); an SPMD program
+    runs 1/``num_devices`` of it per device, so MFU is ``step_flops / seconds_per_step /
+    device_peak_flops()``.
     """
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", math.nan))
-    except Exception:  # noqa: BLE001 - not every backend reports costs
-        return math.nan
+    return program_flops(traced.jaxpr) / num_devices
 
 
 class Logger:

@@ -391,8 +391,8 @@ def loop(s: Session, stop: _StopFlag) -> str:
     while s.step < end:
         batch = _global_batch(next(s.data_iter), s.batch_sharding, s.rows[1])
         if math.isnan(flops):
-            flops = step_flops(s.train_step.lower(s.state, batch).compile())
-            timer.restart()  # the compile is not a training step
+            flops = step_flops(s.train_step.trace(s.state, batch), s.batch_sharding.mesh.size)
+            timer.restart()  # tracing is not a training step
         s.state, metrics = s.train_step(s.state, batch)
         s.step += 1
         timer.count()
