@@ -8,6 +8,7 @@ under ``jax.shard_map`` inside a mesh, and whole models give the same logits wit
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -79,27 +80,60 @@ def test_slstm_kernel_backends_match_xla(backend):
 
 
 def test_untileable_shapes_fall_back_to_xla_with_a_reason(caplog):
-    """The GPU (Triton) kernels need head dims they can tile: DHV=12 and DH=6 run the XLA forms."""
-    q, k, v, i, f = cast(mlstm_inputs(25, s=9, dhqk=8, dhv=12), jnp.float32)
+    """The GPU (Triton) sLSTM kernel needs a head dim it can tile: DH=6 runs the XLA scan. (An mLSTM head
+    dim that is not a power of 2 runs the kernel zero-padded: test_pallas_mlstm_gpu.py.)"""
     gates_x, kernel, bias = cast(slstm_inputs(26, dh=6), jnp.float32)
     with caplog.at_level(logging.WARNING, logger="xlstm_jax.backends"):
-        h = backends.mlstm(q, k, v, i, f, backend="pallas_gpu")
         hs, _ = backends.slstm(gates_x, kernel, bias, backend="pallas_gpu")
-    assert_close(h, ops.mlstm_chunkwise(q, k, v, i, f)[0], 1e-6, "mLSTM fallback")
     assert_close(hs, ops.slstm_scan(gates_x, kernel, bias)[0], 1e-6, "sLSTM fallback")
     text = caplog.text
-    assert "mLSTM backend 'pallas_gpu' cannot run" in text and "power-of-2 head dims, got DHV=12" in text, text
     assert "sLSTM backend 'pallas_gpu' cannot run" in text and "DH=6 must be a multiple of 16" in text, text
 
 
-def test_auto_keeps_wide_slstm_heads_on_the_scan_on_gpu(monkeypatch, caplog):
-    """On a GPU, ``auto`` runs the XLA scan above GPU_AUTO_MAX_DH (the float32 kernel spills there)."""
+def test_auto_runs_the_xla_mlstm_for_head_dims_not_measured_on_gpu(monkeypatch, caplog):
+    """On a GPU, mLSTM ``auto`` takes the kernel for power-of-2 head dims and the XLA form for others
+    (the padded kernel is not measured on hardware); ``pallas_gpu`` takes the kernel for both."""
     monkeypatch.setattr(backends, "_platform", lambda: "gpu")
-    gates_x, kernel, bias = cast(slstm_inputs(28, b=1, s=3, nh=1, dh=128), jnp.float32)
+    ran = []  # the kernel cannot run here (not interpreted on a "gpu"): a stand-in records the call
+
+    def stand_in(q, k, v, i, f, *, initial_state, chunk_size, eps, blocks, interpret):
+        ran.append(q.shape[-1])
+        return ops.mlstm_chunkwise(q, k, v, i, f, initial_state=initial_state, chunk_size=16, eps=eps)
+
+    spy = dataclasses.replace(backends.IMPLEMENTATIONS["mlstm", "pallas_gpu"], run=stand_in)
+    monkeypatch.setitem(backends.IMPLEMENTATIONS, ("mlstm", "pallas_gpu"), spy)
+    wide = cast(mlstm_inputs(25, s=9, dhqk=24, dhv=32), jnp.float32)
+    with caplog.at_level(logging.INFO, logger="xlstm_jax.backends"):
+        h = backends.mlstm(*wide, backend="auto")
+    assert_close(h, ops.mlstm_chunkwise(*wide)[0], 1e-6, "XLA form")
+    assert "mLSTM backend 'auto' runs the XLA form for head dims (24, 32) on GPU" in caplog.text, caplog.text
+    assert ran == []
+    backends.mlstm(*wide, backend="pallas_gpu")
+    backends.mlstm(*cast(mlstm_inputs(25, s=9, dhqk=16, dhv=32), jnp.float32), backend="auto")
+    assert ran == [24, 16]
+
+
+@pytest.mark.parametrize("dh", [64, 128])
+def test_auto_runs_the_slstm_scan_on_gpu(monkeypatch, caplog, dh):
+    """On a GPU, sLSTM ``auto`` runs the XLA scan at every head dim (faster than the kernel for
+    forward+backward on an H200), while ``pallas_gpu`` still reaches the kernel."""
+    monkeypatch.setattr(backends, "_platform", lambda: "gpu")
+    gates_x, kernel, bias = cast(slstm_inputs(28, b=1, s=3, nh=1, dh=dh), jnp.float32)
+    ran = []  # the kernel cannot run here (not interpreted on a "gpu"): a stand-in records the call
+
+    def stand_in(gates_x, kernel, bias, *, initial_state, resets, blocks, interpret):
+        ran.append(blocks)
+        return ops.slstm_scan(gates_x, kernel, bias, initial_state=initial_state, resets=resets)
+
+    spy = dataclasses.replace(backends.IMPLEMENTATIONS["slstm", "pallas_gpu"], run=stand_in)
+    monkeypatch.setitem(backends.IMPLEMENTATIONS, ("slstm", "pallas_gpu"), spy)
     with caplog.at_level(logging.INFO, logger="xlstm_jax.backends"):
         h, _ = backends.slstm(gates_x, kernel, bias, backend="auto")
     assert_close(h, ops.slstm_scan(gates_x, kernel, bias)[0], 1e-6, "scan")
-    assert "'auto' runs the XLA scan for DH=128 on GPU" in caplog.text, caplog.text
+    assert "sLSTM backend 'auto' runs the XLA scan on GPU" in caplog.text, caplog.text
+    assert not ran
+    backends.slstm(gates_x, kernel, bias, backend="pallas_gpu")
+    assert len(ran) == 1
 
 
 def test_kernels_for_another_accelerator_are_refused_on_it(monkeypatch):

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from cuda_lowering import lower_for_h100, triton_kernels
-from helpers import assert_close, cast, mlstm_inputs
+from helpers import assert_close, cast, mlstm_inputs, mlstm_state
 from mlstm_kernel_cases import (
     BF16_FWD_TOL,
     BF16_GRAD_TOL,
@@ -125,10 +125,24 @@ def test_bfloat16_inputs(gates):
     check(out, grads, out_ref, grads_ref, BF16_FWD_TOL, BF16_GRAD_TOL, f"bf16 {gates}")
 
 
+@pytest.mark.parametrize("dhqk,dhv", [(24, 12), (16, 48)])
+def test_head_dims_that_are_not_powers_of_2_run_padded(dhqk, dhv):
+    """DHQK / DHV not powers of 2 (the 125M and 760M presets' mLSTM heads are 384 and 768 wide) run
+    zero-padded to the next power of 2, with q k^T still scaled by DHQK**-0.5: the same h, final state
+    and gradients as the XLA form. (They used to be refused, and the dispatcher fell back to XLA.)"""
+    assert choose_blocks(dhqk, dhv, 16) == choose_blocks(32 if dhqk == 24 else 16, 16 if dhv == 12 else 64, 16)
+    args = cast(mlstm_inputs(5, b=1, nh=2, s=40, dhqk=dhqk, dhv=dhv, gates="resets"), jnp.float32)
+    state = MLSTMState(*cast(mlstm_state(6, b=1, nh=2, dhqk=dhqk, dhv=dhv), jnp.float32))
+    rng = np.random.default_rng(7)
+    cot = (jnp.asarray(rng.normal(size=(1, 2, 40, dhv)), jnp.float32),
+           MLSTMState(*(jnp.asarray(rng.normal(size=x.shape), jnp.float32) for x in state)))  # fmt: skip
+    out, grads = _kernel(args, state, cot, chunk_size=16)
+    assert out[0].shape == (1, 2, 40, dhv) and out[1][0].shape == (1, 2, dhqk, dhv)
+    out_ref, grads_ref = reference(args, state, cot, chunk_size=16)
+    check(out, grads, out_ref, grads_ref, FWD_TOL, GRAD_TOL, f"DHQK={dhqk} DHV={dhv}")
+
+
 def test_rejects_what_triton_cannot_tile():
-    q, k, v, i, f = cast(mlstm_inputs(0, b=1, nh=1, s=8, dhqk=16, dhv=24), jnp.float32)
-    with pytest.raises(ValueError, match="power-of-2 head dims, got DHV=24"):
-        mlstm_chunkwise_gpu(q, k, v, i, f, interpret=True)
     q, k, v, i, f = cast(mlstm_inputs(0, b=1, nh=1, s=8, dhqk=16, dhv=32), jnp.float32)
     with pytest.raises(ValueError, match="contradicts blocks.chunk_size"):
         mlstm_chunkwise_gpu(q, k, v, i, f, chunk_size=32, blocks=SMALL_TILES, interpret=True)
@@ -162,6 +176,14 @@ def _production_case(dtype, s=1024, b=1, nh=2, dhqk=128, dhv=256):
         return pullback(jax.tree.map(jnp.ones_like, out))
 
     return args, state, run, vjp
+
+
+@pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")
+def test_padded_preset_head_dims_lower_for_cuda():
+    """The 125M preset's mLSTM heads (DHQK = DHV = 384) lower for CUDA, padded to 512."""
+    args, state, run, vjp = _production_case(jnp.bfloat16, s=256, dhqk=384, dhv=384)
+    text = lower_for_h100(vjp, args, state)
+    assert set(re.findall(r'name = "(mlstm_\w+)"', text)) == _KERNELS_BWD
 
 
 @pytest.mark.filterwarnings("ignore:The Pallas Triton backend is deprecated")

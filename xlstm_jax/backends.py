@@ -11,16 +11,16 @@ Models call ``mlstm`` and ``slstm`` here with a backend name from their config; 
 lazily, inside ``run`` and ``choose_blocks``, so pure-JAX use never imports kernel or GPU packages.
 
 mLSTM backends:
-  ``auto``        Pallas on TPU and GPU, the XLA chunkwise form on CPU.
+  ``auto``        Pallas on TPU and GPU (on GPU for power-of-2 head dims), the XLA chunkwise form elsewhere.
   ``xla``         the same as ``chunkwise``.
   ``chunkwise``   ``ops.mlstm_chunkwise`` (XLA).
   ``parallel``    ``ops.mlstm_parallel`` (XLA, quadratic; with a state it runs as ``chunkwise``).
   ``recurrent``   ``ops.mlstm_recurrent`` (XLA ``lax.scan``).
   ``pallas_tpu``  ``pallas_kernels.mlstm.tpu`` (Mosaic).
-  ``pallas_gpu``  ``pallas_kernels.mlstm.gpu`` (Pallas-Triton).
+  ``pallas_gpu``  ``pallas_kernels.mlstm.gpu`` (Pallas-Triton; other head dims zero-padded to a power of 2).
   ``triton``      the official TFLA Triton kernels of ``mlstm_kernels`` through ``jax_triton`` (GPU only).
 sLSTM backends: ``auto``, ``xla`` or ``scan`` (XLA), ``pallas_tpu``, ``pallas_gpu``; on GPU ``auto``
-  takes the kernel up to head dim ``pallas_kernels.slstm.config.GPU_AUTO_MAX_DH`` and the scan above.
+  runs the XLA scan (measured faster for training on an H200, see ``slstm``).
 
 A Pallas backend on a CPU runs in Pallas interpret mode (slow; for tests). A shape a kernel cannot
 tile falls back to the XLA form with a logged reason. Inside a mesh (``jax.set_mesh``) the kernels
@@ -196,6 +196,10 @@ def check_mlstm_backend(name: str) -> str:
 def check_slstm_backend(name: str) -> str:
     check_choice("sLSTM backend", name, SLSTM_BACKENDS)
     return name
+
+
+def _pow2(x: int) -> bool:
+    return x > 0 and x & (x - 1) == 0
 
 
 def _platform() -> str:
@@ -462,7 +466,14 @@ def mlstm(
     Returns:
       h (B, NH, S, DHV), or ``(h, state)`` if ``return_state``.
     """
-    name = resolve(check_mlstm_backend(backend), xla="chunkwise")
+    asked = check_mlstm_backend(backend)
+    name = resolve(asked, xla="chunkwise")
+    if asked == "auto" and name == "pallas_gpu" and not all(_pow2(d) for d in (q.shape[-1], v.shape[-1])):
+        # The GPU kernel was measured on an H200 (correct, 2.6x the XLA form at S=8192) at power-of-2
+        # head dims only; other dims run zero-padded (backend="pallas_gpu"), whose cost is not measured.
+        log.info("mLSTM backend 'auto' runs the XLA form for head dims %s on GPU (the kernel would pad them); "
+                 "backend='pallas_gpu' runs the padded kernel", (q.shape[-1], v.shape[-1]))  # fmt: skip
+        name = "chunkwise"
     stateful = initial_state is not None or return_state
     if name == "parallel" and stateful:
         name = "chunkwise"
@@ -578,16 +589,13 @@ def slstm(
     asked = check_slstm_backend(backend)
     name = resolve(asked, xla="scan")
     if asked == "auto" and name == "pallas_gpu":
-        from xlstm_jax.pallas_kernels.slstm.config import GPU_AUTO_MAX_DH
-
-        if gates_x.shape[-1] > GPU_AUTO_MAX_DH:
-            log.info(
-                "sLSTM backend 'auto' runs the XLA scan for DH=%d on GPU: the kernel's float32 recurrent matmuls "
-                "spill registers above DH=%d; backend='pallas_gpu' runs the kernel anyway",
-                gates_x.shape[-1],
-                GPU_AUTO_MAX_DH,
-            )
-            name = "scan"
+        # Measured on an H200 (benchmarks/RESULTS.md, "The kernels on an H200"; B=16, S=1024, NH=4):
+        # the float32 kernel is correct (1e-6) but slower than the XLA scan for forward+backward at
+        # every head dim (DH=64: 28.5 vs 20.0 ms; DH=128: 545 vs 21 ms, its weights spill), so
+        # training takes the scan. backend="pallas_gpu" runs the kernel (forward alone at DH=64:
+        # 4.2 vs 6.6 ms); recurrent_dtype="bfloat16" blocks change the numbers (bfloat16 precision).
+        log.info("sLSTM backend 'auto' runs the XLA scan on GPU; backend='pallas_gpu' runs the kernel")
+        name = "scan"
     impl = implementation("slstm", name)
     out = None
     if (length := length_axes(gates_x.shape[1])) is not None:

@@ -45,8 +45,10 @@ MATMUL_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.
 MIN_TILE = 16  # Triton's tl.dot needs M, N, K >= 16
 
 
-def _pow2(x: int) -> bool:
-    return x > 0 and x & (x - 1) == 0
+def padded_dim(dim: int) -> int:
+    """The head dim the kernels run with: ``dim`` rounded up to a power of 2 (the kernels load whole
+    (tile, DHQK) and (tile, DHV) rows, and Triton tensors have power-of-2 shapes)."""
+    return 1 << (dim - 1).bit_length()
 
 
 def choose_blocks(
@@ -54,13 +56,10 @@ def choose_blocks(
 ) -> MLSTMBlocks:
     """The tiles ``mlstm_chunkwise_gpu`` runs with, validated; raises ``ValueError`` if it cannot run.
 
-    Default: ``config.default_blocks("gpu", dhqk, dhv, chunk_size)``. The kernels load whole
-    (tile, DHQK) and (tile, DHV) rows, so the head dims must be powers of 2; on hardware
-    (``interpret=False``) every tile must be at least 16 (Triton's ``tl.dot``).
+    Default: ``config.default_blocks("gpu", DHQK', DHV', chunk_size)`` for the padded head dims
+    (``padded_dim``). On hardware (``interpret=False``) every tile must be at least 16 (Triton's ``tl.dot``).
     """
-    for name, dim in (("DHQK", dhqk), ("DHV", dhv)):
-        if not _pow2(dim):
-            raise ValueError(f"the GPU mLSTM kernel needs power-of-2 head dims, got {name}={dim}")
+    dhqk, dhv = padded_dim(dhqk), padded_dim(dhv)
     if blocks is None:
         blocks = default_blocks("gpu", dhqk, dhv, chunk_size)
     elif chunk_size is not None and chunk_size != blocks.chunk_size:
@@ -205,7 +204,8 @@ def mlstm_chunkwise_gpu(
 
     Args:
       q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); bfloat16, float16 or float32 (matmul operands
-        take their common dtype). q is scaled by DHQK**-0.5 inside. DHQK and DHV powers of 2.
+        take their common dtype). q is scaled by DHQK**-0.5 inside. A head dim that is not a power of 2
+        runs zero-padded to the next one (``padded_dim``): the same results, the padded dim's cost.
       i, f: (B, NH, S) input- and forget-gate pre-activations (f = -inf: exact memory reset).
       chunk_size: chunk length L; None: ``blocks.chunk_size``. Any S works: the sequence is padded
         to a multiple of L with tokens that neither write to nor decay the memory.
@@ -226,9 +226,28 @@ def mlstm_chunkwise_gpu(
     if dtype not in MATMUL_DTYPES:
         raise ValueError(f"q, k, v must be bfloat16, float16 or float32 for the GPU mLSTM kernel, got {dtype}")
     _, _, seq_len, dhqk = x.q.shape
-    blocks = choose_blocks(dhqk, x.v.shape[-1], chunk_size, blocks, interpret=interpret)
+    dhv = x.v.shape[-1]
+    blocks = choose_blocks(dhqk, dhv, chunk_size, blocks, interpret=interpret)
     q_, k_, v_ = (jnp.asarray(a, dtype) for a in (q, k, v))
+    c0, n0, m0 = x.state
+    pq, pv = padded_dim(dhqk), padded_dim(dhv)
+    if (pq, pv) != (dhqk, dhv):  # zero columns: q k^T, h and the state are unchanged, only wider
+        if pq != dhqk:  # the kernels scale q k^T by pq**-0.5
+            q_ = (q_.astype(jnp.float32) * (pq / dhqk) ** 0.5).astype(dtype)
+        q_, k_, v_, c0, n0 = _pad_heads(q_, k_, v_, c0, n0, pq, pv)
     logf, i_ = jax.nn.log_sigmoid(x.f), x.i
     q_, k_, v_, logf, i_ = pad_to_chunks(blocks.chunk_size, q_, k_, v_, logf, i_)
-    h, c, n, m = _mlstm(q_, k_, v_, logf, i_, *x.state, blocks, eps, interpret)
-    return h[:, :, :seq_len], MLSTMState(c, n, m)
+    h, c, n, m = _mlstm(q_, k_, v_, logf, i_, c0, n0, m0, blocks, eps, interpret)
+    return h[:, :, :seq_len, :dhv], MLSTMState(c[..., :dhqk, :dhv], n[..., :dhqk], m)
+
+
+def _pad_to(x, axis: int, width: int):
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, width - x.shape[axis])
+    return jnp.pad(x, pad)
+
+
+def _pad_heads(q, k, v, c0, n0, pq: int, pv: int):
+    """Zero-pad the head dims of q, k (and c0's rows, n0) to ``pq`` and of v (and c0's columns) to ``pv``."""
+    c0 = _pad_to(_pad_to(c0, -1, pv), -2, pq)
+    return _pad_to(q, -1, pq), _pad_to(k, -1, pq), _pad_to(v, -1, pv), c0, _pad_to(n0, -1, pq)

@@ -6,10 +6,6 @@ import dataclasses
 
 PLATFORMS = ("tpu", "gpu")
 RECURRENT_DTYPES = ("float32", "bfloat16")
-# Above this head dim ``backend="auto"`` runs the XLA scan on GPU instead of the float32 kernel:
-# compiled for sm_90, its per-step float32 dots spill 10-60 KB per thread at DH=128 and more above
-# (benchmarks/RESULTS.md), while at DH <= 64 it spills nothing. Asking for ``pallas_gpu`` runs it anyway.
-GPU_AUTO_MAX_DH = 64
 
 
 def _pow2(x: int) -> bool:
