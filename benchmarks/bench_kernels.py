@@ -52,7 +52,9 @@ def _inputs(b, nh, s, dhqk, dhv, dtype, seed=0):
     return q, k, v, i, f
 
 
-def _time(fn, args, reps: int, warmup: int = 2) -> dict:
+def time_calls(fn, args, reps: int, warmup: int = 2) -> dict:
+    """Median and fastest wall time (ms) of ``fn(*args)`` after ``warmup`` calls, each blocked on
+    (a device synchronisation)."""
     for _ in range(warmup):
         jax.block_until_ready(fn(*args))
     times = []
@@ -175,8 +177,8 @@ def main(argv=None) -> None:
             try:
                 fwd, fwdbwd = _fwd_and_fwdbwd(fn, xs)
                 rec["max_err_vs_xla"] = float(jnp.max(jnp.abs(fwd(*xs).astype(jnp.float32) - ref))) / scale
-                rec["fwd"] = _time(fwd, xs, reps)
-                rec["fwdbwd"] = _time(fwdbwd, xs, reps)
+                rec["fwd"] = time_calls(fwd, xs, reps)
+                rec["fwdbwd"] = time_calls(fwdbwd, xs, reps)
                 row[name] = (rec["fwd"]["median_ms"], rec["fwdbwd"]["median_ms"])
             except Exception as err:  # report and go on: one failing case must not hide the others
                 rec["error"] = f"{type(err).__name__}: {err}"[:500]
@@ -186,7 +188,7 @@ def main(argv=None) -> None:
             rec = {"bench": "mlstm_kernel", "case": "cudnn_attention", "B": b, "NH": nh, "S": s, "D": dhqk}
             try:
                 fwd, fwdbwd = _fwd_and_fwdbwd(_attention, (qa, ka, va))
-                rec["fwd"], rec["fwdbwd"] = _time(fwd, (qa, ka, va), reps), _time(fwdbwd, (qa, ka, va), reps)
+                rec["fwd"], rec["fwdbwd"] = time_calls(fwd, (qa, ka, va), reps), time_calls(fwdbwd, (qa, ka, va), reps)
                 row["cudnn_attention"] = (rec["fwd"]["median_ms"], rec["fwdbwd"]["median_ms"])
             except Exception as err:
                 rec["error"] = f"{type(err).__name__}: {err}"[:500]

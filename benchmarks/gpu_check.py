@@ -43,7 +43,6 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -53,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_kernels import time_calls
 from xlstm_jax import ops
 
 # (forward, gradient) tolerances on rel, per dtype of the matmul operands.
@@ -69,15 +69,7 @@ def _on_gpu() -> bool:
 
 
 def median_ms(fn, args, reps: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn(*args)`` in ms, each call blocked on (a device synchronisation)."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return time_calls(fn, args, reps, warmup)["median_ms"]
 
 
 def rel_errors(actual, truth, names) -> dict[str, float]:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import json
 import math
 
-import gpu_check
 import jax.numpy as jnp
 import numpy as np
+
+import gpu_check
 
 
 def test_judge_takes_the_tolerance_or_twice_the_xla_error():
