@@ -28,7 +28,7 @@ Sections (one JSON line per case on stdout):
   of the 125M xLSTM[7:1] preset (``configs/pretrain_xlstm71_125m.yaml``: bfloat16 compute, remat)
   at B=16, S=2048, vocab 50304, with ``backend``/``slstm_backend`` = (chunkwise, scan) and
   (pallas_gpu, pallas_gpu): compile time, median step time, tokens/s, MFU against the vendor
-  bf16 peak (989 TFLOP/s) with the XLA step's matmul FLOPs (``train.flops``) for both.
+  bf16 peak (989 TFLOP/s) with the XLA step's model FLOPs (``train.step.model_flops``) for both.
 * ``tune``: ``pallas_gpu`` mLSTM time with other tiles, warps and stages (``TUNE_BLOCKS``) at S=8192,
   65,536 tokens, NH=16, DHQK=128, DHV=256, bfloat16.
 
@@ -261,15 +261,14 @@ def section_slstm(smoke: bool) -> None:
 
 
 def train_step_program(backend: str, slstm_backend: str, batch: int, seq_len: int, smoke: bool):
-    """(matmul FLOPs, call) of the trainer's jitted step for the 125M xLSTM[7:1] preset, compiled."""
+    """(model FLOPs, call) of the trainer's jitted step for the 125M xLSTM[7:1] preset, compiled."""
     from flax import nnx
 
     from xlstm_jax.train.config import MeshConfig, OptimConfig, build_dataclass, load_config
-    from xlstm_jax.train.flops import program_flops
     from xlstm_jax.train.mesh import batch_sharding, make_mesh, replicated
     from xlstm_jax.train.models import build_model, model_config
     from xlstm_jax.train.optim import make_optimizer
-    from xlstm_jax.train.step import TrainState, jit_train_step
+    from xlstm_jax.train.step import TrainState, jit_train_step, model_flops
 
     overrides = [f"model.backend={backend}", f"model.slstm_backend={slstm_backend}"]
     if smoke:
@@ -293,20 +292,20 @@ def train_step_program(backend: str, slstm_backend: str, batch: int, seq_len: in
     state = jax.device_put(state, state_sharding)
     data = jax.device_put(data, batch_sharding(mesh, mesh_cfg.rules))
     step = jit_train_step(graphdef, rest, tx, 1, state_sharding, batch_sharding(mesh, mesh_cfg.rules))
-    traced = step.trace(state, data)
-    compiled = traced.lower().compile()
+    flops = model_flops(graphdef, rest, state.params, data)
+    compiled = step.lower(state, data).compile()
     box = [state]
 
     def call():
         box[0], metrics = compiled(box[0], data)
         return metrics
 
-    return program_flops(traced.jaxpr), call
+    return flops, call
 
 
 def section_train(smoke: bool) -> None:
     batch, seq_len, reps = (2, 64, 1) if smoke else (16, 2048, 5)
-    xla_flops = None  # the XLA step's count: jaxpr_flops counts a kernel's dynamic loops once
+    xla_flops = None  # the XLA step's count for both: a kernel's dynamic loops count once
     for backend, slstm_backend in (("chunkwise", "scan"), ("pallas_gpu", "pallas_gpu")):
         rec = {"section": "train", "preset": "pretrain_xlstm71_125m", "backend": backend,
                "slstm_backend": slstm_backend, "B": batch, "S": seq_len}  # fmt: skip
@@ -314,7 +313,7 @@ def section_train(smoke: bool) -> None:
             t0 = time.perf_counter()
             flops, call = train_step_program(backend, slstm_backend, batch, seq_len, smoke)
             rec["compile_s"] = round(time.perf_counter() - t0, 1)
-            rec["matmul_flops"] = flops
+            rec["model_flops"] = flops
             if backend == "chunkwise":
                 xla_flops = flops
             metrics = jax.device_get(call())
@@ -402,6 +401,11 @@ def summary(path: str) -> None:
                 "fwd_ms", "fwdbwd_ms", "step_ms", "tokens_per_s", "mfu_vs_989_tflops", "matmul_bf16_tflop_per_s",
                 "copy_gb_per_s", "error", "skipped")  # fmt: skip
         short = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k in keys}
+        if r.get("bench") == "summary":
+            print("summary", json.dumps(r.get("ratios")), flush=True)
+            continue
+        if r.get("bench") == "env" or r.get("section") == "env":
+            short.update({k: r[k] for k in ("device_kind", "jax") if k in r})
         if r.get("bench") == "mlstm_kernel":
             short.update({k: round(r[k]["median_ms"], 3) for k in ("fwd", "fwdbwd") if k in r})
             short.update({k: r[k] for k in ("case", "S", "max_err_vs_xla") if k in r})

@@ -2,7 +2,8 @@
 # The GPU check in one call: every section of benchmarks/gpu_check.py and the kernel timings of
 # benchmarks/bench_kernels.py, each in its own process under a time limit, so that one failing or
 # slow section cannot hide the others. Results: RESULTS_DIR/results.jsonl (JSON lines), log.txt
-# (stderr and nvidia-smi), and a short table printed last.
+# (stderr and nvidia-smi), and a short table printed last; the exit status is 1 when a section failed
+# or ran out of time.
 #
 #   bash benchmarks/gpu_check.sh RESULTS_DIR            # on the GPU machine, from the repository root
 #   bash benchmarks/gpu_check.sh RESULTS_DIR --smoke    # tiny shapes, anywhere (CPU: kernels interpreted)
@@ -13,8 +14,13 @@
 set -u
 out=${1:?usage: gpu_check.sh RESULTS_DIR [--smoke|""] [SECTION ...]}
 smoke=${2:-}
+if [[ -n $smoke && $smoke != --smoke ]]; then
+  echo "gpu_check.sh: the second argument must be --smoke or \"\" (then section names), got '$smoke'" >&2
+  exit 2
+fi
 shift $(($# < 2 ? $# : 2))
 only=" ${*:-env mlstm kernels slstm train tune} "
+failed=0
 mkdir -p "$out"
 res="$out/results.jsonl"
 log="$out/log.txt"
@@ -52,6 +58,7 @@ section() {  # name, time limit (s), command...
   echo "== $name (limit ${limit}s)" | tee -a "$log"
   timeout -k 10 "$limit" "$@" >>"$res" 2>>"$log"
   local rc=$?
+  [[ $rc -eq 0 ]] || failed=1
   echo "{\"section\": \"done\", \"name\": \"$name\", \"rc\": $rc, \"wall_s\": $((SECONDS - t0))}" >>"$res"
   echo "   rc=$rc in $((SECONDS - t0)) s" | tee -a "$log"
 }
@@ -66,3 +73,4 @@ section tune 70 "$py" benchmarks/gpu_check.py --section tune $smoke
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv >>"$log" 2>&1
 echo "== summary"
 "$py" benchmarks/gpu_check.py --summary "$res"
+exit $failed  # 1 when a section failed or ran out of time

@@ -1,10 +1,10 @@
-"""MFU's FLOP count (``train.flops``, ``train.metrics.step_flops``): every matmul of the step as often
-as it runs, one device's share of it.
+"""MFU's FLOP count (``train.flops.program_flops``, ``train.step.model_flops``): every matmul as often
+as it runs, remat's recomputation left out; the trainer divides it by the number of devices.
 
 The bug this reproduces: the trainer took XLA's cost analysis, which counts a loop body once, so a model
 with ``scan_blocks: true`` (every pretraining preset) was reported with a fraction of its FLOPs (the 125M
-preset on an H200: 1.2e12 of ~3e13 per step, MFU 0.16%). Before that, MFU divided by every device's
-peak instead of one's (``device_count`` times too low).
+preset's step on an H200: 1.19e12 instead of 3.74e13, MFU 0.16% instead of 5.0%). Before that, MFU
+divided by every device's peak instead of one's (``device_count`` times too low).
 """
 
 import jax
@@ -16,8 +16,8 @@ from jax.sharding import PartitionSpec as P
 
 from xlstm_jax.train.config import load_config
 from xlstm_jax.train.flops import program_flops
-from xlstm_jax.train.metrics import step_flops
 from xlstm_jax.train.models import build_model, model_config
+from xlstm_jax.train.step import model_flops
 
 
 def _flops(fn, *args) -> float:
@@ -40,24 +40,28 @@ def test_convolutions_count_their_window():
     assert _flops(conv, x, k) == 2 * (2 * 10 * 6) * 3
 
 
-def test_sharded_programs_count_the_whole_and_a_device_gets_its_share():
+def test_shard_map_bodies_count_once_per_device():
     mesh = jax.make_mesh((1,), ("x",))
     x = jax.device_put(jnp.ones((4, 3)), NamedSharding(mesh, P("x")))
     mapped = jax.shard_map(lambda a: a @ a.T, mesh=mesh, in_specs=P("x"), out_specs=P("x"))
     assert _flops(mapped, x) == 2 * 4 * 4 * 3  # one device's (4, 3) block, on the mesh's one device
-    traced = jax.jit(lambda a, b: a @ b).trace(jnp.ones((256, 128)), jnp.ones((128, 64)))
-    assert step_flops(traced, 4) == 2 * 256 * 128 * 64 / 4
 
 
-def _model_flops(scan_blocks: bool) -> tuple[float, float]:
-    """(fwd+bwd matmul FLOPs of the small xLSTM[7:1] model, XLA's cost-analysis FLOPs of the same)."""
+def _small_model(scan_blocks: bool, remat: bool = False):
+    """(graphdef, params, rest, batch) of a small xLSTM[7:1] (8 blocks, a run of 6 mLSTM blocks)."""
     overrides = ["model.embedding_dim=64", "model.num_blocks=8", "model.slstm_at=[1]", "model.vocab_size=128",
                  f"model.scan_blocks={str(scan_blocks).lower()}", "model.chunk_size=16"]  # fmt: skip
     cfg = load_config("pretrain_xlstm71_125m", overrides)
-    mc = model_config(cfg["model"], vocab_size=128, dtype="float32", param_dtype="float32", remat=False)
+    mc = model_config(cfg["model"], vocab_size=128, dtype="float32", param_dtype="float32", remat=remat)
     graphdef, params, rest = nnx.split(build_model(mc, 0), nnx.Param, ...)
-    x = jnp.asarray(np.random.default_rng(0).integers(0, 128, (2, 64)), jnp.int32)
-    grad = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(x).astype(jnp.float32)))
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 128, (2, 64)), jnp.int32)
+    batch = {"inputs": tokens, "targets": tokens, "loss_mask": jnp.ones((2, 64)), "segment_ids": jnp.ones_like(tokens)}
+    return graphdef, params, rest, batch
+
+
+def _grad_flops(graphdef, params, rest, batch) -> tuple[float, float]:
+    """(matmul FLOPs of the gradient program, XLA's cost-analysis FLOPs of the same)."""
+    grad = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p, rest)(batch["inputs"]).astype(jnp.float32)))
     traced = jax.jit(grad).trace(params)
     cost = traced.lower().compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -65,7 +69,20 @@ def _model_flops(scan_blocks: bool) -> tuple[float, float]:
 
 
 def test_scanned_blocks_are_counted_in_full():
-    scanned, xla_scanned = _model_flops(True)
-    unscanned, _ = _model_flops(False)
+    scanned, xla_scanned = _grad_flops(*_small_model(True))
+    unscanned, _ = _grad_flops(*_small_model(False))
     assert scanned == unscanned  # the same matmuls whether the blocks are a loop or not
     assert xla_scanned < 0.6 * scanned, (xla_scanned, scanned)  # what the trainer reported before
+
+
+def test_model_flops_leave_out_remat_recomputation():
+    plain, remat = _small_model(True), _small_model(True, remat=True)
+    assert model_flops(*_rest_last(plain)) == model_flops(*_rest_last(remat))
+    assert _grad_flops(*remat)[0] > _grad_flops(*plain)[0]  # what remat executes beyond the model's FLOPs
+    forward = jax.jit(lambda p: nnx.merge(plain[0], p, plain[2])(plain[3]["inputs"])).trace(plain[1])
+    assert model_flops(*_rest_last(plain)) >= 3 * program_flops(forward.jaxpr)  # the loss adds no matmul
+
+
+def _rest_last(model):
+    graphdef, params, rest, batch = model
+    return graphdef, rest, params, batch

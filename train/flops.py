@@ -3,15 +3,16 @@ loops counted as many times as they run.
 
 XLA's cost analysis (``compiled.cost_analysis()``) counts a loop body once, so a model whose blocks
 run as a ``lax.scan`` (``scan_blocks: true``, every pretraining preset) or whose cell walks chunks or
-tokens in a loop was reported with a fraction of its FLOPs: the 125M preset's step at S=2048 gave
-1.2e12 of about 3e13 (benchmarks/RESULTS.md, "The kernels on an H200"). Here a ``scan`` body counts
-``length`` times, a ``pallas_call`` kernel body once per program of its grid, a ``shard_map`` body
-once per device it runs on, a ``cond`` as its most expensive branch. Not counted: elementwise work
-(MFU's convention counts matmuls); loops whose trip count is not static (``while_loop``, a kernel's
-loop up to a computed bound) count once.
+tokens in a loop was reported with a fraction of its FLOPs: 1.19e12 for the 125M preset's step at
+B=16, S=2048, whose model FLOPs are 3.74e13 (benchmarks/RESULTS.md, "The kernels on an H200").
+Here a ``scan`` body counts ``length`` times, a ``pallas_call`` kernel body once per program of its
+grid, a ``shard_map`` body once per device it runs on, a ``cond`` as its most expensive branch. Not
+counted: elementwise work (MFU's convention counts matmuls); loops whose trip count is not static
+(``while_loop``, a kernel's loop up to a computed bound) count once.
 
-Usage: ``program_flops(jax.jit(step).trace(state, batch).jaxpr)``; the count is of the whole
-(global) program, so one device's share under SPMD is that divided by the number of devices.
+Usage: ``program_flops(jax.jit(fn).trace(*args).jaxpr)``; the count is of the whole (global) program,
+so one device's share under SPMD is that divided by the number of devices. The trainer's MFU counts the
+forward pass this way (``step.model_flops``), which leaves remat's recomputation out.
 """
 
 from __future__ import annotations

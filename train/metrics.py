@@ -20,7 +20,6 @@ import numpy as np
 from xlstm_jax._validation import check_choice
 
 from .config import ConfigError
-from .flops import program_flops
 
 # Dense bfloat16 peak FLOP/s per device, for the MFU estimate (vendor figures).
 _PEAK_FLOPS = {
@@ -55,17 +54,6 @@ def device_peak_flops() -> tuple[float, str]:
     for _ in range(5):
         matmul(x).block_until_ready()
     return 5 * 2 * 1024**3 / (time.perf_counter() - start), "measured 1024^2 float32 matmul"
-
-
-def step_flops(traced, num_devices: int) -> float:
-    """One device's share of the matmul FLOPs of a traced step (``jax.jit(step).trace(state, batch)``).
-
-    ``flops.program_flops`` counts the whole program with its loops (XLA's cost analysis counts a loop
-    body once: a preset with ``scan_blocks`` was reported at a twentieth of its FLOPs); an SPMD program
-    runs 1/``num_devices`` of it per device, so MFU is ``step_flops / seconds_per_step /
-    device_peak_flops()``.
-    """
-    return program_flops(traced.jaxpr) / num_devices
 
 
 class Logger:

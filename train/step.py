@@ -17,6 +17,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from .flops import program_flops
+
 
 class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar
@@ -32,6 +34,15 @@ def _token_losses(graphdef, params, rest, batch):
     mask = batch["loss_mask"]
     correct = (jnp.argmax(logits, axis=-1) == batch["targets"]) * mask
     return jnp.sum(ce * mask), jnp.sum(mask), correct
+
+
+def model_flops(graphdef, rest, params, batch) -> float:
+    """Model FLOPs of one training step on ``batch``, for MFU: three times the matmul FLOPs of the
+    forward pass and loss (the backward does two matmuls per forward one), counted on the forward's
+    jaxpr with every loop as often as it runs (``flops.program_flops``). Remat's recomputation is not
+    counted: a step with remat does more work than this (MFU's convention, not HFU's)."""
+    forward = jax.jit(lambda p, b: _token_losses(graphdef, p, rest, b)[0])
+    return 3.0 * program_flops(forward.trace(params, batch).jaxpr)
 
 
 def _split_micro(batch, accum: int):

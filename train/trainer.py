@@ -38,12 +38,12 @@ from .data.codec import codec_for
 from .data.sources import open_corpus
 from .errors import NonFiniteTrainingError
 from .mesh import batch_axes, batch_sharding, describe, make_mesh, process_rows, state_shardings
-from .metrics import Logger, device_peak_flops, step_flops
+from .metrics import Logger, device_peak_flops
 from .models import build_model, config_to_dict, model_config
 from .optim import make_optimizer, schedule
 from .resume import RESUME_MODES, check_resume, check_row_blocks, fingerprint
 from .runlock import RunLock
-from .step import TrainState, jit_train_step, make_eval_step
+from .step import TrainState, jit_train_step, make_eval_step, model_flops
 
 SECTIONS = ("model", "data", "optim", "train", "mesh", "distributed", "export")
 
@@ -383,15 +383,19 @@ def loop(s: Session, stop: _StopFlag) -> str:
     t = s.spec.train
     lr_at = schedule(s.spec.optim, t.steps)
     peak = s.peak_flops[0]
-    flops = math.nan
+    flops = None  # one device's model FLOPs per step, counted on the first batch
     end = t.steps if t.stop_after_steps is None else min(t.steps, s.start + t.stop_after_steps)
     timer = _StepTimer()
     s.logger.begin(s.step)
     previous = None  # (step, metrics) of the step before, checked once the next one is dispatched
     while s.step < end:
         batch = _global_batch(next(s.data_iter), s.batch_sharding, s.rows[1])
-        if math.isnan(flops):
-            flops = step_flops(s.train_step.trace(s.state, batch), s.batch_sharding.mesh.size)
+        if flops is None:
+            try:  # an SPMD step runs 1/size of the model's FLOPs per device
+                flops = model_flops(s.graphdef, s.rest, s.state.params, batch) / s.mesh.size
+            except Exception as err:  # noqa: BLE001 - MFU is informative: training goes on without it
+                s.logger.message(f"MFU unavailable: counting the step's FLOPs failed ({type(err).__name__}: {err})")
+                flops = math.nan
             timer.restart()  # tracing is not a training step
         s.state, metrics = s.train_step(s.state, batch)
         s.step += 1
@@ -405,7 +409,7 @@ def loop(s: Session, stop: _StopFlag) -> str:
             per_step = timer.per_step()
             m.update(
                 tokens_per_s=t.global_batch_size * t.seq_len / per_step,
-                mfu=flops / per_step / peak,  # both per device (step_flops)
+                mfu=flops / per_step / peak,  # both per device
             )
             if not s.custom.get("optimizer"):  # a user's optimizer has its own schedule
                 m["lr"] = float(lr_at(s.step - 1))

@@ -205,13 +205,16 @@ def mlstm_chunkwise_gpu(
     Args:
       q, k: (B, NH, S, DHQK); v: (B, NH, S, DHV); bfloat16, float16 or float32 (matmul operands
         take their common dtype). q is scaled by DHQK**-0.5 inside. A head dim that is not a power of 2
-        runs zero-padded to the next one (``padded_dim``): the same results, the padded dim's cost.
+        runs zero-padded to the next one (``padded_dim``) at the padded dim's cost: the same results up
+        to one more rounding of q (pre-scaled by sqrt(padded / DHQK), since the kernels scale by the
+        padded dim).
       i, f: (B, NH, S) input- and forget-gate pre-activations (f = -inf: exact memory reset).
       chunk_size: chunk length L; None: ``blocks.chunk_size``. Any S works: the sequence is padded
         to a multiple of L with tokens that neither write to nor decay the memory.
       initial_state: ``MLSTMState`` c (B, NH, DHQK, DHV), n (B, NH, DHQK), m (B, NH); zeros if None.
       eps: added to the normalizer.
-      blocks: tiles and launch parameters; None: ``config.default_blocks("gpu", DHQK, DHV, chunk_size)``.
+      blocks: tiles and launch parameters; None: ``config.default_blocks("gpu", DHQK', DHV', chunk_size)``
+        for the padded head dims.
         Checked by ``choose_blocks``.
       interpret: run the kernels in Pallas interpret mode (CPU tests).
 
