@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 
 from ._checks import check_eps, check_positive_int
 from ._chunkwise_bwd import backward
@@ -100,13 +101,58 @@ _FORWARD_MODE_ALTERNATIVES = (
 @partial(jax.jit, static_argnames=("chunk_size", "eps"))
 def _chunkwise_op(q, k, v, i, f, *, chunk_size: int, initial_state: MLSTMState | None, eps: float):
     x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
-    seq_len = x.q.shape[2]
-    chunk_size = min(chunk_size, seq_len)
-    k_, v_, reached = isolate_nonfinite(x.k, x.v)
-    q_, k_, v_, logf, i_ = pad_to_chunks(chunk_size, x.q, k_, v_, jax.nn.log_sigmoid(x.f), x.i)
-    h, c, n, m = _chunkwise(q_, k_, v_, logf, i_, *x.state, chunk_size, eps)
-    c, n = reached.state(c, n)
-    return reached.h(h[:, :, :seq_len]).astype(x.out_dtype), MLSTMState(c, n, m)
+    run = partial(_run, chunk_size=min(chunk_size, x.q.shape[2]), eps=eps)
+    h, c, n, m = _guard_when_nonfinite(run, x.q, x.k, x.v, x.i, x.f, *x.state)
+    return h.astype(x.out_dtype), MLSTMState(c, n, m)
+
+
+def _run(q, k, v, i, f, c0, n0, m0, *, chunk_size: int, eps: float, guard: bool):
+    """The chunkwise pass on prepared (B, NH, S, ...) inputs; returns (h, c, n, m).
+
+    ``guard``: keep a non-finite k or v from reaching earlier outputs (``isolate_nonfinite``), one
+    elementwise pass over k and v (about 15% of the forward on the CPU).
+    """
+    seq_len = q.shape[2]
+    if guard:
+        k, v, reached = isolate_nonfinite(k, v)
+    q, k, v, logf, i = pad_to_chunks(chunk_size, q, k, v, jax.nn.log_sigmoid(f), i)
+    h, c, n, m = _chunkwise(q, k, v, logf, i, c0, n0, m0, chunk_size, eps)
+    h = h[:, :, :seq_len]
+    if guard:
+        (c, n), h = reached.state(c, n), reached.h(h)
+    return h, c, n, m
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _guard_when_nonfinite(run, *args):
+    """``run(*args, guard=True)``, computed without the guard when that changes nothing.
+
+    A non-finite entry of k or v always reaches the final memory: it enters its chunk's sum
+    ``sum_t w_t k_t v_t^T`` (or ``sum_t w_t k_t``) as inf or NaN, even with a write weight
+    ``w_t = 0`` (0 * inf = NaN), and every later chunk keeps it (``decay * C``: 0 * NaN = NaN).
+    So the unguarded pass runs first, and the guarded one only when its final c or n is not
+    finite (``tests/test_mlstm_chunkwise_guard.py`` checks the claim). Finite inputs skip the
+    guard's pass; under ``vmap`` with batched inputs both branches of the ``lax.cond`` run.
+
+    Under differentiation the guarded pass runs alone (a ``lax.cond`` in the VJP would keep XLA
+    from sharing the forward's intra-chunk matrices with the backward, as ``_chunkwise_fwd.forward``
+    explains).
+    """
+    out = run(*args, guard=False)
+    c, n = out[1], out[2]
+    nonfinite = ~jnp.isfinite(jnp.sum(c) + jnp.sum(n))  # also true if the sum overflows: then guard
+    return jax.lax.cond(nonfinite, lambda a, _: run(*a, guard=True), lambda _, o: o, args, out)
+
+
+def _guard_fwd(run, *args):
+    return jax.vjp(partial(run, guard=True), *args)
+
+
+def _guard_bwd(run, pullback, cotangents):
+    return pullback(cotangents)
+
+
+_guard_when_nonfinite.defvjp(_guard_fwd, _guard_bwd)
 
 
 def _context_op(q, k, v, i, f, *, chunk_size: int, initial_state, eps: float, axis):
