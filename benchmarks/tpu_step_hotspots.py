@@ -109,7 +109,7 @@ def _inner(computations: dict, types: dict, name: str, seen=None) -> tuple[float
 
 # Functions of nn/layers.py that apply the headwise blocks on a TPU only (profile_step.KINDS lists the
 # CPU's: on a CPU these never run, so its profiles do not need them).
-_TPU_HEADWISE = {"_apply", "_tiled_apply", "_tiled_dw", "_group"}
+_TPU_HEADWISE = {"_apply", "_tiled_apply", "_tiled_dw", "_grouped_dw", "_group"}
 
 
 def _classify(m: dict | None) -> str:

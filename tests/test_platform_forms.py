@@ -35,6 +35,10 @@ def test_tiled_blocks_are_the_elementwise_blocks(shape):
     # bfloat16 in, float32 accumulation of the same products: the same bfloat16 result
     xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
     np.testing.assert_array_equal(layers._tiled_apply(xb, wb[:, None]), layers._blockwise_apply(xb, wb[:, None]))
+    dyb = dy.astype(jnp.bfloat16)
+    dw_b = layers._blockwise_dw(dyb, xb)
+    assert dw_b.dtype == jnp.float32  # accumulated in float32, cast to the weight's dtype by the caller
+    np.testing.assert_allclose(dw_b, layers._tiled_dw(dyb, xb), rtol=1e-5, atol=1e-4)
 
 
 def _blockwise_grad_hlo(platform: str) -> str:
@@ -44,8 +48,8 @@ def _blockwise_grad_hlo(platform: str) -> str:
 
 
 def test_blockwise_is_elementwise_on_cpu_and_dots_on_tpu():
-    # CPU: only dw is a dot (the elementwise forward and dx); TPU: forward, dx and dw are dots.
-    assert _blockwise_grad_hlo("cpu").count("stablehlo.dot_general") == 1
+    # CPU: no dot (forward and dx elementwise, dw a sum of products); TPU: forward, dx and dw are dots.
+    assert _blockwise_grad_hlo("cpu").count("stablehlo.dot_general") == 0
     assert _blockwise_grad_hlo("tpu").count("stablehlo.dot_general") == 3
 
 

@@ -125,7 +125,7 @@ def blockwise(x: jax.Array, w: jax.Array) -> jax.Array:
     DI multiply-adds per output, written as one elementwise expression: XLA fuses it with its
     neighbours into a single pass over x, where a batched (J, ., DI) x (J, DI, DO) dot needs the
     blocks moved to the leading axis and back (transposes of arrays whose minor axis is DI wide).
-    The custom backward keeps dx elementwise too; dw is one dot over the (B, S) positions.
+    The custom backward keeps dx elementwise too, and dw is a sum of products over the (B, S) positions.
 
     On a TPU (chosen when the program is lowered, ``jax.lax.platform_dependent``: an ahead-of-time
     compile for a TPU gets it too) the blocks are applied as dots with block-diagonal tiles up to
@@ -191,15 +191,26 @@ def _blockwise_bwd(res, dy):
 
 
 def _tiled_dw(dy, x):
-    """``_blockwise_dw`` with groups up to ``TPU_TILE`` wide (the TPU's)."""
-    return _blockwise_dw(dy, x, TPU_TILE // max(dy.shape[-1], x.shape[-1]))
+    """``_grouped_dw`` with groups up to ``TPU_TILE`` wide (the TPU's)."""
+    return _grouped_dw(dy, x, TPU_TILE // max(dy.shape[-1], x.shape[-1]))
 
 
-def _blockwise_dw(dy, x, most: int = ELEMENTWISE_MAX_BLOCK):
+def _blockwise_dw(dy, x):
     """dw (H, J, DO, DI) = sum over (B, S) of dy[..., j, o] x[..., j, i], from dy (B, H, S, J, DO) and
-    x (B, H, S, J, DI).
+    x (B, H, S, J, DI), accumulated in float32 (or wider).
 
-    As one dot per group of up to ``most`` neighbouring blocks (their full
+    Elementwise products summed over the positions: XLA fuses the products into one reduction that
+    reads dy and x where they lie. A dot contracting over (B, S) needs both operands transposed to
+    positions-last first (``_grouped_dw``), and on the CPU those transposes, fused with the
+    producers of dy and x, cost more than the dot: the training step of
+    ``benchmarks/profile_step.py`` takes 0.94-0.97x the time this way (``benchmarks/RESULTS.md``,
+    session 26)."""
+    acc = jnp.promote_types(jnp.float32, x.dtype)
+    return jnp.sum(dy.astype(acc)[..., :, None] * x.astype(acc)[..., None, :], axis=(0, 2))
+
+
+def _grouped_dw(dy, x, most: int):
+    """``_blockwise_dw`` as one dot per group of up to ``most`` neighbouring blocks (their full
     (G DO, G DI) products, of which the diagonal blocks are kept): a dot per single block
     contracts over (B, S) with a DI-wide minor axis, which XLA lays out by transposing both operands
     to positions-last; whole groups give it G times wider rows (G times the few FLOPs)."""
