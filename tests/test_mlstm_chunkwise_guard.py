@@ -82,6 +82,32 @@ def test_the_primal_call_equals_the_guarded_pass(bad):
     np.testing.assert_allclose(np.nan_to_num(np.asarray(h)), np.nan_to_num(h_rec), rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("bad", [False, True], ids=["finite", "inf_in_k"])
+def test_gradients_equal_the_guarded_pass(bad):
+    """Gradients through the skip (finite inputs: the unguarded pass's pullback; a non-finite k:
+    the guarded pass recomputed in the backward) equal those of the guarded pass itself."""
+    args = _inputs(4)
+    if bad:
+        args[1][0, 1, 3, 2] = np.inf
+    x = list(map(jnp.asarray, args))
+    cot = [jnp.asarray(np.random.default_rng(5 + j).normal(size=np.shape(t)), jnp.float32)
+           for j, t in enumerate((args[2], *_state(args)))]  # fmt: skip
+
+    def loss(form, *a):  # NaN outputs (from the inf in k) are left out of the loss
+        return sum(jnp.sum(jnp.where(jnp.isfinite(o), o, 0.0) * ct) for o, ct in zip(form(*a), cot))
+
+    chunkwise = jax.jit(lambda *a: (lambda h, st: (h, *st))(*mlstm_chunkwise(*a, chunk_size=CHUNK)))
+    guarded = partial(_run, chunk_size=CHUNK, eps=1e-6, guard=True)
+    argnums = (0, 1, 2, 3, 4)
+    got = jax.jit(jax.grad(partial(loss, chunkwise), argnums=argnums))(*x)
+    want = jax.jit(jax.grad(lambda *a: loss(guarded, *a, *_state(args)), argnums=argnums))(*x)
+    for name, g, w in zip("qkvif", got, want):
+        assert np.isfinite(np.asarray(g)).all(), name
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-6, atol=1e-7, err_msg=name)
+    if bad:
+        assert float(got[1][0, 1, 3, 2]) == 0.0
+
+
 def test_gradients_run_the_guarded_pass():
     """Under ``jax.grad`` the guarded pass is differentiated: with a NaN in one value entry, the
     gradients are those of the same inputs with that entry zeroed (what the guard does) and the

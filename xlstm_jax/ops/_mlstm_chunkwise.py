@@ -134,22 +134,38 @@ def _guard_when_nonfinite(run, *args):
     finite (``tests/test_mlstm_chunkwise_guard.py`` checks the claim). Finite inputs skip the
     guard's pass; under ``vmap`` with batched inputs both branches of the ``lax.cond`` run.
 
-    Under differentiation the guarded pass runs alone (a ``lax.cond`` in the VJP would keep XLA
-    from sharing the forward's intra-chunk matrices with the backward, as ``_chunkwise_fwd.forward``
-    explains).
+    Gradients likewise: the unguarded pass's pullback, which equals the guarded one's when k and v
+    are finite (the guard is then the identity), runs outside any ``lax.cond``, so that XLA still
+    shares the forward's intra-chunk matrices with the backward (``_chunkwise_fwd.forward``) and
+    fuses the gradients into their consumers; only for a non-finite final state does a ``lax.cond``
+    recompute the guarded pass and take its pullback instead.
     """
     out = run(*args, guard=False)
+    return _guarded_if_nonfinite(run, args, out)
+
+
+def _nonfinite(out) -> jax.Array:
     c, n = out[1], out[2]
-    nonfinite = ~jnp.isfinite(jnp.sum(c) + jnp.sum(n))  # also true if the sum overflows: then guard
-    return jax.lax.cond(nonfinite, lambda a, _: run(*a, guard=True), lambda _, o: o, args, out)
+    return ~jnp.isfinite(jnp.sum(c) + jnp.sum(n))  # also true if the sum overflows: then guard
+
+
+def _guarded_if_nonfinite(run, args, out):
+    return jax.lax.cond(_nonfinite(out), lambda a, _: run(*a, guard=True), lambda _, o: o, args, out)
 
 
 def _guard_fwd(run, *args):
-    return jax.vjp(partial(run, guard=True), *args)
+    out, pullback = jax.vjp(partial(run, guard=False), *args)
+    return _guarded_if_nonfinite(run, args, out), (pullback, _nonfinite(out), args)
 
 
-def _guard_bwd(run, pullback, cotangents):
-    return pullback(cotangents)
+def _guard_bwd(run, res, cotangents):
+    pullback, nonfinite, args = res
+    unguarded = pullback(cotangents)
+
+    def guarded(a, ct, _):
+        return jax.vjp(partial(run, guard=True), *a)[1](ct)
+
+    return jax.lax.cond(nonfinite, guarded, lambda a, ct, g: g, args, cotangents, unguarded)
 
 
 _guard_when_nonfinite.defvjp(_guard_fwd, _guard_bwd)
