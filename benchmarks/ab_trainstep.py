@@ -14,8 +14,9 @@ working tree's package is imported and compiled the same way. The compiled progr
 their Python modules, so both run side by side: called alternately ``--reps`` times each (the order
 flips every round), with a jitted 2048² float32 matmul after every round (the same-run peak).
 
-Output: one JSON line with wall and process CPU time medians (ms), new/base ratios, each program's
-XLA cost-analysis FLOPs and fraction of the same-run matmul peak, both programs' metrics after the
+Output: one JSON line with wall and process CPU time medians (ms), new/base ratios, the step's model
+FLOPs (the working tree's ``train.step.model_flops``, the same work for both) and each program's fraction
+of the same-run matmul peak by them, each program's XLA cost-analysis FLOPs, both programs' metrics after the
 first step (loss, gradient norm) and ``/proc/loadavg``; with ``--trace-reps N``, also each program's
 op self time per kind (``profile_step.py``'s classification, N traced calls each).
 """
@@ -60,7 +61,8 @@ def drop_package() -> None:
 
 
 def build_both(base: str, tmp: Path, batch: int, seq_len: int):
-    """{tag: (call, compiled, first step's metrics)} for "base" (extracted under tmp) and "new"."""
+    """{tag: (call, compiled, first step's metrics, model FLOPs, XLA's FLOPs)} for "base" (extracted under
+    tmp) and "new"."""
     import jax
 
     extract_package(base, tmp)
@@ -71,11 +73,11 @@ def build_both(base: str, tmp: Path, batch: int, seq_len: int):
             sys.path.insert(0, path)
         t0 = time.perf_counter()
         origin = importlib.import_module("xlstm_jax").__file__
-        compiled, call, _ = P.train_program(batch, seq_len)
+        compiled, call, work, xla_flops = P.train_program(batch, seq_len)
         print(f"{tag} ({origin}): compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         if path:
             sys.path.remove(path)
-        out[tag] = (call, compiled, jax.device_get(jax.block_until_ready(call())[1]))
+        out[tag] = (call, compiled, jax.device_get(jax.block_until_ready(call())[1]), work, xla_flops)
     return out
 
 
@@ -96,7 +98,8 @@ def main(argv=None) -> None:
         progs = build_both(a.base, Path(tmp), a.batch, a.seq_len)
         wall, cpu, peak = interleave({t: v[0] for t, v in progs.items()}, a.reps)
         med = lambda xs: float(np.median(xs)) * 1e3
-        flops = {t: P.flops(v[1]) for t, v in progs.items()}
+        work = progs["new"][3]  # the working tree's count (same model, same work) divides both times
+        xla_flops = {t: v[4] for t, v in progs.items()}
         first = {t: v[2] for t, v in progs.items()}
         shared = sorted(k for k in first["base"] if k in first["new"] and np.ndim(first["base"][k]) == 0)
         row = {
@@ -107,8 +110,9 @@ def main(argv=None) -> None:
             "wall_ms": {t: med(x) for t, x in wall.items()},
             "cpu_ms": {t: med(x) for t, x in cpu.items()},
             "new_over_base": {m: med(src["new"]) / med(src["base"]) for m, src in (("wall", wall), ("cpu", cpu))},
-            "flops": flops,
-            "frac_of_matmul_peak": {t: f / (med(wall[t]) * 1e-3) / 1e9 / peak if f else None for t, f in flops.items()},
+            "flops": work,
+            "xla_flops": xla_flops,
+            "frac_of_matmul_peak": {t: work / (med(wall[t]) * 1e-3) / 1e9 / peak for t in wall},
             "first_step_metrics": {t: {k: float(first[t][k]) for k in shared} for t in progs},
             "matmul_peak_gflop_per_s": peak,
             "loadavg": {"before": load_before, "after": P.loadavg()},
@@ -116,7 +120,7 @@ def main(argv=None) -> None:
         if a.trace_reps:
             # op self time per kind, the two programs traced one after the other under the same load
             row["kinds_ms"] = {}
-            for t, (call, compiled, _) in progs.items():
+            for t, (call, compiled, *_) in progs.items():
                 kinds, _, op_time = P.breakdown(compiled, call, a.trace_reps)
                 row["kinds_ms"][t] = {k: round(v["ms"], 2) for k, v in kinds.items() if v["ops"]}
                 row["kinds_ms"][t]["op time"] = round(op_time * 1e3, 2)

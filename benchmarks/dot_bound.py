@@ -6,7 +6,8 @@ Run from the repository root::
     python benchmarks/dot_bound.py --cpu-devices 2          # the data-parallel step, the heads over 2 devices
     python benchmarks/dot_bound.py --only chunkwise
 
-The issue-14 targets put a program's XLA FLOPs over its time against the 2048² float32 matmul peak.
+The issue-14 targets put a program's FLOPs (the training step's model FLOPs, ``profile_step.train_program``;
+the chunkwise forward's analytic count) over its time against the 2048² float32 matmul peak.
 Most of those FLOPs are in ``dot`` instructions whose shapes are far from 2048²: 64x64 chunk
 matrices, (2048, 256) x (256, 1024) projections, the sLSTM's 8-row recurrent products. This script
 measures what those dots cost on this machine, one at a time, and what the program's other
@@ -356,7 +357,7 @@ def main(argv=None):
     T.emit(env)
     rows = []
     if a.only in (None, "train"):
-        compiled, call, flop = profile_step.train_program(a.batch, a.seq_len, a.cpu_devices)
+        compiled, call, flop, _ = profile_step.train_program(a.batch, a.seq_len, a.cpu_devices)
         rows.append(measure("train", compiled, call, flop, rates[0]["best"], a))
     if a.only in (None, "chunkwise"):
         compiled, call, flop = chunkwise_program(a.cpu_devices, 4096)

@@ -311,7 +311,15 @@ def breakdown(compiled, call, reps: int) -> tuple[dict, list, float]:
 # programs
 # --------------------------------------------------------------------------- #
 def train_program(batch: int, seq_len: int, cpu_devices: int = 1):
-    """(compiled step, call, FLOPs of the whole step) of the trainer's step on random weights and tokens.
+    """(compiled step, call, model FLOPs, XLA's FLOPs) of the trainer's step on random weights and tokens.
+
+    The model FLOPs (``train.step.model_flops``, what the trainer's MFU counts: three times the
+    forward pass's matmuls, every loop iteration counted, branches taken only on exceptional inputs
+    left out) are the work the fractions of the matmul peak divide by: they stay the same whatever
+    form the step takes. XLA's cost analysis (``flops``) counts a loop body once and a ``lax.cond``
+    as its dearest branch, so it changes with the implementation: the chunkwise mLSTM's guarded pass
+    for non-finite inputs, a branch that does not run, added a third to it (32.2 to 41.5 GFLOP for
+    this step; ``benchmarks/RESULTS.md``, session 26). It is reported as well, as ``xla_flops``.
 
     ``cpu_devices`` > 1: the trainer's data-parallel step (``train.step.jit_train_step`` on a
     ``mesh.data=cpu_devices`` mesh, parameters and optimizer state replicated, the batch split over
@@ -326,7 +334,7 @@ def train_program(batch: int, seq_len: int, cpu_devices: int = 1):
     from xlstm_jax.train.mesh import batch_sharding, make_mesh, replicated
     from xlstm_jax.train.models import build_model, model_config
     from xlstm_jax.train.optim import make_optimizer
-    from xlstm_jax.train.step import TrainState, jit_train_step
+    from xlstm_jax.train.step import TrainState, jit_train_step, model_flops
 
     cfg = model_config(TRAIN, vocab_size=VOCAB, dtype="float32", param_dtype="float32", remat=False)
     graphdef, params, rest = nnx.split(build_model(cfg, 0), nnx.Param, ...)
@@ -339,6 +347,7 @@ def train_program(batch: int, seq_len: int, cpu_devices: int = 1):
         "loss_mask": jnp.ones((batch, seq_len), jnp.float32),
         "segment_ids": jnp.ones((batch, seq_len), jnp.int32),
     }
+    work = model_flops(graphdef, rest, params, data)
     mesh_cfg = MeshConfig(data=cpu_devices)
     mesh = make_mesh(mesh_cfg, jax.devices()[:cpu_devices])
     state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
@@ -348,14 +357,14 @@ def train_program(batch: int, seq_len: int, cpu_devices: int = 1):
         state, data
     )
     compiled = lowered.compile()
-    step_flops = flops(compiled) if cpu_devices == 1 else flops(lowered)
+    xla_flops = flops(compiled) if cpu_devices == 1 else flops(lowered)
     box = [state]
 
     def call():
         box[0], metrics = compiled(box[0], data)
         return box[0], metrics
 
-    return compiled, call, step_flops
+    return compiled, call, work, xla_flops
 
 
 def greedy_settings(steps: int):
@@ -532,9 +541,10 @@ def main(argv=None):
     records = [env]
     if a.only in (None, "train"):
         t0 = time.perf_counter()
-        compiled, call, step_flops = train_program(a.batch, a.seq_len, a.cpu_devices)
+        compiled, call, step_flops, xla_flops = train_program(a.batch, a.seq_len, a.cpu_devices)
         log(f"train step compiled in {time.perf_counter() - t0:.1f} s")
         r = run_program("train", compiled, call, a, step_flops=step_flops)
+        r["xla_flops"] = xla_flops
         r["frac_of_matmul_peak"] = r["flops"] / (r["median_ms"] * 1e-3) / 1e9 / peak if r["flops"] else None
         r.update(B=a.batch, S=a.seq_len, matmul_peak_gflop_per_s=peak, cpu_devices=a.cpu_devices)
         records.append(r)

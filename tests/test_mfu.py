@@ -7,6 +7,8 @@ preset's step on an H200: 1.19e12 instead of 3.74e13, MFU 0.16% instead of 5.0%)
 divided by every device's peak instead of one's (``device_count`` times too low).
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from xlstm_jax.ops import mlstm_chunkwise
+from xlstm_jax.ops._mlstm_chunkwise import _run
+from xlstm_jax.ops._transforms import rare_branch
 from xlstm_jax.train.config import load_config
 from xlstm_jax.train.flops import program_flops
 from xlstm_jax.train.models import build_model, model_config
@@ -31,6 +36,21 @@ def test_loops_count_every_iteration_and_grad_three_matmuls():
     assert _flops(jax.grad(lambda w: run(w, xs).sum()), w) == 3 * 7 * 2 * 4 * 8 * 8  # fwd, d carry, d w
     branches = lambda p, x: jax.lax.cond(p, lambda x: x @ x @ x, lambda x: x, x)
     assert _flops(branches, True, jnp.ones((4, 4))) == 2 * 2 * 4**3  # the dearer branch
+
+
+def test_rare_branches_are_left_out():
+    """A cond branch marked ``rare_branch`` (taken only on exceptional inputs) is not counted: the
+    chunkwise mLSTM, whose guarded pass is such a branch, counts as one pass, forward and gradient."""
+    rare = lambda p, x: jax.lax.cond(p, rare_branch(lambda x: x @ x @ x), lambda x: x @ x, x)
+    assert _flops(rare, True, jnp.ones((4, 4))) == 2 * 4**3  # the usual branch, though the rare one costs more
+    q, k, v = (jax.random.normal(jax.random.key(j), (1, 2, 40, 8)) for j in range(3))
+    i, f = jax.random.normal(jax.random.key(3), (2, 1, 2, 40))
+    state = (jnp.zeros((1, 2, 8, 8)), jnp.zeros((1, 2, 8)), jnp.zeros((1, 2)))
+    once = partial(_run, chunk_size=16, eps=1e-6, guard=True)  # one guarded pass, no cond
+    chunkwise = lambda *a: mlstm_chunkwise(*a, chunk_size=16)[0]
+    assert _flops(chunkwise, q, k, v, i, f) == _flops(lambda *a: once(*a, *state)[0], q, k, v, i, f) > 0
+    grad = lambda fn: jax.grad(lambda *a: jnp.sum(fn(*a) ** 2), argnums=(0, 1, 2))
+    assert _flops(grad(chunkwise), q, k, v, i, f) == _flops(grad(lambda *a: once(*a, *state)[0]), q, k, v, i, f)
 
 
 def test_convolutions_count_their_window():

@@ -6,7 +6,10 @@ run as a ``lax.scan`` (``scan_blocks: true``, every pretraining preset) or whose
 tokens in a loop was reported with a fraction of its FLOPs: 1.19e12 for the 125M preset's step at
 B=16, S=2048, whose model FLOPs are 3.74e13 (benchmarks/RESULTS.md, "The kernels on an H200").
 Here a ``scan`` body counts ``length`` times, a ``pallas_call`` kernel body once per program of its
-grid, a ``shard_map`` body once per device it runs on, a ``cond`` as its most expensive branch. Not
+grid, a ``shard_map`` body once per device it runs on, a ``cond`` as its most expensive branch that is
+not marked as taken only on exceptional inputs (``xlstm_jax.ops._transforms.rare_branch``: the
+chunkwise mLSTM's guarded pass for a non-finite final state, which would otherwise count the cell
+twice). Not
 counted: elementwise work (MFU's convention counts matmuls); loops whose trip count is not static
 (``while_loop``, a kernel's loop up to a computed bound) count once.
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from typing import Any
+
+from xlstm_jax.ops._transforms import RARE_BRANCH
 
 
 def _sub_jaxprs(value: Any) -> Iterator[Any]:
@@ -58,6 +63,11 @@ def _shard_count(eqn) -> int:
     return math.prod(dict(mesh.shape)[a] for a in axes)
 
 
+def _rare(jaxpr) -> bool:
+    """Whether a cond branch was traced under ``rare_branch`` (its equations carry the scope)."""
+    return any(str(e.source_info.name_stack).split("/")[0] == RARE_BRANCH for e in jaxpr.eqns)
+
+
 def jaxpr_flops(jaxpr) -> float:
     """Matmul FLOPs of one run of ``jaxpr`` (a ``Jaxpr``; see the module docstring)."""
     total = 0.0
@@ -68,7 +78,9 @@ def jaxpr_flops(jaxpr) -> float:
         elif name == "conv_general_dilated":
             total += _conv(eqn)
         elif name == "cond":
-            total += max((jaxpr_flops(b) for b in _sub_jaxprs(eqn.params["branches"])), default=0.0)
+            branches = list(_sub_jaxprs(eqn.params["branches"]))
+            usual = [b for b in branches if not _rare(b)] or branches
+            total += max((jaxpr_flops(b) for b in usual), default=0.0)
         else:
             inner = sum(jaxpr_flops(j) for v in eqn.params.values() for j in _sub_jaxprs(v))
             if name == "scan":

@@ -17,7 +17,7 @@ from ._checks import check_eps, check_positive_int
 from ._chunkwise_bwd import backward
 from ._chunkwise_fwd import Residuals, forward
 from ._states import MLSTMState
-from ._transforms import reverse_mode_only, static_setting
+from ._transforms import rare_branch, reverse_mode_only, static_setting
 from .chunkwise_math import pad_to_chunks
 from .context_parallel import context_states
 from .mlstm_inputs import isolate_nonfinite, prepare
@@ -150,7 +150,7 @@ def _nonfinite(out) -> jax.Array:
 
 
 def _guarded_if_nonfinite(run, args, out):
-    return jax.lax.cond(_nonfinite(out), lambda a, _: run(*a, guard=True), lambda _, o: o, args, out)
+    return jax.lax.cond(_nonfinite(out), rare_branch(lambda a, _: run(*a, guard=True)), lambda _, o: o, args, out)
 
 
 def _guard_fwd(run, *args):
@@ -165,7 +165,7 @@ def _guard_bwd(run, res, cotangents):
     def guarded(a, ct, _):
         return jax.vjp(partial(run, guard=True), *a)[1](ct)
 
-    return jax.lax.cond(nonfinite, guarded, lambda a, ct, g: g, args, cotangents, unguarded)
+    return jax.lax.cond(nonfinite, rare_branch(guarded), lambda a, ct, g: g, args, cotangents, unguarded)
 
 
 _guard_when_nonfinite.defvjp(_guard_fwd, _guard_bwd)

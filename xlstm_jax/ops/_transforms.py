@@ -43,3 +43,20 @@ def reverse_mode_only(op: str, alternatives: str):
             f"{op} has a hand-written reverse-mode gradient (jax.custom_vjp) and no forward mode, "
             f"so jax.jvp, jax.jacfwd, jax.linearize and jax.hessian cannot go through it: {alternatives}"
         ) from err
+
+
+# The name scope of a ``lax.cond`` branch that runs only on exceptional inputs (the chunkwise mLSTM's
+# guarded pass, taken when the final state is not finite). FLOP counts leave such branches out: a
+# cond counts as its most expensive other branch (``train/flops.py``).
+RARE_BRANCH = "rare_branch"
+
+
+def rare_branch(fn):
+    """``fn`` traced under the name scope ``RARE_BRANCH``: a ``lax.cond`` branch taken only on
+    exceptional inputs, which FLOP counts leave out."""
+
+    def scoped(*args):
+        with jax.named_scope(RARE_BRANCH):
+            return fn(*args)
+
+    return scoped
