@@ -6,7 +6,9 @@ is full of loops: the sLSTM recurrence over every token, the chunkwise mLSTM's s
 blocks, gradient accumulation. ``hlo_stats`` reads the optimized HLO text (``compiled.as_text()``)
 and weights every computation by how often it runs: a ``while`` body by its
 ``known_trip_count`` (1 when the compiler does not know it: reported in ``unknown_trip_counts``),
-fusions, calls and conditional branches by their caller's weight.
+fusions, calls and conditional branches by their caller's weight, except a branch traced under
+``xlstm_jax.ops._transforms.rare_branch`` (taken only on exceptional inputs: the chunkwise mLSTM's
+guarded pass for a non-finite state), which weighs 0.
 
 It counts, per device (the text is one SPMD partition):
   ``collective_bytes``: operand bytes of all-gather, reduce-scatter, all-reduce, all-to-all and
@@ -40,6 +42,7 @@ _INSTRUCTION = re.compile(r"^\s+(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _CALLEES = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_RARE = re.compile(r'op_name="[^"]*\brare_branch\b')  # ops._transforms.RARE_BRANCH in the name scope
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "conditional", "call",
                "after-all", "partition-id", "replica-id", "iota", "opt-barrier", "async-update"}  # fmt: skip
@@ -114,6 +117,11 @@ def _trip_count(attrs: str, condition, constants) -> int | None:
     return constants.get(bound)
 
 
+def _rare(instructions) -> bool:
+    """Whether a branch computation was traced under ``rare_branch`` (its ops carry the scope)."""
+    return any(_RARE.search(inst[4]) for inst in instructions)
+
+
 def _weights(computations, roots, entry):
     """How often each computation runs per step (and each while loop's trip count), and which
     computations are fusion bodies."""
@@ -139,11 +147,14 @@ def _weights(computations, roots, entry):
                 factor = 1
                 if kind in ("body", "condition") and opcode == "while":
                     factor = trips[inst_name]
+                if kind in ("true_computation", "false_computation") and _rare(computations.get(callee, ())):
+                    factor = 0
                 if opcode != "while" and opcode != "call" and opcode != "conditional":
                     inside_fusion.add(callee)  # fusion / async bodies: traffic counted at the caller
                 edges[name].append((callee, factor))
             for group in _BRANCHES.findall(attrs):
-                edges[name].extend((b.strip().lstrip("%"), 1) for b in group.split(",") if b.strip())
+                branches = [b.strip().lstrip("%") for b in group.split(",") if b.strip()]
+                edges[name].extend((b, 0 if _rare(computations.get(b, ())) else 1) for b in branches)
     indegree = collections.Counter(c for callees in edges.values() for c, _ in callees)
     weight = collections.Counter({entry: 1})
     ready = [c for c in computations if indegree[c] == 0]

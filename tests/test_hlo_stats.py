@@ -115,6 +115,20 @@ def test_cpu_scan_is_weighted_by_its_trip_count():
     assert stats["loop_iterations"] == 10 and stats["unknown_trip_counts"] == 0
 
 
+def test_rare_branches_weigh_nothing():
+    """A ``lax.cond`` branch traced under ``rare_branch`` (taken only on exceptional inputs) is not
+    counted; the usual branch is, whichever XLA calls true or false."""
+    from xlstm_jax.ops._transforms import rare_branch
+
+    def f(x, w):
+        usual = lambda x: jnp.tanh(x @ w)  # noqa: E731
+        return jax.lax.cond(jnp.isfinite(x).all(), usual, rare_branch(lambda x: x @ w @ w.T @ w), x)
+
+    stats = hlo_stats(jax.jit(f).lower(jnp.ones((64, 32)), jnp.ones((32, 32))).compile().as_text())
+    assert stats["dot_flops"] == 2 * 64 * 32 * 32
+    assert stats["dot_flops_once"] == 4 * 2 * 64 * 32 * 32  # every computation once: both branches
+
+
 def test_cpu_loop_free_counts_match_cost_analysis():
     compiled = jax.jit(lambda x, w: jnp.tanh(x @ w).sum()).lower(jnp.ones((64, 32)), jnp.ones((32, 16))).compile()
     stats, cost = hlo_stats(compiled.as_text()), compiled.cost_analysis()
