@@ -7,7 +7,7 @@ blocks, gradient accumulation. ``hlo_stats`` reads the optimized HLO text (``com
 and weights every computation by how often it runs: a ``while`` body by its
 ``known_trip_count`` (1 when the compiler does not know it: reported in ``unknown_trip_counts``),
 fusions, calls and conditional branches by their caller's weight, except a branch traced under
-``xlstm_jax.ops._transforms.rare_branch`` (taken only on exceptional inputs: the chunkwise mLSTM's
+``xlstm_jax.ops.rare_branch`` (taken only on exceptional inputs: the chunkwise mLSTM's
 guarded pass for a non-finite state), which weighs 0.
 
 It counts, per device (the text is one SPMD partition):
@@ -42,7 +42,7 @@ _INSTRUCTION = re.compile(r"^\s+(ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
 _CALLEES = re.compile(r"\b(body|condition|calls|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
-_RARE = re.compile(r'op_name="[^"]*\brare_branch\b')  # ops._transforms.RARE_BRANCH in the name scope
+_RARE = re.compile(r'op_name="[^"]*\brare_branch\b')  # xlstm_jax.ops.RARE_BRANCH in the name scope
 COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "while", "conditional", "call",
                "after-all", "partition-id", "replica-id", "iota", "opt-barrier", "async-update"}  # fmt: skip

@@ -118,7 +118,7 @@ def test_cpu_scan_is_weighted_by_its_trip_count():
 def test_rare_branches_weigh_nothing():
     """A ``lax.cond`` branch traced under ``rare_branch`` (taken only on exceptional inputs) is not
     counted; the usual branch is, whichever XLA calls true or false."""
-    from xlstm_jax.ops._transforms import rare_branch
+    from xlstm_jax.ops import rare_branch
 
     def f(x, w):
         usual = lambda x: jnp.tanh(x @ w)  # noqa: E731

@@ -16,9 +16,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from xlstm_jax.ops import mlstm_chunkwise
+from xlstm_jax.ops import mlstm_chunkwise, rare_branch
 from xlstm_jax.ops._mlstm_chunkwise import _run
-from xlstm_jax.ops._transforms import rare_branch
 from xlstm_jax.train.config import load_config
 from xlstm_jax.train.flops import program_flops
 from xlstm_jax.train.models import build_model, model_config

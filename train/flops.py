@@ -7,7 +7,7 @@ tokens in a loop was reported with a fraction of its FLOPs: 1.19e12 for the 125M
 B=16, S=2048, whose model FLOPs are 3.74e13 (benchmarks/RESULTS.md, "The kernels on an H200").
 Here a ``scan`` body counts ``length`` times, a ``pallas_call`` kernel body once per program of its
 grid, a ``shard_map`` body once per device it runs on, a ``cond`` as its most expensive branch that is
-not marked as taken only on exceptional inputs (``xlstm_jax.ops._transforms.rare_branch``: the
+not marked as taken only on exceptional inputs (``xlstm_jax.ops.rare_branch``: the
 chunkwise mLSTM's guarded pass for a non-finite final state, which would otherwise count the cell
 twice). Not
 counted: elementwise work (MFU's convention counts matmuls); loops whose trip count is not static
@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from xlstm_jax.ops._transforms import RARE_BRANCH
+from xlstm_jax.ops import RARE_BRANCH
 
 
 def _sub_jaxprs(value: Any) -> Iterator[Any]:

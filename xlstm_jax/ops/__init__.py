@@ -24,7 +24,9 @@ a scan of ``slstm_step``, which support forward mode). Inside an outer ``jax.jit
 error is JAX's own "can't apply forward-mode autodiff (jvp) to a custom_vjp function".
 
 Non-finite inputs: a NaN or inf in k or v at step s reaches the outputs from s on and
-none before, in every mLSTM form (as in the recurrent definition).
+none before, in every mLSTM form (as in the recurrent definition). ``mlstm_chunkwise`` handles them
+in a ``lax.cond`` branch that runs only when they occur, traced under the name scope ``RARE_BRANCH``
+(``rare_branch``), which FLOP counts (``xlstm_jax.train.flops``) leave out.
 """
 
 from ._mlstm_chunkwise import mlstm_chunkwise
@@ -32,14 +34,17 @@ from ._mlstm_parallel import mlstm_parallel
 from ._mlstm_recurrent import mlstm_recurrent, mlstm_step
 from ._slstm import slstm_scan, slstm_step
 from ._states import MLSTMState, SLSTMState
+from ._transforms import RARE_BRANCH, rare_branch
 
 __all__ = [
     "MLSTMState",
+    "RARE_BRANCH",
     "SLSTMState",
     "mlstm_chunkwise",
     "mlstm_parallel",
     "mlstm_recurrent",
     "mlstm_step",
+    "rare_branch",
     "slstm_scan",
     "slstm_step",
 ]
