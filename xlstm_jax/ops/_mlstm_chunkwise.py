@@ -141,7 +141,7 @@ def _guard_when_nonfinite(run, *args):
     recompute the guarded pass and take its pullback instead.
     """
     out = run(*args, guard=False)
-    return _guarded_if_nonfinite(run, args, out)
+    return _guarded_if(_nonfinite(out), run, args, out)
 
 
 def _nonfinite(out) -> jax.Array:
@@ -149,13 +149,15 @@ def _nonfinite(out) -> jax.Array:
     return ~jnp.isfinite(jnp.sum(c) + jnp.sum(n))  # also true if the sum overflows: then guard
 
 
-def _guarded_if_nonfinite(run, args, out):
-    return jax.lax.cond(_nonfinite(out), rare_branch(lambda a, _: run(*a, guard=True)), lambda _, o: o, args, out)
+def _guarded_if(nonfinite, run, args, out):
+    """``out``, or the guarded pass recomputed when ``nonfinite``."""
+    return jax.lax.cond(nonfinite, rare_branch(lambda a, _: run(*a, guard=True)), lambda _, o: o, args, out)
 
 
 def _guard_fwd(run, *args):
     out, pullback = jax.vjp(partial(run, guard=False), *args)
-    return _guarded_if_nonfinite(run, args, out), (pullback, _nonfinite(out), args)
+    nonfinite = _nonfinite(out)
+    return _guarded_if(nonfinite, run, args, out), (pullback, nonfinite, args)
 
 
 def _guard_bwd(run, res, cotangents):
