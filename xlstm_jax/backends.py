@@ -309,6 +309,27 @@ def length_axes(seq_len: int) -> tuple[str, ...] | None:
     return _split("length", seq_len)
 
 
+def leading_axes_merge_locally(x: jax.Array) -> bool:
+    """Whether merging x's leading axes (all but the last) into one moves no data between devices.
+
+    A matmul over the last axis runs as one 2-D dot on the merged rows (``nn.Linear``): XLA:CPU
+    computes the weight gradient of a dot that contracts two axes (B and S) by writing the output
+    gradient transposed, fused with its producers (the residual stream's sum of contributions) into
+    a strided copy. Merging is local when only the first axis (the batch) is split: True unless a
+    later leading axis is split over the mesh, by the axis rule ``length`` (Auto axes of size > 1)
+    or by x's typed sharding (Explicit axes). Inside ``shard_map`` x is one device's block (Manual
+    axes), and merging it is local.
+    """
+    spec = getattr(jax.typeof(x).sharding, "spec", None) or ()
+    if any(p is not None for p in tuple(spec)[1:-1]):
+        return False
+    mesh = jax.sharding.get_abstract_mesh()
+    if x.ndim < 3 or mesh.empty:
+        return True
+    auto = {a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Auto}
+    return not any(a in auto and mesh.shape[a] > 1 for a in _rule_axes(_AXIS_RULES.get(), "length"))
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Pin an activation's sharding to its logical dims' mesh axes under the axis rules; x unchanged
     outside a mesh.

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from xlstm_jax import backends
 from xlstm_jax.ops import context_parallel
 
 from .params import Init, ones, param, zeros
@@ -37,7 +38,7 @@ class Linear(nnx.Module):
         self.dtype = dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        y = matmul_rows(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -54,7 +55,20 @@ class Embed(nnx.Module):
         return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+        return matmul_rows(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
+
+
+def matmul_rows(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x (..., K) @ w (K, N) -> (..., N), as one 2-D dot over the rows of x when merging its leading
+    axes stays on each device (``backends.leading_axes_merge_locally``; the same products and sums).
+
+    XLA:CPU differentiates a dot contracting two axes (B, S) by writing the output gradient
+    transposed, fused with its producers into a strided copy: 36 ms of a 580 ms training step
+    (``benchmarks/RESULTS.md``, session 27). The 2-D dot's weight gradient reads it in place.
+    """
+    if x.ndim > 2 and backends.leading_axes_merge_locally(x):
+        return jnp.dot(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
+    return jnp.dot(x, w)
 
 
 def _normalize(x: jax.Array, eps: float, *, center: bool) -> jax.Array:

@@ -138,6 +138,6 @@ class mLSTMLayer(nnx.Module):  # noqa: N801 (the official name)
                 bias = bias + jnp.dot(proj.bias[...].astype(proj.dtype).astype(f32), part)
         w_xc = self.q_proj.fold_into(parts[0]) + self.k_proj.fold_into(parts[1])
         w_xm = self.v_proj.fold_into(parts[2])
-        gates = jnp.dot(xc.astype(f32), w_xc) + jnp.dot(x_m.astype(f32), w_xm) + bias  # (B, S, 2 NH)
+        gates = nn.matmul_rows(xc.astype(f32), w_xc) + nn.matmul_rows(x_m.astype(f32), w_xm) + bias  # (B, S, 2 NH)
         gates = jnp.swapaxes(gates, 1, 2)
         return gates[:, :nh], gates[:, nh:]
