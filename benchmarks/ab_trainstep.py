@@ -4,6 +4,7 @@ Run from the repository root (a git checkout)::
 
     python benchmarks/ab_trainstep.py --base HEAD~1              # profile_step.py's program
     python benchmarks/ab_trainstep.py --base 3f2a1c0 --reps 11
+    python benchmarks/ab_trainstep.py --base HEAD~1 --cpu-devices 2   # the data-parallel step
 
 The program is ``profile_step.py``'s training step (the trainer's step of the NeurIPS xLSTM, D=256,
 blocks [m, s, m, m], 4 heads, qkv blocksize 4, vocab 1024, chunkwise, B=8, S=256, AdamW + clip).
@@ -60,7 +61,7 @@ def drop_package() -> None:
     importlib.invalidate_caches()
 
 
-def build_both(base: str, tmp: Path, batch: int, seq_len: int):
+def build_both(base: str, tmp: Path, batch: int, seq_len: int, cpu_devices: int = 1):
     """{tag: (call, compiled, first step's metrics, model FLOPs, XLA's FLOPs)} for "base" (extracted under
     tmp) and "new"."""
     import jax
@@ -73,7 +74,7 @@ def build_both(base: str, tmp: Path, batch: int, seq_len: int):
             sys.path.insert(0, path)
         t0 = time.perf_counter()
         origin = importlib.import_module("xlstm_jax").__file__
-        compiled, call, work, xla_flops = P.train_program(batch, seq_len)
+        compiled, call, work, xla_flops = P.train_program(batch, seq_len, cpu_devices)
         print(f"{tag} ({origin}): compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         if path:
             sys.path.remove(path)
@@ -90,12 +91,24 @@ def main(argv=None) -> None:
     p.add_argument(
         "--trace-reps", type=int, default=0, help="also profile each program by op kind (profile_step.py's recipe)"
     )
+    p.add_argument(
+        "--cpu-devices",
+        default="1",
+        help="run the trainer's data-parallel step over N CPU devices (profile_step.py's --cpu-devices)",
+    )
     a = p.parse_args(argv)
+    from xlstm_jax.train.cli import cpu_device_count  # dropped again before each package is imported
+
+    a.cpu_devices = cpu_device_count(a.cpu_devices)
+    if a.cpu_devices > 1:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", a.cpu_devices)
 
     load_before = P.loadavg()
     # the base's files stay on disk to the end: the profile reads the function around each op's line
     with tempfile.TemporaryDirectory(prefix="ab_trainstep_") as tmp:
-        progs = build_both(a.base, Path(tmp), a.batch, a.seq_len)
+        progs = build_both(a.base, Path(tmp), a.batch, a.seq_len, a.cpu_devices)
         wall, cpu, peak = interleave({t: v[0] for t, v in progs.items()}, a.reps)
         med = lambda xs: float(np.median(xs)) * 1e3
         work = progs["new"][3]  # the working tree's count (same model, same work) divides both times
@@ -107,6 +120,7 @@ def main(argv=None) -> None:
             "base": a.base,
             "B": a.batch,
             "S": a.seq_len,
+            "cpu_devices": a.cpu_devices,
             "wall_ms": {t: med(x) for t, x in wall.items()},
             "cpu_ms": {t: med(x) for t, x in cpu.items()},
             "new_over_base": {m: med(src["new"]) / med(src["base"]) for m, src in (("wall", wall), ("cpu", cpu))},

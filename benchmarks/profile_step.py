@@ -114,6 +114,9 @@ KINDS = [
     # optax's own frames are not kept in the metadata: its ops carry the step's line that calls it
     ("train/step.py", {"make_train_step"}, "optimizer"),
 ]
+# Helpers whose ops belong to their caller's kind (a dense projection's matmul, or the mLSTM gates'):
+# the classification skips their frames.
+CALLER_KIND = [("xlstm_jax/nn/layers.py", {"matmul_rows"})]
 KIND_ORDER = [
     "projections (headwise q/k/v)",
     "projections (dense)",
@@ -228,6 +231,8 @@ def classify(meta: dict | None) -> str:
     for path, line in (meta or {}).get("frames", ()):
         path_ = path.replace("\\", "/")
         func = None
+        if any(f in path_ and enclosing_function(path, line) in funcs for f, funcs in CALLER_KIND):
+            continue
         for fragment, funcs, kind in KINDS:
             if fragment in path_:
                 if funcs is None:
