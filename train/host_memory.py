@@ -13,7 +13,10 @@ The costs: memory, since the process keeps its peak heap (compilation included) 
 lifetime (resident memory about 0.5-1 GB higher for that step); and one malloc lock for all threads
 (``M_ARENA_MAX`` 1: per-thread arenas map anything over 64 MiB afresh), which slows programs whose
 devices run many small ops at once (the chunkwise forward with its heads over two CPU devices:
-13.2 instead of 9.0 ms), though not the training step, measured on one device and on two.
+13.2 instead of 9.0 ms), though not the training step, measured on one device and on two on an AMD
+EPYC. On a 2-core Intel Xeon (Sapphire Rapids) VM that lock made the two-device training step about
+12% slower, while the faults it avoids cost little there (``benchmarks/RESULTS.md``, "Session 27"):
+``--host-memory release`` is the faster choice on such a machine.
 
 It is process-wide and must run before JAX starts its threads (before the first computation):
 ``xlstm-train`` calls it at start-up when the run is on the CPU (``--host-memory``). Where the C
