@@ -39,10 +39,13 @@ Method:
    in place, times its loop's trip count); ``gb_per_s`` = ``mb`` / self time in ms, the rate the op
    reached (``benchmarks/dot_bound.py`` measures the rate an elementwise pass can reach).
 4. Limits measured in the same run: ``matmul_peak_gflop_per_s`` (jitted float32 2048x2048 matmul,
-   median), and for decode the weight-read floor: one jitted call that multiplies a batch-1
-   vector by every weight matrix the step uses once (all parameters but the embedding table; the
-   output head included), median. ``frac_of_matmul_peak`` = XLA's cost-analysis FLOPs / median
-   time / peak; ``over_weight_read_floor`` = decode step time / floor.
+   median), and for decode the weight-read floor: the bytes of every weight matrix the step uses
+   (all parameters but the embedding table; the output head included) read once, as one
+   matrix-vector product over a contiguous float32 matrix of that size, median. ``weight_read_per_matrix_ms`` reads
+   the same matrices one by one in one jitted call (the floor before session 27: on the Intel Xeon
+   its ~40 small dots cost more in per-op overhead than the decode step takes, so it was no floor).
+   ``frac_of_matmul_peak`` = XLA's cost-analysis FLOPs / median time / peak;
+   ``over_weight_read_floor`` = decode step time / floor.
 
 Host memory: by default the process keeps freed memory for reuse, as ``xlstm-train`` does on the CPU
 (``xlstm_jax.train.host_memory``; ``--host-memory release`` leaves glibc's malloc as it is, which maps
@@ -417,8 +420,10 @@ def matmul_peak(reps: int) -> float:
     return 2 * n**3 / 1e9 / T.median_time(lambda: f(a, a), warmup=2, reps=max(reps, 5))["median_s"]
 
 
-def weight_read_floor(params, reps: int) -> tuple[float, int]:
-    """(median s, bytes) of one call multiplying a batch-1 vector by every weight matrix once."""
+def weight_read_floor(params, reps: int) -> tuple[float, float, int]:
+    """(floor s, per-matrix s, bytes): medians of reading every weight matrix's bytes once, as one
+    matrix-vector product over a contiguous float32 matrix of the same size (the floor), and as one
+    batch-1 product per weight matrix in one call."""
     import jax
     import jax.numpy as jnp
 
@@ -434,8 +439,15 @@ def weight_read_floor(params, reps: int) -> tuple[float, int]:
         return [jnp.ones((1, w.shape[0]), w.dtype) @ w for w in ws]
 
     f = jax.jit(read_all).lower(mats).compile()
-    tm = T.median_time(lambda: f(mats), warmup=3, reps=max(reps, 20))
-    return tm["median_s"], int(sum(w.size * w.dtype.itemsize for w in mats))
+    per_matrix = T.median_time(lambda: f(mats), warmup=3, reps=max(reps, 20))["median_s"]
+    nbytes = int(sum(w.size * w.dtype.itemsize for w in mats))
+    cols = 1024
+    flat = jnp.ones((-(-nbytes // (4 * cols)), cols), jnp.float32)  # as many bytes, rounded up to a row
+    # w @ ones: the fastest of the one-pass reads timed on the Intel Xeon (a vector-matrix product,
+    # column or row sums, a max: 0.50-0.58 ms for 15 MB)
+    g = jax.jit(lambda w: w @ jnp.ones((w.shape[1], 1), w.dtype)).lower(flat).compile()
+    floor = T.median_time(lambda: g(flat), warmup=3, reps=max(reps, 20))["median_s"]
+    return floor, per_matrix, nbytes
 
 
 # --------------------------------------------------------------------------- #
@@ -559,9 +571,10 @@ def main(argv=None):
         compiled, call, params = decode_program(a.decode_steps, a.prompt_len)
         log(f"decode loop compiled in {time.perf_counter() - t0:.1f} s")
         r = run_program("decode", compiled, call, a, per_call_steps=a.decode_steps)
-        floor_s, nbytes = weight_read_floor(params, a.reps)
+        floor_s, per_matrix_s, nbytes = weight_read_floor(params, a.reps)
         r.update(
             weight_read_floor_ms=floor_s * 1e3,
+            weight_read_per_matrix_ms=per_matrix_s * 1e3,
             weight_bytes=nbytes,
             over_weight_read_floor=r["median_ms"] / (floor_s * 1e3),
             steps_per_call=a.decode_steps,
