@@ -233,8 +233,8 @@ def classify(meta: dict | None) -> str:
             return kind
     for path, line in (meta or {}).get("frames", ()):
         path_ = path.replace("\\", "/")
-        func = None
-        if any(f in path_ and enclosing_function(path, line) in funcs for f, funcs in CALLER_KIND):
+        func = enclosing_function(path, line) if any(f in path_ for f, _ in CALLER_KIND) else None
+        if any(f in path_ and func in funcs for f, funcs in CALLER_KIND):
             continue
         for fragment, funcs, kind in KINDS:
             if fragment in path_:

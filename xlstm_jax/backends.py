@@ -324,10 +324,14 @@ def leading_axes_merge_locally(x: jax.Array) -> bool:
     if any(p is not None for p in tuple(spec)[1:-1]):
         return False
     mesh = jax.sharding.get_abstract_mesh()
-    if x.ndim < 3 or mesh.empty:
-        return True
+    return x.ndim < 3 or mesh.empty or not _auto_rule_axes(mesh, _AXIS_RULES.get(), "length")
+
+
+def _auto_rule_axes(mesh, rules: Mapping[str, Sequence[str]], logical: str) -> tuple[str, ...]:
+    """The Auto axes of size > 1 of ``mesh`` that ``rules`` map ``logical`` to (GSPMD places data on
+    them; Manual axes are inside ``shard_map``, Explicit ones typed)."""
     auto = {a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Auto}
-    return not any(a in auto and mesh.shape[a] > 1 for a in _rule_axes(_AXIS_RULES.get(), "length"))
+    return tuple(a for a in _rule_axes(rules, logical) if a in auto and mesh.shape[a] > 1)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
@@ -345,10 +349,9 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or math.prod(mesh.shape.values()) == 1:
         return x
-    auto = {a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == jax.sharding.AxisType.Auto}
     rules, used, spec = _AXIS_RULES.get(), set(), []
     for name, size in zip(names, x.shape, strict=True):
-        axes = () if name is None else tuple(a for a in _rule_axes(rules, name) if a in auto and mesh.shape[a] > 1)
+        axes = () if name is None else _auto_rule_axes(mesh, rules, name)
         axes = tuple(a for a in axes if a not in used)
         if axes and size % math.prod(mesh.shape[a] for a in axes) == 0:
             used.update(axes)
