@@ -14,14 +14,7 @@ if os.environ.get("XLSTM_JAX_TEST_XLA_OPT") != "1":
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
 
 import pytest  # noqa: E402
-from crash_report import (  # noqa: E402, F401  (hooks: what a crashed xdist worker was doing)
-    pytest_configure,
-    pytest_handlecrashitem,
-    pytest_report_teststatus,
-    pytest_runtest_logstart,
-    pytest_terminal_summary,
-    pytest_testnodedown,
-)
+from crash_report import *  # noqa: E402, F403  (hooks: what a crashed xdist worker was doing)
 
 from helpers import require_official  # noqa: E402
 

@@ -19,7 +19,7 @@ programs then compiled 324 times in two fresh processes without one. That points
 long-lived worker accumulates in jaxlib, not to the test. A crash anywhere else, and any ordinary
 failure, is not retried.
 
-``conftest.py`` imports these hooks; without ``-n`` (no workers) they do nothing.
+``conftest.py`` imports these hooks (``__all__``); without ``-n`` (no workers) they do nothing.
 """
 
 from __future__ import annotations
@@ -31,6 +31,15 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+__all__ = [  # the hooks, for ``from crash_report import *`` in a conftest
+    "pytest_configure",
+    "pytest_handlecrashitem",
+    "pytest_report_teststatus",
+    "pytest_runtest_logstart",
+    "pytest_terminal_summary",
+    "pytest_testnodedown",
+]
 
 _FOLDER_ENV = "XLSTM_JAX_TEST_CRASH_DIR"  # set by the controlling process, inherited by its workers
 _MOST_LINES = 80  # of each dump: the crashing thread comes first, then the others

@@ -53,14 +53,7 @@ def test_crashes_in_the_test():
 """
 
 _CONFTEST = """
-from crash_report import (  # noqa: F401
-    pytest_configure,
-    pytest_handlecrashitem,
-    pytest_report_teststatus,
-    pytest_runtest_logstart,
-    pytest_terminal_summary,
-    pytest_testnodedown,
-)
+from crash_report import *  # noqa: F403
 """
 
 
