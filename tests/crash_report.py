@@ -15,8 +15,8 @@ jaxlib's native code) runs once more, in the fresh worker xdist starts in its pl
 it. Why: the default run lost a worker in both of its CI runs of 2026-12-05 and in 2 of 5 runs on a
 2-core development VM that day, each time in a different test that passes alone. Both dumps seen
 whole (the VM's) are a segmentation fault in XLA's compiler (``backend_compile_and_load``), in a
-worker that had reached about 5.5 GB; the same
-programs then compiled 324 times in two fresh processes without one. That points to the state a
+worker that had reached about 5.5 GB; the same programs then compiled 324 times in two fresh
+processes without one. That points to the state a
 long-lived worker accumulates in jaxlib, not to the test. A crash anywhere else, and any ordinary
 failure, is not retried.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import faulthandler
 import os
 import resource
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -40,10 +41,13 @@ __all__ = [  # the hooks, for ``from crash_report import *`` in a conftest
     "pytest_runtest_logstart",
     "pytest_terminal_summary",
     "pytest_testnodedown",
+    "pytest_unconfigure",
 ]
 
 _FOLDER_ENV = "XLSTM_JAX_TEST_CRASH_DIR"  # set by the controlling process, inherited by its workers
 _MOST_LINES = 80  # of each dump: the crashing thread comes first, then the others
+_dump_key = pytest.StashKey()  # a worker's open dump file
+_made_key = pytest.StashKey()  # the folder the controlling process made
 _downs: list[tuple[str, object]] = []  # (worker id, error) of workers that went down with an error
 _retried: set[str] = set()  # node ids run again after a crash in JAX's native code
 
@@ -76,7 +80,7 @@ def pytest_configure(config):
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     if worker is None:
         if config.pluginmanager.hasplugin("dsession") and _folder() is None:
-            os.environ[_FOLDER_ENV] = tempfile.mkdtemp(prefix="xlstm-jax-test-workers-")
+            os.environ[_FOLDER_ENV] = config.stash[_made_key] = tempfile.mkdtemp(prefix="xlstm-jax-test-workers-")
         return
     folder = _folder()
     if folder is None:
@@ -86,7 +90,11 @@ def pytest_configure(config):
     faulthandler.enable(file=dump, all_threads=True)
 
 
-_dump_key = pytest.StashKey()
+def pytest_unconfigure(config):
+    """The controlling process removes its folder unless a worker went down (the summary names it)."""
+    made = config.stash.get(_made_key, None)
+    if made is not None and not _downs:
+        shutil.rmtree(made, ignore_errors=True)
 
 
 def pytest_runtest_logstart(nodeid, location):
