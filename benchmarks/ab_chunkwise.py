@@ -4,6 +4,7 @@ Run from the repository root (a git checkout)::
 
     python benchmarks/ab_chunkwise.py --base 2f19785            # S=4096, B=1, NH=4, D=64, chunk 64
     python benchmarks/ab_chunkwise.py --base HEAD~1 --reps 15
+    python benchmarks/ab_chunkwise.py --base HEAD~1 --batch 8 --seq-len 256 --head-dim 128   # profile_step.py's cell
 
 The base commit's ``xlstm_jax/ops`` is extracted with ``git archive`` into a temporary folder and
 imported as the package ``ops_base`` (the ops import only jax, numpy and ``xlstm_jax._validation``
@@ -42,6 +43,9 @@ def main(argv=None) -> None:
     p.add_argument("--base", required=True, help="git revision whose xlstm_jax/ops is the baseline")
     p.add_argument("--seq-len", type=int, default=4096)
     p.add_argument("--chunk-size", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--head-dim", type=int, default=64, help="DHQK = DHV")
     p.add_argument("--reps", type=int, default=9)
     a = p.parse_args(argv)
 
@@ -55,7 +59,7 @@ def main(argv=None) -> None:
         from xlstm_jax import ops as ops_new
 
         load_before = loadavg()
-        b, nh, s, d = 1, 4, a.seq_len, 64
+        b, nh, s, d = a.batch, a.heads, a.seq_len, a.head_dim
         rng = np.random.default_rng(0)
         q, k, v, ct = (jnp.asarray(rng.standard_normal((b, nh, s, d)), jnp.float32) for _ in range(4))
         i = jnp.asarray(rng.standard_normal((b, nh, s)), jnp.float32)

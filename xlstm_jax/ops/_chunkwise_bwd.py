@@ -28,7 +28,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ._chunkwise_fwd import Residuals, intra_chunk
+from ._chunkwise_fwd import Residuals, intra_chunk, scan_chunks
 from .chunkwise_math import gate_grads, normalizer_cotangents, stabilizer_grads, stabilizers
 
 
@@ -38,20 +38,8 @@ def _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final):
     ``C_k = decay_k C_{k-1} + (chunk k's writes)``, and chunk k+1 also reads C_k
     directly (``dc_before[k+1]``).
     """
-
-    def body(carry, xs):
-        dc, dn = carry  # cotangent of the memory after chunk k
-        decay_k, dc_read, dn_read = xs
-        return (decay_k[..., None, None] * dc + dc_read, decay_k[..., None] * dn + dn_read), carry
-
-    chunk_first = lambda x: jnp.moveaxis(x, 2, 0)
-    (dc0, dn0), (dc_after, dn_after) = jax.lax.scan(
-        body,
-        (dc_final, dn_final),
-        (chunk_first(decay), chunk_first(dc_before), chunk_first(dn_before)),
-        reverse=True,
-    )
-    return jnp.moveaxis(dc_after, 0, 2), jnp.moveaxis(dn_after, 0, 2), dc0, dn0
+    (dc0, dn0), (dc_after, dn_after) = scan_chunks(decay, (dc_before, dn_before), (dc_final, dn_final), reverse=True)
+    return dc_after, dn_after, dc0, dn0
 
 
 def backward(res: Residuals, cotangents, eps: float):

@@ -8,8 +8,9 @@ with ``b`` the cumulative log forget gates inside the chunk and ``g = b[L-1]``:
   and the per-token output stabilizer ``m_t = b_t + max(M_{k-1}, max_{s<=t} (i_s - b_s))``.
 * Inter-chunk (``chunk_states``): the memory entering every chunk,
   ``C_k = exp(g_k + M_{k-1} - M_k) C_{k-1} + sum_t exp(a_t - M_k) k_t v_t^T`` (same for n).
-  The per-chunk sums are one batched matmul; a ``lax.scan`` over chunks does only
-  elementwise work, so compile time does not grow with NC.
+  The per-chunk sums are one batched matmul; the recurrence over chunks (``scan_chunks``) does
+  only elementwise work: written out inline up to ``INLINE_CHUNKS`` chunks, a ``lax.scan``
+  beyond, so compile time does not grow with NC.
 * Intra-chunk (``chunk_outputs``): for all chunks in parallel, the memory's
   contribution plus a causal, decay-weighted attention inside the chunk.
 
@@ -53,16 +54,46 @@ def chunk_states(k, v, logf, st: Stabilizers, c0, n0):
     ksum = jnp.einsum("bhcld,bhcl->bhcd", k, w)
     decay = jnp.exp(st.g + st.m_before - st.m_after)  # (B, NH, NC)
 
-    def body(carry, xs):
-        c, n = carry
-        decay_k, kv_k, ksum_k = xs
-        return (decay_k[..., None, None] * c + kv_k, decay_k[..., None] * n + ksum_k), carry
+    (c_final, n_final), (c_before, n_before) = scan_chunks(decay, (kv, ksum), (c0, n0))
+    return c_before, n_before, c_final, n_final
 
-    chunk_first = lambda x: jnp.moveaxis(x, 2, 0)
-    (c_final, n_final), (c_before, n_before) = jax.lax.scan(
-        body, (c0, n0), (chunk_first(decay), chunk_first(kv), chunk_first(ksum))
-    )
-    return jnp.moveaxis(c_before, 0, 2), jnp.moveaxis(n_before, 0, 2), c_final, n_final
+
+INLINE_CHUNKS = 32
+
+
+def scan_chunks(decay, xs, init, *, reverse: bool = False, inline_chunks: int = INLINE_CHUNKS):
+    """The linear recurrence over chunks: ``carry_k = decay_k * carry_{k-1} + xs_k``, elementwise.
+
+    Args:
+      decay: (B, NH, NC), broadcast over each carry's trailing axes.
+      xs: a tuple of arrays (B, NH, NC, ...), one per carry; ``init`` the matching tuple (B, NH, ...).
+      reverse: run from the last chunk to the first.
+
+    Returns:
+      ``(final, before)``: the carries after the last chunk, and the carry before each chunk stacked
+      on axis 2 (the shapes of ``xs``).
+
+    Up to ``inline_chunks`` chunks are written out inline; more run as a ``lax.scan`` over a
+    chunk-major copy of ``xs``. The scan's copies, output buffer and per-step dispatch made the
+    training step's chunkwise forward (8 chunks) 1.8x slower on the CPU; at 64 chunks the inline
+    form is no faster and compiles longer (``benchmarks/RESULTS.md``, session 29).
+    """
+    nc = decay.shape[2]
+
+    def step(carry, d, x):
+        return tuple(d.reshape(d.shape + (1,) * (c.ndim - 2)) * c + xk for c, xk in zip(carry, x))
+
+    if nc > inline_chunks:
+        first = lambda x: jnp.moveaxis(x, 2, 0)
+        carry, before = jax.lax.scan(
+            lambda c, dx: (step(c, *dx), c), tuple(init), (first(decay), tuple(map(first, xs))), reverse=reverse
+        )
+        return carry, tuple(jnp.moveaxis(b, 0, 2) for b in before)
+    carry, before = tuple(init), [None] * nc
+    for k in reversed(range(nc)) if reverse else range(nc):
+        before[k] = carry
+        carry = step(carry, decay[:, :, k], tuple(x[:, :, k] for x in xs))
+    return carry, tuple(jnp.stack([b[n] for b in before], axis=2) for n in range(len(xs)))
 
 
 class IntraChunk(NamedTuple):
