@@ -48,9 +48,10 @@ Method:
 
 Host memory: by default malloc is left as it is (XLA's temporary buffers are mapped afresh on every
 call, runs ``s22-a``/``s22-b`` of ``results_dot_bound_cpu.jsonl``). ``--host-memory keep`` keeps freed
-memory as ``xlstm-train`` does on the CPU (run ``s22-keep``): the program's other ops lose their page
-faults, but with two devices the single malloc arena it needs slows the standalone dot loops (the
-chunkwise forward's dots 6.2 ms instead of 3.5), which would lower the bound.
+memory, as ``xlstm-train`` does on a CPU without transparent huge pages (run ``s22-keep``): the
+program's other ops lose their page faults, but with two devices the single malloc arena it needs
+slows the standalone dot loops (the chunkwise forward's dots 6.2 ms instead of 3.5), which would
+lower the bound.
 The peak and the memory rate are measured at the start and the end of the run (both move between
 runs on this machine); fractions use the larger of each. All operand layouts in these programs are
 row-major (checked: ``non_default_layouts`` counts the others), so the standalone dots see the
@@ -336,7 +337,7 @@ def main(argv=None):
     p.add_argument("--max-idle-wait", type=float, default=60.0)
     p.add_argument("--cpu-devices", default="1", help="an integer, or 'auto' (one per usable core)")
     p.add_argument("--host-memory", choices=("keep", "release"), default="release",
-                   help="release: malloc as it is; keep: as xlstm-train on the CPU (module docstring)")  # fmt: skip
+                   help="release: malloc as it is; keep: freed memory kept (module docstring)")  # fmt: skip
     a = p.parse_args(argv)
 
     from xlstm_jax.train import host_memory

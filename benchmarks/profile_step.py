@@ -47,10 +47,12 @@ Method:
    ``frac_of_matmul_peak`` = XLA's cost-analysis FLOPs / median time / peak;
    ``over_weight_read_floor`` = decode step time / floor.
 
-Host memory: by default the process keeps freed memory for reuse, as ``xlstm-train`` does on the CPU
-(``xlstm_jax.train.host_memory``; ``--host-memory release`` leaves glibc's malloc as it is, which maps
-XLA's temporary buffer afresh on every call). ``minor_faults_per_call`` and ``system_s_per_call``
-(``getrusage`` over 3 more calls) show the difference.
+Host memory: ``--host-memory`` takes ``xlstm-train``'s choices and default (``auto``: transparent huge
+pages where the system has them, the process starting itself again with ``GLIBC_TUNABLES`` set, else
+freed memory kept; ``xlstm_jax.train.host_memory``); ``release`` leaves glibc's malloc as it is, which
+maps XLA's temporary buffer afresh in 4 KiB pages on every call. ``minor_faults_per_call`` and
+``system_s_per_call`` (``getrusage`` over 3 more calls) show the difference; the env row names the
+mode (``host_memory``).
 
 Output: one JSON line per program (``bench="profile"``) with ``kinds`` {kind: {ms, share, bwd_ms,
 ops, mb, gb_per_s}}, the top ops, the limits and the machine's load (``/proc/loadavg`` before and after).
@@ -524,14 +526,15 @@ def main(argv=None):
     p.add_argument("--cpu-devices", default="1",
                    help="train: run the trainer's data-parallel step over N CPU devices (an integer, or 'auto': "
                    "one per usable core, as xlstm-train --cpu-devices auto); decode stays on one device")  # fmt: skip
-    p.add_argument("--host-memory", choices=("keep", "release"), default="keep",
-                   help="keep (as xlstm-train on the CPU): glibc keeps freed memory, so XLA's per-call buffers are "
-                   "not mapped afresh; release: malloc as it is")  # fmt: skip
+    p.add_argument("--host-memory", choices=("auto", "huge-pages", "keep", "release"), default="auto",
+                   help="as xlstm-train's --host-memory (module docstring); release: malloc as it is")  # fmt: skip
     a = p.parse_args(argv)
 
     from xlstm_jax.train import host_memory
 
-    kept = a.host_memory == "keep" and host_memory.keep_freed_host_memory()  # before JAX starts its threads
+    memory_mode = host_memory.resolve(a.host_memory, cpu_devices=1)  # this benchmark runs on the CPU
+    applied = host_memory.apply(memory_mode, may_restart=argv is None)  # before JAX starts its threads
+    kept = memory_mode == "keep" and applied
 
     import jax
 
@@ -551,7 +554,9 @@ def main(argv=None):
         "argv": sys.argv[1:],
         "matmul_peak_gflop_per_s": peak,
         "cpu_devices": a.cpu_devices,
+        "host_memory": memory_mode,
         "host_memory_kept": kept,
+        "huge_pages_active": host_memory.huge_pages_active(),
     }
     T.emit(env)
     log(f"matmul peak {peak:.1f} GFLOP/s")

@@ -6,8 +6,10 @@ or CPU clusters give ``--coordinator host:port --num-processes N --process-id i`
 ``--cpu-devices N`` splits a CPU host into N devices (tests, laptops); ``--cpu-devices auto`` makes one
 per usable core, so that the default data axis runs one replica per core (on a 2-core CPU the
 benchmark step takes about 0.7x the time of one device using both cores: ``benchmarks/RESULTS.md``).
-On the CPU the process keeps freed host memory for reuse (``--host-memory``, ``host_memory.py``):
-XLA's CPU runtime maps each step's buffers afresh otherwise.
+On the CPU the process maps its buffers with transparent huge pages where the system has them, and
+keeps freed host memory for reuse elsewhere (``--host-memory``, ``host_memory.py``): XLA's CPU runtime
+maps each step's buffers afresh, a page fault per 4 KiB page otherwise. Huge pages are a glibc tunable
+read at start-up, so ``xlstm-train`` then starts itself again with ``GLIBC_TUNABLES`` set.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--process-id", type=int)
     p.add_argument("--cpu-devices", help="number of CPU devices to expose (CPU only): an integer, or 'auto' for one "
                    "per usable core (the data axis then runs one replica per core)")  # fmt: skip
-    p.add_argument("--host-memory", default="auto", help="keep: glibc's malloc keeps freed memory for reuse (a "
-                   "CPU step then skips a page fault per page of its buffers; the process keeps its peak memory); "
-                   "release: malloc as it is; auto (default): keep when the run is on the CPU")  # fmt: skip
+    p.add_argument("--host-memory", default="auto", help="huge-pages: glibc maps large blocks with transparent "
+                   "huge pages (GLIBC_TUNABLES=glibc.malloc.hugetlb=1; the process starts itself again to set it): "
+                   "a CPU step faults once per 2 MiB of its buffers instead of per 4 KiB; keep: glibc's malloc keeps "
+                   "freed memory for reuse (the process keeps its peak memory; one malloc lock); release: malloc as "
+                   "it is; auto (default): on a CPU run, huge-pages where the system has them, else keep")  # fmt: skip
     p.add_argument("--resume", choices=("auto", "never", "must"), default="auto",
                    help="auto: continue from the newest checkpoint in train.out_dir if any; never: refuse a folder "
                    "with checkpoints; must: refuse one without")  # fmt: skip
@@ -74,6 +78,9 @@ def init_distributed(args) -> None:
 
 
 def main(argv=None) -> int:
+    """The ``xlstm-train`` command; ``argv`` None reads the process's own command line, which also
+    lets ``--host-memory huge-pages`` start the process again (``host_memory.apply``)."""
+    command_line = argv is None
     args = parse_args(argv)
     if args.list_configs:
         from xlstm_jax.configs import list_presets
@@ -92,7 +99,7 @@ def main(argv=None) -> int:
         args.cpu_devices = cpu_device_count(args.cpu_devices)
         check_int("--num-processes", args.num_processes, 1, optional=True)
         check_int("--process-id", args.process_id, 0, optional=True)
-        keep_memory = host_memory.resolve(args.host_memory, args.cpu_devices)
+        memory_mode = host_memory.resolve(args.host_memory, args.cpu_devices)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -106,8 +113,7 @@ def main(argv=None) -> int:
     if args.print_config:
         print(to_json(raw))
         return 0
-    if keep_memory:  # before JAX starts its threads
-        host_memory.keep_freed_host_memory()
+    host_memory.apply(memory_mode, may_restart=command_line)  # before JAX starts its threads
     init_distributed(args)
     from .api import fit
     from .errors import TrainingError
