@@ -57,9 +57,10 @@ def test_kept_memory_stops_the_page_faults_of_fresh_buffers():
     assert kept["faults_per_call"] <= released["faults_per_call"] / 2
 
 
-@pytest.mark.skipif(
-    host_memory.huge_pages_unsupported_reason() is not None, reason=str(host_memory.huge_pages_unsupported_reason())
-)
+_NO_HUGE_PAGES = host_memory.huge_pages_unsupported_reason()  # e.g. transparent huge pages set to never
+
+
+@pytest.mark.skipif(_NO_HUGE_PAGES is not None, reason=f"huge pages cannot work on this system: {_NO_HUGE_PAGES}")
 def test_huge_pages_fault_once_per_2_mib():
     plain = _without_tunables()
     released = _probe("release", plain)

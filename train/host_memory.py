@@ -151,10 +151,11 @@ def restart_with_huge_pages() -> None:
     ``os.execve`` replaces the process (same PID, open files and arguments: ``sys.orig_argv``) with
     one whose ``GLIBC_TUNABLES`` asks for them; glibc reads tunables only at start-up. Call it before
     anything that must not happen twice. Does not return."""
-    log.info("host memory: starting again with GLIBC_TUNABLES=%s", environ_with_huge_pages()["GLIBC_TUNABLES"])
+    env = environ_with_huge_pages()
+    log.info("host memory: starting again with GLIBC_TUNABLES=%s", env["GLIBC_TUNABLES"])
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    os.execve(sys.executable, sys.orig_argv, environ_with_huge_pages())
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def resolve(choice: str, cpu_devices: int | None = None) -> str:
@@ -170,7 +171,7 @@ def resolve(choice: str, cpu_devices: int | None = None) -> str:
     if choice not in CHOICES:
         raise ValueError(f"--host-memory must be one of {', '.join(CHOICES)}, got {choice!r}")
     if choice == "huge-pages":
-        reason = None if huge_pages_active() else huge_pages_unsupported_reason()
+        reason = _huge_pages_blocked()
         if reason:
             raise ValueError(f"--host-memory huge-pages cannot work here: {reason}; use keep or release")
         return choice
@@ -178,7 +179,12 @@ def resolve(choice: str, cpu_devices: int | None = None) -> str:
         return choice
     if _jax_started() or not _runs_on_cpu(cpu_devices):
         return "release"
-    return "huge-pages" if huge_pages_active() or huge_pages_unsupported_reason() is None else "keep"
+    return "keep" if _huge_pages_blocked() else "huge-pages"
+
+
+def _huge_pages_blocked() -> str | None:
+    """``huge_pages_unsupported_reason()``, or None when the process already runs with the tunable."""
+    return None if huge_pages_active() else huge_pages_unsupported_reason()
 
 
 def _runs_on_cpu(cpu_devices: int | None) -> bool:
