@@ -9,8 +9,8 @@ with ``b`` the cumulative log forget gates inside the chunk and ``g = b[L-1]``:
 * Inter-chunk (``chunk_states``): the memory entering every chunk,
   ``C_k = exp(g_k + M_{k-1} - M_k) C_{k-1} + sum_t exp(a_t - M_k) k_t v_t^T`` (same for n).
   The per-chunk sums are one batched matmul; the recurrence over chunks (``scan_chunks``) does
-  only elementwise work: written out inline up to ``INLINE_CHUNKS`` chunks, a ``lax.scan``
-  beyond, so compile time does not grow with NC.
+  only elementwise work: written out inline up to ``INLINE_CHUNKS`` chunks, a loop beyond, so
+  compile time does not grow with NC.
 * Intra-chunk (``chunk_outputs``): for all chunks in parallel, the memory's
   contribution plus a causal, decay-weighted attention inside the chunk.
 
@@ -73,10 +73,12 @@ def scan_chunks(decay, xs, init, *, reverse: bool = False, inline_chunks: int = 
       ``(final, before)``: the carries after the last chunk, and the carry before each chunk stacked
       on axis 2 (the shapes of ``xs``).
 
-    Up to ``inline_chunks`` chunks are written out inline; more run as a ``lax.scan`` over a
-    chunk-major copy of ``xs``. The scan's copies, output buffer and per-step dispatch made the
-    training step's chunkwise forward (8 chunks) 1.8x slower on the CPU; at 64 chunks the inline
-    form is no faster and compiles longer (``benchmarks/RESULTS.md``, session 29).
+    Up to ``inline_chunks`` chunks are written out inline. More run as a ``lax.fori_loop`` that reads
+    chunk k of ``xs`` and writes the carry into chunk k of the output in place, on axis 2 as the
+    arrays lie: a ``lax.scan`` needs the chunk axis first, and its transposes of ``xs`` and of the
+    output cost the S=4096 forward 9% of its time on one CPU core (``benchmarks/RESULTS.md``,
+    session 31). The loop's per-step dispatch made the training step's chunkwise forward (8 chunks)
+    1.8x slower than inline; at 64 chunks the inline form is slower and compiles longer (session 29).
     """
     nc = decay.shape[2]
 
@@ -84,11 +86,15 @@ def scan_chunks(decay, xs, init, *, reverse: bool = False, inline_chunks: int = 
         return tuple(d.reshape(d.shape + (1,) * (c.ndim - 2)) * c + xk for c, xk in zip(carry, x))
 
     if nc > inline_chunks:
-        first = lambda x: jnp.moveaxis(x, 2, 0)
-        carry, before = jax.lax.scan(
-            lambda c, dx: (step(c, *dx), c), tuple(init), (first(decay), tuple(map(first, xs))), reverse=reverse
-        )
-        return carry, tuple(jnp.moveaxis(b, 0, 2) for b in before)
+        chunk = lambda a, k: jax.lax.dynamic_index_in_dim(a, k, axis=2, keepdims=False)
+
+        def body(n, state):
+            carry, before = state
+            k = nc - 1 - n if reverse else n
+            before = tuple(jax.lax.dynamic_update_index_in_dim(b, c, k, axis=2) for b, c in zip(before, carry))
+            return step(carry, chunk(decay, k), tuple(chunk(x, k) for x in xs)), before
+
+        return jax.lax.fori_loop(0, nc, body, (tuple(init), tuple(map(jnp.zeros_like, xs))))
     carry, before = tuple(init), [None] * nc
     for k in reversed(range(nc)) if reverse else range(nc):
         before[k] = carry

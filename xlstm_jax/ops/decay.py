@@ -40,16 +40,26 @@ def _combine(p, q):
     return hi, err - (hi - s)
 
 
+@jax.custom_jvp
 def cumsum_hi_lo(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Inclusive cumulative sum along the last axis as ``hi + lo``.
 
     ``hi`` carries the exact gradient of ``cumsum(x)``; ``lo`` is a rounding
     correction of magnitude <= ulp(hi) and carries no gradient.
+
+    The gradient is a JVP rule rather than ``hi + (cumsum(x) - stop_gradient(cumsum(x)))``: that
+    zero term stayed in the compiled forward, and XLA:CPU fused it, with the scan's last level, into
+    every (L, L) matrix built from ``hi`` (the chunkwise forward's decay matrix took 0.86 instead of
+    0.17 ms per call; ``benchmarks/RESULTS.md``, session 31).
     """
-    hi, lo = jax.lax.associative_scan(_combine, (x, jnp.zeros_like(x)), axis=x.ndim - 1)
-    plain = jnp.cumsum(x, axis=-1)
-    hi = jax.lax.stop_gradient(hi) + (plain - jax.lax.stop_gradient(plain))  # value hi, gradient of cumsum
-    return hi, jax.lax.stop_gradient(lo)
+    return jax.lax.associative_scan(_combine, (x, jnp.zeros_like(x)), axis=x.ndim - 1)
+
+
+@cumsum_hi_lo.defjvp
+def _cumsum_hi_lo_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    hi, lo = cumsum_hi_lo(x)
+    return (hi, lo), (jnp.cumsum(t, axis=-1), jnp.zeros_like(lo))
 
 
 class CumulativeForget(NamedTuple):
