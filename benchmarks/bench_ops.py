@@ -35,7 +35,8 @@ one table row.
   ``jax_chunkwise_heads_over_devices`` adds the same chunkwise call with its
   heads split over them (``jax.shard_map``, inputs placed there beforehand; a
   check row compares it with the official kernel too); every other JAX row
-  stays on device 0.
+  stays on device 0. ``benchmarks/chunkwise_processes.py`` times the same
+  forward with the heads over one pinned process per core instead.
 * ``slstm``: B=4, S=512, hidden 256 in 4 heads (DH=64): ``jax_slstm_scan``
   (``xlstm_jax.ops.slstm_scan``) vs the official ``xlstm`` ``sLSTMCell`` with
   ``backend='vanilla'`` (torch autograd), float32.
