@@ -13,9 +13,9 @@ JAX's own code (its innermost Python frame under ``jax/_src/``: compiling or run
 jaxlib's native code) runs once more, in the fresh worker xdist starts in its place. It counts as
 "rerun" in the summary line (letter ``R``), and its dump is printed as above; a second crash fails
 it. Why: the default run lost a worker in both of its CI runs of 2026-12-05 and in 3 of 6 runs on
-2-core development VMs that day, each time in a different test that passes alone, and in the one
-full run on such a VM on 2026-12-06. The dumps seen whole (the VMs') are a segmentation fault in
-XLA's compiler (``backend_compile_and_load``), in a worker that had reached about 5.4-5.7 GB; the
+2-core development VMs that day, each time in a different test that passes alone, and in 2 of the
+3 full runs on such a VM on 2026-12-06. The dumps seen whole (the VMs') are a segmentation fault in
+XLA's compiler (``backend_compile_and_load``), in a worker that had reached about 5.3-5.7 GB; the
 same programs then compiled 324 times in two fresh processes without one. That points to the state
 a long-lived worker accumulates in jaxlib, not to the test. A crash anywhere else, and any ordinary
 failure, is not retried.
