@@ -77,8 +77,9 @@ def scan_chunks(decay, xs, init, *, reverse: bool = False, inline_chunks: int = 
     chunk k of ``xs`` and writes the carry into chunk k of the output in place, on axis 2 as the
     arrays lie: a ``lax.scan`` needs the chunk axis first, and its transposes of ``xs`` and of the
     output cost the S=4096 forward 9% of its time on one CPU core (``benchmarks/RESULTS.md``,
-    session 31). The loop's per-step dispatch made the training step's chunkwise forward (8 chunks)
-    1.8x slower than inline; at 64 chunks the inline form is slower and compiles longer (session 29).
+    session 31). Against the inline form, that scan made the training step's chunkwise forward
+    (8 chunks) 1.8x slower (session 29); at 64 chunks the inline form is the slower one (1.18x over
+    two devices) and compiles longer (sessions 29 and 31).
     """
     nc = decay.shape[2]
 

@@ -49,8 +49,8 @@ def cumsum_hi_lo(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     The gradient is a JVP rule rather than ``hi + (cumsum(x) - stop_gradient(cumsum(x)))``: that
     zero term stayed in the compiled forward, and XLA:CPU fused it, with the scan's last level, into
-    every (L, L) matrix built from ``hi`` (the chunkwise forward's decay matrix took 0.86 instead of
-    0.17 ms per call; ``benchmarks/RESULTS.md``, session 31).
+    every (L, L) matrix built from ``hi`` (the decay matrix of the S=4096 chunkwise forward took 0.86
+    instead of 0.17 ms per call on one core; ``benchmarks/RESULTS.md``, session 31).
     """
     return jax.lax.associative_scan(_combine, (x, jnp.zeros_like(x)), axis=x.ndim - 1)
 
