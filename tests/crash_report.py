@@ -8,17 +8,22 @@ faulthandler dump to a file, and before each test notes which test starts and ho
 worker and the machine have. For every worker that goes down with an error, the controlling process
 prints the error, those notes and the dump last (just before the short test summary).
 
-A test whose worker died of a fatal signal (SIGSEGV, SIGABRT, ...) while the crashing thread was in
-JAX's own code (its innermost Python frame under ``jax/_src/``: compiling or running a program in
-jaxlib's native code) runs once more, in the fresh worker xdist starts in its place. It counts as
-"rerun" in the summary line (letter ``R``), and its dump is printed as above; a second crash fails
-it. Why: the default run lost a worker in both of its CI runs of 2026-12-05 and in 3 of 6 runs on
-2-core development VMs that day, each time in a different test that passes alone, and in 2 of the
-3 full runs on such a VM on 2026-12-06. The dumps seen whole (the VMs') are a segmentation fault in
-XLA's compiler (``backend_compile_and_load``), in a worker that had reached about 5.3-5.7 GB; the
-same programs then compiled 324 times in two fresh processes without one. That points to the state
-a long-lived worker accumulates in jaxlib, not to the test. A crash anywhere else, and any ordinary
-failure, is not retried.
+A test whose worker died of a fatal signal (SIGSEGV, SIGABRT, ...) in JAX's own code runs once more,
+in the fresh worker xdist starts in its place. JAX's own code: the crashing thread's innermost Python
+frame is under ``jax/_src/`` (compiling or running a program in jaxlib's native code), or the signal
+struck one of XLA's native threads, which Python does not know, while a Python thread waited in such
+a frame. It counts as "rerun" in the summary line (letter ``R``), and its dump is printed as above; a
+second crash fails it.
+
+Why: the default run lost a worker in both of its CI runs of 2026-12-05 and in 3 of 6 runs on 2-core
+development VMs that day, each time in a different test that passes alone, and in 3 of the 4 full
+runs on such a VM on 2026-12-06. The dumps seen whole (the VMs') are a segmentation fault in XLA's
+compiler (``backend_compile_and_load``) in a worker that had reached about 5.3-5.8 GB, and once (a
+fresh clone run as CI runs it, 2026-12-06) an abort on one of XLA's threads while the test waited in
+that compile: the first rule (crashing thread in ``jax/_src/``) did not retry it, and that run
+failed. The programs of the first crashes then compiled 324 times in two fresh processes without
+one. That points to the state a long-lived worker accumulates in jaxlib, not to the test. A crash
+anywhere else, and any ordinary failure, is not retried.
 
 ``conftest.py`` imports these hooks (``__all__``); without ``-n`` (no workers) they do nothing.
 """
@@ -107,11 +112,24 @@ def pytest_runtest_logstart(nodeid, location):
 
 
 def _crashed_in_jax(dump: str) -> bool:
-    """Whether a faulthandler dump is a fatal signal whose crashing thread was last in JAX's code."""
-    if "Fatal Python error" not in dump or "Current thread" not in dump:
+    """Whether a faulthandler dump is a fatal signal that struck in JAX's native code.
+
+    That is: the crashing thread ("Current thread") was last in a frame under ``jax/_src/``; or the
+    signal struck a thread Python does not know (no thread is marked current: XLA's own threads, as
+    in a CI run of 2026-12-06 that aborted while compiling) while some Python thread was waiting in
+    such a frame.
+    """
+    if "Fatal Python error" not in dump:
         return False
-    frames = [line for line in dump.split("Current thread", 1)[1].splitlines() if line.strip().startswith("File ")]
-    return bool(frames) and "/jax/_src/" in frames[0].replace("\\", "/")
+    if "Current thread" in dump:
+        threads = [dump.split("Current thread", 1)[1]]
+    else:
+        threads = dump.split("Thread 0x")[1:]
+    for thread in threads:
+        frames = [line for line in thread.splitlines() if line.strip().startswith("File ")]
+        if frames and "/jax/_src/" in frames[0].replace("\\", "/"):
+            return True
+    return False
 
 
 @pytest.hookimpl(optionalhook=True)  # an xdist hook: the controlling process, when a worker dies in a test
