@@ -16,7 +16,7 @@ a frame. It counts as "rerun" in the summary line (letter ``R``), and its dump i
 second crash fails it.
 
 Why: the default run lost a worker in both of its CI runs of 2026-12-05 and in 3 of 6 runs on 2-core
-development VMs that day, each time in a different test that passes alone, and in 3 of the 4 full
+development VMs that day, each time in a different test that passes alone, and in 4 of the 5 full
 runs on such a VM on 2026-12-06. The dumps seen whole (the VMs') are a segmentation fault in XLA's
 compiler (``backend_compile_and_load``) in a worker that had reached about 5.3-5.8 GB, and once (a
 fresh clone run as CI runs it, 2026-12-06) an abort on one of XLA's threads while the test waited in
