@@ -29,7 +29,8 @@ shared time, and the summed op time came out at 2.4x the wall time for this forw
 The replaced functions are the module globals of ``xlstm_jax.ops._chunkwise_fwd`` that
 ``_forward_chunks`` calls; every variant is compiled after ``jax.clear_caches()``. The outputs of the
 variants are wrong by construction and are not checked; the real program's are
-(``tests/test_mlstm_forms.py``). Variants are timed in alternating rounds of back-to-back calls.
+(``tests/test_mlstm_forms.py``). Inputs: ``dot_bound.chunkwise_inputs``. Variants are timed in
+alternating rounds (``_timing.interleave``) of ``--burst`` back-to-back calls.
 
 Output: one JSON line per variant (``bench="chunkwise_ablation"``: median wall and process CPU ms per
 call, the difference to ``real``), and with ``--profile`` one line with the real program's top ops.
@@ -41,7 +42,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def main(argv=None) -> None:
@@ -64,17 +64,15 @@ def main(argv=None) -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
+    from dot_bound import chunkwise_inputs
 
+    import _timing as T
     from xlstm_jax import ops
     from xlstm_jax.ops import _chunkwise_fwd as fwd
     from xlstm_jax.ops.chunkwise_math import Stabilizers
 
     b, nh, s, d, chunk = 1, a.heads, a.seq_len, a.head_dim, a.chunk_size
-    rng = np.random.default_rng(0)
-    q, k, v = (jnp.asarray(rng.standard_normal((b, nh, s, d)), jnp.float32) for _ in range(3))
-    i = jnp.asarray(rng.standard_normal((b, nh, s)), jnp.float32)
-    f = jnp.asarray(rng.standard_normal((b, nh, s)) + 3.0, jnp.float32)
-    args = (q, k, v, i, f)
+    args = tuple(map(jnp.asarray, chunkwise_inputs(b, nh, s, d)))
     real = {n: getattr(fwd, n) for n in ("stabilizers", "chunk_states", "intra_chunk", "scan_chunks")}
 
     def no_decay_exp(q, k, logf, i, st, resets=True):
@@ -113,19 +111,9 @@ def main(argv=None) -> None:
         for n, fn in real.items():
             setattr(fwd, n, fn)
 
-    wall = {n: [] for n in compiled}
-    cpu = {n: [] for n in compiled}
-    for c in compiled.values():
-        for _ in range(3):
-            jax.block_until_ready(c(*args))
-    for r in range(a.rounds):
-        for n, c in compiled.items() if r % 2 == 0 else reversed(compiled.items()):
-            c0, t0 = time.process_time(), time.perf_counter()
-            for _ in range(a.burst):
-                jax.block_until_ready(c(*args))
-            wall[n].append((time.perf_counter() - t0) / a.burst)
-            cpu[n].append((time.process_time() - c0) / a.burst)
-    ms = lambda xs: float(np.median(xs)) * 1e3
+    burst = lambda c: [c(*args) for _ in range(a.burst)]
+    wall, cpu, _ = T.interleave({n: (lambda c=c: burst(c)) for n, c in compiled.items()}, a.rounds, peak=False)
+    ms = lambda xs: float(np.median(xs)) * 1e3 / a.burst
     shape = dict(B=b, NH=nh, S=s, DHQK=d, DHV=d, chunk_size=chunk)
     for n in compiled:
         row = {"bench": "chunkwise_ablation", "variant": n, "shape": shape, "core": core}

@@ -17,8 +17,9 @@ the heads at the same time. Nothing is communicated (the heads are independent),
 ``heads_over_devices``. It is how a multi-process JAX job (``jax.distributed``, one process per core
 or per host) runs the cell; it is not a single-process user's speed.
 
-Method: the parent measures the 2048² float32 matmul peak (all cores, one process) before and after.
-Each child builds the full inputs from the same seed as ``bench_ops.py``, keeps its heads, compiles,
+Method: the parent measures the 2048² float32 matmul peak (``profile_step.matmul_peak``: all cores, one
+process, idle while the children run) before and after. Each child builds the full inputs
+(``dot_bound.chunkwise_inputs``, as ``dot_bound.py``'s chunkwise program), keeps its heads, compiles,
 warms up, reports ready and waits. The parent releases all children at once; each runs ``--rounds``
 rounds of ``--burst`` back-to-back calls, recording the wall time of every round. The call time is
 the span from the first child's start to the last child's end divided by the number of calls (all
@@ -46,13 +47,11 @@ SHAPE = dict(b=1, nh=4, s=4096, d=64, chunk=64)  # bench_ops.py's issue-14 case
 
 
 def inputs(seq_len: int, nh_lo: int, nh_hi: int):
-    """bench_ops-style inputs for heads [nh_lo, nh_hi): q, k, v (B, NH, S, D), i, f (B, NH, S) as NumPy."""
-    b, nh, s, d = SHAPE["b"], SHAPE["nh"], seq_len, SHAPE["d"]
-    rng = np.random.default_rng(0)
-    q, k, v = (rng.standard_normal((b, nh, s, d)).astype(np.float32) for _ in range(3))
-    i = rng.standard_normal((b, nh, s)).astype(np.float32)
-    f = (rng.standard_normal((b, nh, s)) + 3.0).astype(np.float32)
-    return tuple(x[:, nh_lo:nh_hi] for x in (q, k, v, i, f))
+    """``dot_bound.chunkwise_inputs`` for heads [nh_lo, nh_hi) (NumPy, float32)."""
+    from dot_bound import chunkwise_inputs
+
+    full = chunkwise_inputs(SHAPE["b"], SHAPE["nh"], seq_len, SHAPE["d"])
+    return tuple(x[:, nh_lo:nh_hi] for x in full)
 
 
 def child(a) -> None:
@@ -91,20 +90,6 @@ def child(a) -> None:
     print(json.dumps(row), flush=True)
 
 
-def matmul_peak() -> float:
-    """GFLOP/s of a jitted 2048² float32 matmul, median of 15 (all cores, this process)."""
-    code = (
-        "import time, numpy as np, jax, jax.numpy as jnp\n"
-        "n=2048; a=jnp.asarray(np.random.default_rng(0).standard_normal((n,n)), jnp.float32)\n"
-        "f=jax.jit(lambda x: x@x).lower(a).compile(); [f(a).block_until_ready() for _ in range(3)]\n"
-        "ts=[]\n"
-        "for _ in range(15):\n"
-        "    t0=time.perf_counter(); f(a).block_until_ready(); ts.append(time.perf_counter()-t0)\n"
-        "print(2*n**3/np.median(ts)/1e9)\n"
-    )
-    return float(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)))
@@ -116,17 +101,18 @@ def main(argv=None) -> None:
     p.add_argument("--heads-lo", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--heads-hi", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     if a.child:
         return child(a)
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from bench_ops import flops_chunkwise_fwd
+    from profile_step import matmul_peak
 
     cores = sorted(os.sched_getaffinity(0))
     n, nh = a.processes, SHAPE["nh"]
     if not 1 <= n <= len(cores) or nh % n:
         p.error(f"--processes must divide the {nh} heads and be at most the {len(cores)} usable cores, got {n}")
-    peak_before = matmul_peak()
+    peak_before = matmul_peak(15)
     procs = []
     for j in range(n):
         cmd = [sys.executable, os.path.abspath(__file__), "--child", "--core", str(cores[j])]
@@ -154,7 +140,7 @@ def main(argv=None) -> None:
         if pr.returncode:
             raise RuntimeError(f"a child process exited with {pr.returncode}")
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    peak_after = matmul_peak()
+    peak_after = matmul_peak(15)
     calls = a.rounds * a.burst
     call_s = (max(r["end"] for r in rows) - min(r["start"] for r in rows)) / calls
     flop = flops_chunkwise_fwd(SHAPE["b"], nh, a.seq_len, SHAPE["d"], SHAPE["d"], SHAPE["chunk"])

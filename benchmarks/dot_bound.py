@@ -255,6 +255,17 @@ def bandwidth(devices: int, reps: int) -> dict:
     return {"best": max(rates.values()), "by_mib": rates}
 
 
+def chunkwise_inputs(b: int, nh: int, seq_len: int, d: int) -> tuple[np.ndarray, ...]:
+    """The chunkwise forward's float32 inputs from seed 0 (NumPy): q, k, v (B, NH, S, D), i, f (B, NH, S).
+
+    Shared by ``chunkwise_program``, ``chunkwise_ablation.py`` and ``chunkwise_processes.py``."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((b, nh, seq_len, d)).astype(np.float32) for _ in range(3))
+    i = rng.standard_normal((b, nh, seq_len)).astype(np.float32)
+    f = (rng.standard_normal((b, nh, seq_len)) + 3.0).astype(np.float32)
+    return q, k, v, i, f
+
+
 def chunkwise_program(devices: int, seq_len: int):
     """(compiled forward, call, analytic FLOPs) of ``mlstm_chunkwise`` at bench_ops' S=4096 shape."""
     import jax
@@ -263,10 +274,7 @@ def chunkwise_program(devices: int, seq_len: int):
     from xlstm_jax import ops
 
     b, nh, d, chunk = 1, 4, 64, 64
-    rng = np.random.default_rng(0)
-    q, k, v = (jnp.asarray(rng.standard_normal((b, nh, seq_len, d)), jnp.float32) for _ in range(3))
-    i = jnp.asarray(rng.standard_normal((b, nh, seq_len)), jnp.float32)
-    f = jnp.asarray(rng.standard_normal((b, nh, seq_len)) + 3.0, jnp.float32)
+    q, k, v, i, f = map(jnp.asarray, chunkwise_inputs(b, nh, seq_len, d))
     h = lambda *x: ops.mlstm_chunkwise(*x, chunk_size=chunk)[0]
     if devices > 1:
         h = bench_ops.heads_over_devices(h)
