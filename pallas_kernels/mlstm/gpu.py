@@ -28,18 +28,17 @@ import jax.numpy as jnp
 
 from xlstm_jax.ops import MLSTMState
 from xlstm_jax.ops.chunkwise_math import (
-    Stabilizers,
     gate_grads,
     normalizer_cotangents,
     pad_to_chunks,
     stabilizer_grads,
     stabilizers,
 )
-from xlstm_jax.ops.decay import cumulative_forget
 from xlstm_jax.ops.mlstm_inputs import check_eps, prepare
 
 from . import gpu_bwd, gpu_fwd
 from .config import MLSTMBlocks, default_blocks
+from .token_table import token_table
 
 MATMUL_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(jnp.float32))
 MIN_TILE = 16  # Triton's tl.dot needs M, N, K >= 16
@@ -74,27 +73,6 @@ def choose_blocks(
     return blocks
 
 
-def _token_table(logf, i, st: Stabilizers):
-    """The kernels' per-token float32 table (BH, TOK_ROWS, S) and per-chunk memory decay (BH, NC).
-
-    logf, i: (B, NH, NC, L); st: the stabilizers of these gates.
-    """
-    b, nh, nc, length = logf.shape
-    cf = cumulative_forget(logf)
-    rows = {
-        gpu_fwd.HI: cf.hi,
-        gpu_fwd.LO: cf.lo,
-        gpu_fwd.IGATE: i,
-        gpu_fwd.SEG: cf.seg.astype(jnp.float32),
-        gpu_fwd.M: st.m,
-        gpu_fwd.ALPHA: jnp.exp(jnp.where(cf.seg == 0, (cf.hi + cf.lo) + st.m_before[..., None] - st.m, -jnp.inf)),
-        gpu_fwd.W: jnp.exp(st.a - st.m_after[..., None]),
-    }
-    tok = jnp.stack([rows[r] for r in range(gpu_fwd.TOK_ROWS)], axis=2)  # (B, NH, R, NC, L)
-    decay = jnp.exp(st.g + st.m_before - st.m_after)
-    return tok.reshape(b * nh, gpu_fwd.TOK_ROWS, nc * length), decay.reshape(b * nh, nc)
-
-
 def _forward(q, k, v, logf, i, c0, n0, m0, blocks: MLSTMBlocks, eps: float, interpret: bool):
     """On inputs padded to a multiple of the chunk: ((h, c, n, m), residuals)."""
     b, nh, s, dhqk = q.shape
@@ -102,7 +80,7 @@ def _forward(q, k, v, logf, i, c0, n0, m0, blocks: MLSTMBlocks, eps: float, inte
     chunked = lambda x: x.reshape(b, nh, s // blocks.chunk_size, blocks.chunk_size)
     flat = lambda x: x.reshape(b * nh, *x.shape[2:])
     st = stabilizers(chunked(logf), chunked(i), m0)
-    tok, decay = _token_table(chunked(logf), chunked(i), st)
+    tok, decay = token_table(chunked(logf), chunked(i), st)
     qf, kf, vf = flat(q), flat(k), flat(v)
     c_before, n_before, c_final, n_final = gpu_fwd.chunk_states(
         kf, vf, tok, decay, flat(c0), flat(n0), blocks, interpret
@@ -127,7 +105,7 @@ def _backward(blocks: MLSTMBlocks, eps: float, interpret: bool, res, cotangents)
     flat = lambda x: x.reshape(b * nh, *x.shape[2:])
     logf_c = chunked(logf)
     st, pullback = jax.vjp(stabilizers, logf_c, chunked(i), m0)
-    tok, decay = _token_table(logf_c, chunked(i), st)
+    tok, decay = token_table(logf_c, chunked(i), st)
     qf, kf, vf, dhf = flat(q), flat(k), flat(v), flat(dh).astype(v.dtype)
 
     # The forward's chunk states, recomputed.

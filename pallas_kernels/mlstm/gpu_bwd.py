@@ -28,7 +28,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from .config import MLSTMBlocks
-from .gpu_fwd import ALPHA, TOK_ROWS, W, chunk_rows, compiler_params, decay_tile, mm, qk_tile
+from .gpu_fwd import chunk_rows, compiler_params, decay_tile, mm, qk_tile
+from .token_table import ALPHA, TOK_ROWS, W
 
 RDEN, DD = 0, 1
 TOKB_ROWS = 2

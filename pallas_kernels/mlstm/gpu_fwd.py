@@ -1,8 +1,8 @@
 """Pallas-Triton forward kernels of the chunkwise mLSTM, and the tile helpers the backward shares.
 
 Layout: heads flattened, BH = B * NH; q, k (BH, S, DHQK), v, h (BH, S, DHV), S = NC * L.
-Per-token gate quantities travel in one float32 table ``tok`` (BH, TOK_ROWS, S), rows named
-below, built in plain JAX (``gpu._token_table``) from the O(S) stabilizers of
+Per-token gate quantities travel in one float32 table ``tok`` (BH, TOK_ROWS, S), rows named in
+``token_table``, built there in plain JAX from the O(S) stabilizers of
 ``xlstm_jax.ops.chunkwise_math.stabilizers``; the kernels never take a running max: the
 per-token stabilizer m_t already combines the intra-chunk maximum and the entering memory.
 
@@ -29,15 +29,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from .config import MLSTMBlocks
-
-# Rows of the per-token table ``tok`` (BH, TOK_ROWS, S), all float32.
-HI, LO = 0, 1  # b = hi + lo: cumulative finite log forget gates within the chunk (compensated sum)
-IGATE = 2  # input-gate pre-activation i (-inf on padding)
-SEG = 3  # resets at or before the token within its chunk (a small integer, exact in float32)
-M = 4  # per-token output stabilizer m_t
-ALPHA = 5  # exp(b_t + M_{k-1} - m_t): weight of the entering memory at t (0 after a reset)
-W = 6  # exp(a_t - M_k): weight of token t in the memory after its chunk
-TOK_ROWS = 7
+from .token_table import ALPHA, HI, IGATE, LO, SEG, TOK_ROWS, M, W  # rows of the per-token table
 
 
 def mm(a, b, dtype, *, trans_a: bool = False, trans_b: bool = False):
