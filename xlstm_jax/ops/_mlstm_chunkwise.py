@@ -100,13 +100,24 @@ _FORWARD_MODE_ALTERNATIVES = (
 
 @partial(jax.jit, static_argnames=("chunk_size", "eps"))
 def _chunkwise_op(q, k, v, i, f, *, chunk_size: int, initial_state: MLSTMState | None, eps: float):
+    return chunkwise_with(_chunkwise, q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+
+
+def chunkwise_with(core, q, k, v, i, f, *, chunk_size: int, initial_state: MLSTMState | None, eps: float):
+    """``mlstm_chunkwise`` (no context axis) with ``core`` doing the pass over padded chunks.
+
+    ``core(q, k, v, logf, i, c0, n0, m0, chunk_size, eps) -> (h, c, n, m)`` has the contract of
+    ``_chunkwise`` (inputs padded to a multiple of ``chunk_size``, log forget gates; a custom VJP
+    where it is differentiated); everything around it (input checks, padding, the guard against a
+    non-finite k or v) is shared, so a kernel with this contract is the same function as this form.
+    """
     x = prepare(q, k, v, i, f, initial_state, sequence=True, state_name="initial_state")
-    run = partial(_run, chunk_size=min(chunk_size, x.q.shape[2]), eps=eps)
+    run = partial(_run, chunk_size=min(chunk_size, x.q.shape[2]), eps=eps, core=core)
     h, c, n, m = _guard_when_nonfinite(run, x.q, x.k, x.v, x.i, x.f, *x.state)
     return h.astype(x.out_dtype), MLSTMState(c, n, m)
 
 
-def _run(q, k, v, i, f, c0, n0, m0, *, chunk_size: int, eps: float, guard: bool):
+def _run(q, k, v, i, f, c0, n0, m0, *, chunk_size: int, eps: float, guard: bool, core=_chunkwise):
     """The chunkwise pass on prepared (B, NH, S, ...) inputs; returns (h, c, n, m).
 
     ``guard``: keep a non-finite k or v from reaching earlier outputs (``isolate_nonfinite``), one
@@ -116,7 +127,7 @@ def _run(q, k, v, i, f, c0, n0, m0, *, chunk_size: int, eps: float, guard: bool)
     if guard:
         k, v, reached = isolate_nonfinite(k, v)
     q, k, v, logf, i = pad_to_chunks(chunk_size, q, k, v, jax.nn.log_sigmoid(f), i)
-    h, c, n, m = _chunkwise(q, k, v, logf, i, c0, n0, m0, chunk_size, eps)
+    h, c, n, m = core(q, k, v, logf, i, c0, n0, m0, chunk_size, eps)
     h = h[:, :, :seq_len]
     if guard:
         (c, n), h = reached.state(c, n), reached.h(h)

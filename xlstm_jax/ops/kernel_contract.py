@@ -1,0 +1,15 @@
+"""What a chunkwise mLSTM kernel shares with the XLA form, so that it is the same function.
+
+* ``chunkwise_with(core, q, k, v, i, f, ...)``: ``mlstm_chunkwise`` with the pass over padded chunks
+  replaced by ``core`` (input checks, padding and the guard against a non-finite k or v stay);
+* ``Residuals`` and ``backward``: the analytic backward of the XLA form, for a kernel that writes
+  the same residuals (the CPU kernel, ``pallas_kernels/mlstm/cpu.py``).
+"""
+
+from __future__ import annotations
+
+from ._chunkwise_bwd import backward
+from ._chunkwise_fwd import Residuals
+from ._mlstm_chunkwise import chunkwise_with
+
+__all__ = ["Residuals", "backward", "chunkwise_with"]
