@@ -78,5 +78,6 @@ def test_wheel_installs_only_under_xlstm_jax(tmp_path):
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"xlstm_jax"}
     for needed in ("xlstm_jax/train/trainer.py", "xlstm_jax/pallas_kernels/mlstm/tpu.py",
+                   "xlstm_jax/pallas_kernels/mlstm/cpu_fwd.cc",
                    "xlstm_jax/configs/quickstart.yaml", "xlstm_jax/configs/model/xlstm11_tiny.yaml"):  # fmt: skip
         assert needed in names
