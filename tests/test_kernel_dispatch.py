@@ -34,10 +34,11 @@ from helpers import (
 from xlstm_jax import backends, ops
 
 KERNELS = ("pallas_tpu", "pallas_gpu")
+MLSTM_KERNELS = (*KERNELS, "cpu_ffi")  # the C++ CPU kernel has no sLSTM
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", MLSTM_KERNELS)
 def test_mlstm_kernel_backends_match_xla(backend):
     q, k, v, i, f = cast(mlstm_inputs(21, s=37, dhqk=16, dhv=32), jnp.float32)
     state = cast(mlstm_state(22, dhqk=16, dhv=32), jnp.float32)
@@ -179,6 +180,18 @@ for axis_type, backend in ((AxisType.Explicit, "pallas_tpu"), (AxisType.Auto, "p
         ref_dg, ref_dr = jax.grad(loss("scan"), argnums=(0, 1))(gates_x, kernel, bias)
         assert_close(dg, ref_dg, 1e-3, backend + " sharded sLSTM dgates_x")
         assert_close(dr, ref_dr, 1e-3, backend + " sharded sLSTM drecurrent_kernel")
+        if axis_type == AxisType.Auto:  # the C++ CPU mLSTM kernel, one call per device under shard_map
+            fm = jax.jit(lambda *a: backends.mlstm(*a, backend="cpu_ffi", chunk_size=8, return_state=True))
+            text = fm.lower(q, k, v, i, f).as_text()
+            assert "shard_map" in text or "sdy.manual_computation" in text, "CPU mLSTM kernel not under shard_map"
+            h, st = fm(q, k, v, i, f)
+            assert_close(h, ref_m, 1e-4, "cpu_ffi sharded mLSTM h")
+            assert_close(st.c, ref_m_state.c, 1e-4, "cpu_ffi sharded mLSTM c")
+            mloss = lambda name: lambda *a: jnp.sum(jnp.sin(backends.mlstm(*a, backend=name, chunk_size=8)))
+            dq, di = jax.jit(jax.grad(mloss("cpu_ffi"), argnums=(0, 3)))(q, k, v, i, f)
+            ref_dq, ref_di = jax.grad(mloss("chunkwise"), argnums=(0, 3))(q, k, v, i, f)
+            assert_close(dq, ref_dq, 1e-3, "cpu_ffi sharded mLSTM dq")
+            assert_close(di, ref_di, 1e-3, "cpu_ffi sharded mLSTM di")
 # Logical-axis rules: batch over tensor and heads over data give the same numbers; a mesh that cannot
 # divide the batch or the sequence is a ValueError naming the axes and sizes.
 with jax.set_mesh(meshes[AxisType.Auto]):
@@ -232,14 +245,15 @@ def _lm_logits(backend: str, slstm_backend: str, ids):
     return perturbed(xLSTMLMModel(config, rngs=nnx.Rngs(0)), seed=1)(ids)
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", MLSTM_KERNELS)
 def test_models_give_the_same_logits_with_kernel_backends(backend):
     ids = jax.random.randint(jax.random.key(2), (2, 19), 0, 50)
     ref = _lm_logits("chunkwise", "scan", ids)
-    assert_close(_lm_logits(backend, backend, ids), ref, 1e-4, f"xLSTMLMModel {backend}")
+    slstm_backend = backend if backend in KERNELS else "scan"
+    assert_close(_lm_logits(backend, slstm_backend, ids), ref, 1e-4, f"xLSTMLMModel {backend}")
 
 
-@pytest.mark.parametrize("backend", KERNELS)
+@pytest.mark.parametrize("backend", MLSTM_KERNELS)
 def test_xlstm_large_gives_the_same_logits_with_kernel_backends(backend):
     from xlstm_jax.models.xlstm_large import xLSTMLarge, xLSTMLargeConfig
 

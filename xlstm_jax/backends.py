@@ -19,11 +19,14 @@ mLSTM backends:
   ``pallas_tpu``  ``pallas_kernels.mlstm.tpu`` (Mosaic).
   ``pallas_gpu``  ``pallas_kernels.mlstm.gpu`` (Pallas-Triton; other head dims zero-padded to a power of 2).
   ``triton``      the official TFLA Triton kernels of ``mlstm_kernels`` through ``jax_triton`` (GPU only).
+  ``cpu_ffi``     ``pallas_kernels.mlstm.cpu``: a C++ forward kernel (XLA FFI custom call, compiled on first
+                  use) with the chunkwise form's backward (CPU only, float32).
 sLSTM backends: ``auto``, ``xla`` or ``scan`` (XLA), ``pallas_tpu``, ``pallas_gpu``; on GPU ``auto``
   runs the XLA scan (measured faster for training on an H200, see ``slstm``).
 
 A Pallas backend on a CPU runs in Pallas interpret mode (slow; for tests). A shape a kernel cannot
-tile falls back to the XLA form with a logged reason. Inside a mesh (``jax.set_mesh``) the kernels
+tile, or a CPU kernel that cannot be built here (no C++ compiler), falls back to the XLA form with a
+logged reason. Inside a mesh (``jax.set_mesh``) the kernels
 run under ``jax.shard_map`` with specs from logical-axis rules (``axis_rules``): ``batch`` and
 ``heads`` name the mesh axes the batch and the heads are split over, ``length`` those of the
 sequence (context parallelism: then every backend, XLA forms included, runs under ``shard_map`` with
@@ -60,8 +63,8 @@ class Implementation:
     Attributes:
       name: the backend name configs use.
       cell: ``"mlstm"`` or ``"slstm"``.
-      platform: ``"tpu"`` or ``"gpu"`` for a kernel (which runs in Pallas interpret mode on a CPU
-        when ``interpret_on_cpu``), None for an XLA form (any platform).
+      platform: ``"tpu"``, ``"gpu"`` or ``"cpu"`` for a kernel (a TPU or GPU one runs in Pallas
+        interpret mode on a CPU when ``interpret_on_cpu``), None for an XLA form (any platform).
       run: the cell over a sequence, in the calling convention of the module docstring.
       choose_blocks: the kernel module's block chooser (mLSTM ``(dhqk, dhv, chunk_size, *, interpret)``,
         sLSTM ``(batch, seq_len, dh, *, has_resets, interpret)``); raises ``ValueError`` for a shape
@@ -129,6 +132,18 @@ def _mlstm_triton(q, k, v, i, f, *, initial_state, chunk_size, eps, blocks=None,
     return mlstm_chunkwise_tfla(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
 
 
+def _mlstm_cpu_ffi(q, k, v, i, f, *, initial_state, chunk_size, eps, blocks=None, interpret=False):
+    from xlstm_jax.pallas_kernels.mlstm import cpu
+
+    return cpu.mlstm_chunkwise_cpu(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+
+
+def _mlstm_cpu_ffi_blocks(dhqk, dhv, chunk_size, *, interpret):
+    from xlstm_jax.pallas_kernels.mlstm import cpu
+
+    return cpu.choose_blocks(dhqk, dhv, chunk_size, interpret=interpret)
+
+
 def _slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state, resets, blocks=None, interpret=False):
     return ops.slstm_scan(gates_x, recurrent_kernel, bias, initial_state=initial_state, resets=resets)
 
@@ -170,6 +185,7 @@ IMPLEMENTATIONS: dict[tuple[str, str], Implementation] = {
         Implementation("pallas_tpu", "mlstm", "tpu", _mlstm_pallas_tpu, _mlstm_pallas_tpu_blocks),
         Implementation("pallas_gpu", "mlstm", "gpu", _mlstm_pallas_gpu, _mlstm_pallas_gpu_blocks),
         Implementation("triton", "mlstm", "gpu", _mlstm_triton, interpret_on_cpu=False),
+        Implementation("cpu_ffi", "mlstm", "cpu", _mlstm_cpu_ffi, _mlstm_cpu_ffi_blocks, interpret_on_cpu=False),
         Implementation("scan", "slstm", None, _slstm_scan),
         Implementation("pallas_tpu", "slstm", "tpu", _slstm_pallas_tpu, _slstm_pallas_tpu_blocks),
         Implementation("pallas_gpu", "slstm", "gpu", _slstm_pallas_gpu, _slstm_pallas_gpu_blocks),
