@@ -194,10 +194,19 @@ MLSTM_FORMS = (
          torch_kernel="chunkwise--native_custbw"),
     Form("jax_chunkwise_heads_over_devices", flops_chunkwise_fwd, chunked=True, jax=lambda ops, L: heads_over_devices(
         lambda *qkvif: ops.mlstm_chunkwise(*qkvif, chunk_size=L)[0]), option="devices"),
+    Form("jax_chunkwise_cpu_kernel", flops_chunkwise_fwd, chunked=True, jax=lambda ops, L: cpu_kernel(L),
+         option="cpu_kernel"),
     Form("jax_parallel", flops_parallel_fwd, jax=lambda ops, L: ops.mlstm_parallel, power=2, option="parallel"),
     Form("jax_recurrent", flops_recurrent_fwd, jax=lambda ops, L: lambda *qkvif: ops.mlstm_recurrent(*qkvif)[0],
          power=1, option="recurrent"),
 )  # fmt: skip
+
+
+def cpu_kernel(chunk_size: int) -> Callable:
+    """h(q, k, v, i, f) of the C++ CPU kernel (``pallas_kernels.mlstm.cpu``, backend ``cpu_ffi``)."""
+    from xlstm_jax.pallas_kernels.mlstm import cpu
+
+    return lambda *qkvif: cpu.mlstm_chunkwise_cpu(*qkvif, chunk_size=chunk_size)[0]
 
 
 def heads_over_devices(h: Callable) -> Callable:
@@ -638,8 +647,10 @@ class Runner:
 
     # ---------------------------------------------------------------- summary
     def chunkwise_impls(self) -> list[str]:
-        """Our chunkwise rows the summary compares: one device, and the heads over devices if run."""
-        return ["jax_chunkwise"] + (["jax_chunkwise_heads_over_devices"] if "devices" in self.args.forms else [])
+        """Our chunkwise rows the summary compares: one device, the heads over devices and the CPU kernel if run."""
+        forms = self.args.forms
+        return (["jax_chunkwise"] + (["jax_chunkwise_heads_over_devices"] if "devices" in forms else [])
+                + (["jax_chunkwise_cpu_kernel"] if "cpu_kernel" in forms else []))  # fmt: skip
 
     def summary(self):
         a = self.args

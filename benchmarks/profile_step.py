@@ -320,8 +320,10 @@ def breakdown(compiled, call, reps: int) -> tuple[dict, list, float]:
 # --------------------------------------------------------------------------- #
 # programs
 # --------------------------------------------------------------------------- #
-def train_program(batch: int, seq_len: int, cpu_devices: int = 1):
+def train_program(batch: int, seq_len: int, cpu_devices: int = 1, backend: str = "chunkwise"):
     """(compiled step, call, model FLOPs, XLA's FLOPs) of the trainer's step on random weights and tokens.
+
+    ``backend``: the model's mLSTM backend (``TRAIN``'s is the XLA chunkwise form).
 
     The model FLOPs (``train.step.model_flops``, what the trainer's MFU counts: three times the
     forward pass's matmuls, every loop iteration counted, branches taken only on exceptional inputs
@@ -346,7 +348,9 @@ def train_program(batch: int, seq_len: int, cpu_devices: int = 1):
     from xlstm_jax.train.optim import make_optimizer
     from xlstm_jax.train.step import TrainState, jit_train_step, model_flops
 
-    cfg = model_config(TRAIN, vocab_size=VOCAB, dtype="float32", param_dtype="float32", remat=False)
+    cfg = model_config(
+        {**TRAIN, "backend": backend}, vocab_size=VOCAB, dtype="float32", param_dtype="float32", remat=False
+    )
     graphdef, params, rest = nnx.split(build_model(cfg, 0), nnx.Param, ...)
     tx = make_optimizer(OptimConfig(schedule="constant", warmup_steps=0, **OPTIM), 1000, params)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
@@ -526,6 +530,7 @@ def main(argv=None):
     p.add_argument("--cpu-devices", default="1",
                    help="train: run the trainer's data-parallel step over N CPU devices (an integer, or 'auto': "
                    "one per usable core, as xlstm-train --cpu-devices auto); decode stays on one device")  # fmt: skip
+    p.add_argument("--backend", default="chunkwise", help="train: the model's mLSTM backend (cpu_ffi: the C++ kernel)")
     p.add_argument("--host-memory", choices=("auto", "huge-pages", "keep", "release"), default="auto",
                    help="as xlstm-train's --host-memory (module docstring); release: malloc as it is")  # fmt: skip
     a = p.parse_args(argv)
@@ -563,12 +568,12 @@ def main(argv=None):
     records = [env]
     if a.only in (None, "train"):
         t0 = time.perf_counter()
-        compiled, call, step_flops, xla_flops = train_program(a.batch, a.seq_len, a.cpu_devices)
+        compiled, call, step_flops, xla_flops = train_program(a.batch, a.seq_len, a.cpu_devices, a.backend)
         log(f"train step compiled in {time.perf_counter() - t0:.1f} s")
         r = run_program("train", compiled, call, a, step_flops=step_flops)
         r["xla_flops"] = xla_flops
         r["frac_of_matmul_peak"] = r["flops"] / (r["median_ms"] * 1e-3) / 1e9 / peak if r["flops"] else None
-        r.update(B=a.batch, S=a.seq_len, matmul_peak_gflop_per_s=peak, cpu_devices=a.cpu_devices)
+        r.update(B=a.batch, S=a.seq_len, matmul_peak_gflop_per_s=peak, cpu_devices=a.cpu_devices, backend=a.backend)
         records.append(r)
         T.emit(r)
     if a.only in (None, "decode"):
