@@ -1,13 +1,13 @@
 """Build and load the project's C++ CPU kernels, XLA FFI custom calls, on first use.
 
-A kernel's source (``*.cc`` beside its Python module) is compiled once per machine with the C++
-compiler found here (``$CXX``, else ``g++``, ``c++`` or ``clang++``) against the XLA FFI headers
-that jaxlib ships (``jax.ffi.include_dir()``), for this CPU (``-march=native``), and cached in
-``$XLSTM_JAX_CACHE`` (default ``$XDG_CACHE_HOME/xlstm_jax/native`` or ``~/.cache/xlstm_jax/native``).
-The cache key covers the source, the compiler and its version, the flags, the jaxlib version and
-the CPU's feature flags, so a changed source, toolchain or machine builds anew. Writes are atomic
-(a temporary file, then ``os.replace``), so concurrent processes (pytest workers) never load a
-half-written library.
+A kernel's source (``*.cc`` beside its Python module, with the ``*.h`` headers there) is compiled
+once per machine with the C++ compiler found here (``$CXX``, else ``g++``, ``c++`` or ``clang++``)
+against the XLA FFI headers that jaxlib ships (``jax.ffi.include_dir()``), for this CPU
+(``-march=native``), and cached in ``$XLSTM_JAX_CACHE`` (default ``$XDG_CACHE_HOME/xlstm_jax/native``
+or ``~/.cache/xlstm_jax/native``). The cache key covers the source and the headers beside it, the
+compiler and its version, the flags, the jaxlib version and the CPU's feature flags, so a changed
+source, toolchain or machine builds anew. Writes are atomic (a temporary file, then ``os.replace``),
+so concurrent processes (pytest workers) never load a half-written library.
 
 Without a compiler, or when the build fails, ``load`` raises ``NativeBuildError`` with the
 compiler's message; the backends (``xlstm_jax.backends``) then run the XLA form and log why.
@@ -69,8 +69,11 @@ def library_path(source: Path) -> Path:
     except (OSError, subprocess.SubprocessError) as err:
         raise NativeBuildError(f"the C++ compiler {cxx} does not run: {err}") from err
     key = hashlib.sha256()
-    for part in (source.read_bytes(), cxx.encode(), version.encode(), " ".join(FLAGS).encode(),
-                 jaxlib.__version__.encode(), platform.machine().encode(), _cpu_features().encode()):  # fmt: skip
+    headers = sorted(source.parent.glob("*.h"))  # what the source may include with "..."
+    parts = (source.read_bytes(), *(h.read_bytes() for h in headers), cxx.encode(), version.encode(),
+             " ".join(FLAGS).encode(), jaxlib.__version__.encode(), platform.machine().encode(),
+             _cpu_features().encode())  # fmt: skip
+    for part in parts:
         key.update(part)
         key.update(b"\0")
     target = cache_dir() / f"{source.stem}-{key.hexdigest()[:16]}.so"

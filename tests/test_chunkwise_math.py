@@ -1,5 +1,6 @@
 """``chunkwise_math.memory_scales`` (a log-depth ``associative_scan``) against its slow twin, the
-sequential recurrence M_k = max(g_k + M_{k-1}, a_max_k): values in float64, gradients with a loop."""
+sequential recurrence M_k = max(g_k + M_{k-1}, a_max_k): values in float64, gradients with a loop;
+``chunkwise_math.inner`` (a dot on the CPU) against the plain reduction it replaces."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_close
-from xlstm_jax.ops.chunkwise_math import memory_scales
+from xlstm_jax.ops.chunkwise_math import inner, memory_scales
 
 
 def _inputs(seed: int, nc: int):
@@ -56,3 +57,18 @@ def test_gradients_match_the_loop():
     ]
     for name, fast, slow in zip(("g", "a_max", "m0"), *grads):
         assert_close(fast, slow, 1e-6, f"d{name}")
+
+
+def test_inner_is_the_sum_of_products_and_a_dot_on_the_cpu():
+    rng = np.random.default_rng(3)
+    a, b = (jnp.asarray(rng.normal(size=(2, 3, 5, 7, 33)), jnp.float32) for _ in range(2))
+    with jax.enable_x64(True):
+        truth = np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64), axis=-1)
+    assert_close(inner(a, b), truth, 1e-6, "inner vs float64")
+    assert_close(jax.jit(inner)(a, b), truth, 1e-6, "jitted inner vs float64")
+    hlo = jax.jit(inner).lower(a, b).as_text()
+    assert "dot_general" in hlo and "precision = [HIGHEST, HIGHEST]" in hlo  # the CPU branch, exact float32
+    ga, gb = jax.grad(lambda a, b: jnp.sum(jnp.sin(inner(a, b))), argnums=(0, 1))(a, b)
+    ra, rb = jax.grad(lambda a, b: jnp.sum(jnp.sin(jnp.sum(a * b, -1))), argnums=(0, 1))(a, b)
+    assert_close(ga, ra, 1e-5, "d a")
+    assert_close(gb, rb, 1e-5, "d b")

@@ -1,9 +1,10 @@
-"""The C++ CPU chunkwise mLSTM kernel (backend ``cpu_ffi``) equals its slow twin ``ops.mlstm_chunkwise``.
+"""The C++ CPU chunkwise mLSTM kernels (backend ``cpu_ffi``) equal their slow twin ``ops.mlstm_chunkwise``.
 
-The kernel (``pallas_kernels/mlstm/cpu_fwd.cc``, an XLA FFI custom call compiled on first use by
-``pallas_kernels/native.py``) computes the forward; the backward is the XLA form's analytic one on
-the residuals the kernel writes. Compared here: h, the final state and every gradient against the
-XLA form (the tolerances of ``mlstm_kernel_cases``), h against float64 truth, the code paths of the
+The kernels (``pallas_kernels/mlstm/cpu_fwd.cc`` and ``cpu_bwd.cc``, XLA FFI custom calls compiled on
+first use by ``pallas_kernels/native.py``) compute the forward and the backward with the stabilizers
+fixed; the O(S) gate algebra around them is the XLA form's. Compared here: h, the final state and every
+gradient against the XLA form (the tolerances of ``mlstm_kernel_cases``), h and the gradients against
+float64 truth, the code paths of the
 kernel (head dims and chunk lengths that are not multiples of its 16-float vectors, several row
 blocks per chunk, resets, extreme gates), a non-finite k or v, bfloat16 inputs, ``vmap``, and the
 build machinery (cache, a missing compiler, a compile error, the backend's fallback).
@@ -86,6 +87,22 @@ def test_forward_matches_float64_truth():
         assert_close(x, x_true, FWD_TOL, f"final {name} vs float64")
 
 
+def test_gradients_match_float64_truth():
+    """Every gradient at S = 256 (4 chunks of 64: 16 row blocks each, the reverse walk over chunks, an
+    initial state and a cotangent on the final state) against autodiff of the recurrent form in float64."""
+    args64 = mlstm_inputs(14, b=1, nh=2, s=256, dhqk=32, dhv=48)
+    state64 = mlstm_state(15, b=1, nh=2, dhqk=32, dhv=48)
+    rng = np.random.default_rng(16)
+    cot64 = (rng.normal(size=(1, 2, 256, 48)), MLSTMState(*(rng.normal(size=np.shape(x)) for x in state64)))
+    with jax.enable_x64(True):
+        _, grads_true = value_and_vjp(mlstm_recurrent, args64, state64, jax.tree.map(jnp.asarray, cot64))
+        grads_true = jax.tree.map(np.asarray, grads_true)
+    f32 = lambda x: cast(x, jnp.float32)
+    _, grads = _kernel(f32(args64), f32(state64), jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), cot64), 64)
+    for n, (g, g_true) in enumerate(zip(jax.tree.leaves(grads), jax.tree.leaves(grads_true))):
+        assert_close(g, g_true, FWD_TOL, f"gradient {n} vs float64")
+
+
 def test_primal_call_equals_the_forward_of_the_gradient():
     """Without a gradient the kernel skips writing the memories entering each chunk; h is the same up to
     the rounding of the gate algebra around it (XLA fuses it differently under ``jax.vjp``)."""
@@ -160,6 +177,11 @@ def test_build_cache_missing_compiler_and_compile_errors(tmp_path, monkeypatch):
     assert native.library_path(source) == path and path.stat().st_mtime_ns == stamp  # cached, not rebuilt
     source.write_text('extern "C" int answer() { return 43; }\n')
     assert native.library_path(source) != path  # a changed source builds anew
+    path = native.library_path(source)
+
+    (tmp_path / "common.h").write_text("// a header the source may include\n")
+    with_header = native.library_path(source)
+    assert with_header != path  # a header beside the source is part of the key
 
     bad = tmp_path / "bad.cc"
     bad.write_text("this is not C++\n")

@@ -79,5 +79,6 @@ def test_wheel_installs_only_under_xlstm_jax(tmp_path):
     assert tops == {"xlstm_jax"}
     for needed in ("xlstm_jax/train/trainer.py", "xlstm_jax/pallas_kernels/mlstm/tpu.py",
                    "xlstm_jax/pallas_kernels/mlstm/cpu_fwd.cc",
+                   "xlstm_jax/pallas_kernels/mlstm/cpu_bwd.cc", "xlstm_jax/pallas_kernels/mlstm/cpu_common.h",
                    "xlstm_jax/configs/quickstart.yaml", "xlstm_jax/configs/model/xlstm11_tiny.yaml"):  # fmt: skip
         assert needed in names

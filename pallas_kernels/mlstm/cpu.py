@@ -1,20 +1,24 @@
-"""Chunkwise mLSTM on the CPU: a C++ forward kernel (XLA FFI, ``cpu_fwd.cc``) behind a ``jax.custom_vjp``.
+"""Chunkwise mLSTM on the CPU: C++ forward and backward kernels (XLA FFI custom calls, ``cpu_fwd.cc``
+and ``cpu_bwd.cc``) behind a ``jax.custom_vjp``.
 
 The contract is exactly that of ``xlstm_jax.ops.mlstm_chunkwise`` (its slow twin, which the tests
 compare against): the same input checks, padding and guard against a non-finite k or v
 (``ops.kernel_contract.chunkwise_with``), and the same decomposition as the GPU kernels:
 
-* plain JAX, O(S): the stabilizers (``ops.chunkwise_math.stabilizers``) and the per-token gate
-  table (``token_table``);
-* C++ (``cpu_fwd.cc``): for every head, a walk over its chunks that computes the intra-chunk
-  output and the memory entering the next chunk while the chunk's matrices are in cache. It skips
-  the masked upper triangle of the (L, L) products and spreads the heads over XLA's thread pool.
+* plain JAX, O(S): the stabilizers (``ops.chunkwise_math.stabilizers``), the per-token gate
+  table (``token_table``), and in the backward the normalizer's cotangents, the gate gradients from
+  the kernel's per-token sums and the stabilizers' own terms (``ops.chunkwise_math``);
+* C++ forward: for every head, a walk over its chunks that computes the intra-chunk output and the
+  memory entering the next chunk while the chunk's matrices are in cache;
+* C++ backward (stabilizers fixed, the math of ``ops.kernel_contract.backward``): for every head,
+  a reverse walk over its chunks carrying the memory's cotangent, recomputing the chunk's (L, L)
+  matrices and writing dq, dk, dv and the gates' per-token sums.
 
-The backward is the XLA form's analytic backward (``ops.kernel_contract.backward``) on the residuals the
-kernel writes (the memory entering every chunk, h and the normalizer d); a call without gradient
-skips writing those memories. Float32 only (the compute dtype of float32, bfloat16 and float16
-inputs); in float64 (x64) mode use the XLA form. The kernel is compiled on first use
-(``pallas_kernels.native``).
+Both skip the masked upper triangle of the (L, L) products and spread the heads over XLA's thread
+pool. The residuals are the XLA form's (``ops.kernel_contract.Residuals``: the memory entering every
+chunk, h, the normalizer d); a call without gradient skips writing those memories. Float32 only (the
+compute dtype of float32, bfloat16 and float16 inputs); in float64 (x64) mode use the XLA form. The
+kernels are compiled on first use (``pallas_kernels.native``).
 """
 
 from __future__ import annotations
@@ -27,20 +31,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from xlstm_jax.ops import MLSTMState
-from xlstm_jax.ops.chunkwise_math import stabilizers
-from xlstm_jax.ops.kernel_contract import Residuals, backward, chunkwise_with
+from xlstm_jax.ops.chunkwise_math import gate_grads, inner, normalizer_cotangents, stabilizer_grads, stabilizers
+from xlstm_jax.ops.kernel_contract import Residuals, chunkwise_with
 from xlstm_jax.ops.mlstm_inputs import check_eps, check_positive_int
 
 from .. import native
 from .token_table import token_table
 
-SOURCE = Path(__file__).with_name("cpu_fwd.cc")
-TARGET = "xlstm_mlstm_chunkwise_fwd_cpu"
+# (source, exported handler, custom-call target) of each kernel.
+KERNELS = {
+    "fwd": (Path(__file__).with_name("cpu_fwd.cc"), "XlstmMlstmChunkwiseFwd", "xlstm_mlstm_chunkwise_fwd_cpu"),
+    "bwd": (Path(__file__).with_name("cpu_bwd.cc"), "XlstmMlstmChunkwiseBwd", "xlstm_mlstm_chunkwise_bwd_cpu"),
+}
+GATE_ROWS = ("row_sum", "dlog_alpha", "col_sum", "da")  # rows of the backward's ``gates`` (BH, 4, S)
 
 
 def load() -> None:
-    """Build (once per machine) and register the kernel; ``native.NativeBuildError`` if it cannot."""
-    native.register(SOURCE, "XlstmMlstmChunkwiseFwd", TARGET)
+    """Build (once per machine) and register both kernels; ``native.NativeBuildError`` if they cannot."""
+    for source, symbol, target in KERNELS.values():
+        native.register(source, symbol, target)
 
 
 def choose_blocks(dhqk: int, dhv: int, chunk_size: int | None = None, *, interpret: bool = False) -> None:
@@ -70,7 +79,7 @@ def chunk_pass(q, k, v, tok, decay, c0, n0, *, chunk_size: int, eps: float, keep
     nc = s // chunk_size if keep_states else 0
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     out = (f32(bh, s, dhv), f32(bh, s), f32(bh, nc, dhqk, dhv), f32(bh, nc, dhqk), f32(bh, dhqk, dhv), f32(bh, dhqk))
-    call = jax.ffi.ffi_call(TARGET, out, vmap_method="sequential")
+    call = jax.ffi.ffi_call(KERNELS["fwd"][2], out, vmap_method="sequential")
     return call(q, k, v, tok, decay, c0, n0, chunk_size=np.int64(chunk_size), eps=np.float32(eps))
 
 
@@ -99,14 +108,74 @@ def _forward(q, k, v, logf, i, c0, n0, m0, chunk_size: int, eps: float, keep_sta
     return out, res
 
 
+def chunk_grads(q, k, v, dh, tok, tokb, decay, c_before, n_before, dc_final, dn_final, *, chunk_size: int):
+    """The backward kernel call on flattened heads (stabilizers fixed).
+
+    Args:
+      q, k: (BH, S, DHQK); v, dh: (BH, S, DHV); tok (BH, TOK_ROWS, S) and decay (BH, NC) from
+        ``token_table``; tokb (BH, 2, S): 1 / den and the normalizer's cotangent dd; c_before
+        (BH, NC, DHQK, DHV), n_before (BH, NC, DHQK): the memory entering every chunk; dc_final
+        (BH, DHQK, DHV), dn_final (BH, DHQK). All float32.
+
+    Returns:
+      ``(dq, dk, dv, gates, dlog_decay, dc0, dn0)``: gates (BH, 4, S) with rows ``GATE_ROWS``,
+      dlog_decay (BH, NC), the rest shaped as their primals.
+    """
+    load()
+    bh, s, dhqk = q.shape
+    dhv = v.shape[-1]
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    out = (f32(bh, s, dhqk), f32(bh, s, dhqk), f32(bh, s, dhv), f32(bh, len(GATE_ROWS), s), f32(*decay.shape),
+           f32(bh, dhqk, dhv), f32(bh, dhqk))  # fmt: skip
+    call = jax.ffi.ffi_call(KERNELS["bwd"][2], out, vmap_method="sequential")
+    return call(q, k, v, dh, tok, tokb, decay, c_before, n_before, dc_final, dn_final, chunk_size=np.int64(chunk_size))
+
+
+def _backward(res: Residuals, cotangents, eps: float):
+    """Gradients wrt (q, k, v, logf, i, c0, n0, m0); the math of ``ops.kernel_contract.backward``."""
+    dh, dc_final, dn_final, dm_final = cotangents
+    b, nh, nc, length, dhqk = res.q.shape
+    dhv, s = res.v.shape[-1], nc * length
+    flat = lambda x: x.reshape(b * nh, *x.shape[2:])
+    seq = lambda x: x.reshape(b * nh, s, *x.shape[4:])  # (B, NH, NC, L, ...) -> (BH, S, ...)
+    st, pullback = jax.vjp(stabilizers, res.logf, res.i, res.m0)
+    tok, decay = token_table(res.logf, res.i, st)
+    dh = dh.reshape(res.h.shape).astype(jnp.float32)
+    h_dh = inner(dh, res.h)  # (B, NH, NC, L)
+    den, dd = normalizer_cotangents(res.d, h_dh, st.m, eps)
+    tokb = jnp.stack([1.0 / den, dd], axis=2).reshape(b * nh, 2, s)
+    dq, dk, dv, gates, dlog_decay, dc0, dn0 = chunk_grads(
+        seq(res.q), seq(res.k), seq(res.v), seq(dh), tok, tokb, decay, flat(res.c_before), flat(res.n_before),
+        flat(dc_final), flat(dn_final), chunk_size=length,
+    )  # fmt: skip
+    row = lambda name: gates[:, GATE_ROWS.index(name)].reshape(b, nh, nc, length)
+    dlogf, di, dm0 = gate_grads(row("row_sum"), row("col_sum"), row("dlog_alpha"), row("da"),
+                                dlog_decay.reshape(b, nh, nc), res.logf)  # fmt: skip
+    dlogf_m, di_m, dm0_m = stabilizer_grads(
+        pullback, st, eps=eps, h_dh=h_dh, den=den, final=(res.c_final, res.n_final),
+        final_cotangents=(dc_final, dn_final, dm_final),
+    )  # fmt: skip
+    out = lambda x, like: x.reshape(like.shape)
+    return (
+        dq.reshape(b, nh, s, dhqk),
+        dk.reshape(b, nh, s, dhqk),
+        dv.reshape(b, nh, s, dhv),
+        (dlogf + dlogf_m).reshape(b, nh, s),
+        (di + di_m).reshape(b, nh, s),
+        out(dc0, dc_final),
+        out(dn0, dn_final),
+        dm0 + dm0_m,
+    )
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(8, 9))
 def _core(q, k, v, logf, i, c0, n0, m0, chunk_size, eps):
-    """The ``core`` of ``ops.kernel_contract.chunkwise_with``, forward in C++."""
+    """The ``core`` of ``ops.kernel_contract.chunkwise_with``, forward and backward in C++."""
     return _forward(q, k, v, logf, i, c0, n0, m0, chunk_size, eps, keep_states=False)[0]
 
 
 def _core_bwd(chunk_size, eps, res: Residuals, cotangents):
-    return backward(res, cotangents, eps)
+    return _backward(res, cotangents, eps)
 
 
 _core.defvjp(_forward, _core_bwd)

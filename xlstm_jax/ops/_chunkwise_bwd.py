@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from ._chunkwise_fwd import Residuals, intra_chunk, scan_chunks
-from .chunkwise_math import gate_grads, normalizer_cotangents, stabilizer_grads, stabilizers
+from .chunkwise_math import gate_grads, inner, normalizer_cotangents, stabilizer_grads, stabilizers
 
 
 def _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final):
@@ -51,7 +51,7 @@ def backward(res: Residuals, cotangents, eps: float):
 
     # Intra-chunk outputs, stabilizers fixed.
     intra = intra_chunk(q, k, logf, i, st)
-    h_dh = jnp.sum(dh * res.h, axis=-1)  # (B, NH, NC, L)
+    h_dh = inner(dh, res.h)  # (B, NH, NC, L)
     den, dd = normalizer_cotangents(res.d, h_dh, st.m, eps)
     dnum = dh / den[..., None]
     dp = jnp.einsum("bhcte,bhcse->bhcts", dnum, v) + dd[..., None]
@@ -60,7 +60,7 @@ def backward(res: Residuals, cotangents, eps: float):
     dq_in = jnp.einsum("bhcte,bhcde->bhctd", dnum, res.c_before) + dd[..., None] * res.n_before[..., None, :]
     dc_before = jnp.einsum("bhctd,bhcte->bhcde", q_in, dnum)
     dn_before = jnp.einsum("bhctd,bhct->bhcd", q_in, dd)
-    dlog_alpha = jnp.sum(dq_in * q_in, axis=-1)
+    dlog_alpha = inner(dq_in, q_in)
     ds = dp * intra.decay
     dq_scaled = dq_in * intra.alpha[..., None] + jnp.einsum("bhcts,bhcsd->bhctd", ds, k)
     dk = jnp.einsum("bhcts,bhctd->bhcsd", ds, intra.q_scaled)
@@ -69,12 +69,12 @@ def backward(res: Residuals, cotangents, eps: float):
     # Inter-chunk memory, stabilizers fixed.
     decay = jnp.exp(st.g + st.m_before - st.m_after)
     dc_after, dn_after, dc0, dn0 = _memory_cotangents(decay, dc_before, dn_before, dc_final, dn_final)
-    dlog_decay = decay * (jnp.sum(dc_after * res.c_before, axis=(-2, -1)) + jnp.sum(dn_after * res.n_before, axis=-1))
+    dlog_decay = decay * (jnp.sum(dc_after * res.c_before, axis=(-2, -1)) + inner(dn_after, res.n_before))
     w = jnp.exp(st.a - st.m_after[..., None])
     dk_write = w[..., None] * (jnp.einsum("bhcle,bhcde->bhcld", v, dc_after) + dn_after[..., None, :])
     dv = dv + w[..., None] * jnp.einsum("bhcld,bhcde->bhcle", k, dc_after)
     dk = dk + dk_write
-    da = jnp.sum(dk_write * k, axis=-1)  # a_t = g - b_t + i_t
+    da = inner(dk_write, k)  # a_t = g - b_t + i_t
     dlogf, di, dm0 = gate_grads(jnp.sum(dlog_d, axis=-1), jnp.sum(dlog_d, axis=-2), dlog_alpha, da, dlog_decay, logf)
 
     # Stabilizer terms: eps path of every m_t, and the final state's scale.
