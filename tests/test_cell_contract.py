@@ -1,12 +1,13 @@
 """The contract every registered cell implementation keeps (``xlstm_jax.backends.IMPLEMENTATIONS``).
 
-Each implementation runs through the registry's own ``run`` and ``choose_blocks`` (kernels in Pallas
-interpret mode on a CPU) and is compared with the slow twin of its cell: ``ops.mlstm_recurrent``
-(a ``lax.scan`` of ``mlstm_step``, autodiff for the gradients) and ``ops.slstm_scan``. The contract:
-``run(...) -> (h, state)`` with h in the inputs' dtype and the state in float32; h, the final state
-and every gradient (inputs and initial state) equal the twin's; no initial state means zeros;
-kernels choose their blocks with their module's ``choose_blocks``, XLA forms have none. The kernels'
-own files (``test_pallas_*.py``) test tiles, dtypes and edge cases in depth.
+Each implementation runs through the registry's own ``run`` and ``choose_blocks`` (Pallas kernels in
+interpret mode on a CPU, the C++ CPU kernel compiled) and is compared with the slow twin of its cell:
+``ops.mlstm_recurrent`` (a ``lax.scan`` of ``mlstm_step``, autodiff for the gradients) and
+``ops.slstm_scan``. The contract: ``run(...) -> (h, state)`` with h in the inputs' dtype and the
+state in float32; h, the final state and every gradient (inputs and initial state) equal the twin's;
+no initial state means zeros; kernels choose their blocks with their module's ``choose_blocks``, XLA
+forms have none. The kernels' own files (``test_pallas_*.py``, ``test_cpu_kernel.py``) test tiles,
+dtypes and edge cases in depth.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def _id(impl):
 def _interpret(impl):
     if impl.platform is None:
         return False
-    if not impl.interpret_on_cpu and jax.default_backend() == "cpu":
+    if impl.platform != "cpu" and not impl.interpret_on_cpu and jax.default_backend() == "cpu":
         pytest.skip(f"{impl.name} has no interpret mode: it runs on a {impl.platform.upper()} only")
     return backends.interpret_flag(impl)
 
@@ -125,11 +126,14 @@ def test_zero_initial_state_by_default(impl):
 
 @pytest.mark.parametrize("impl", IMPLS, ids=_id)
 def test_registry_entry(impl):
-    """XLA forms run anywhere and choose no blocks; kernels name their platform and choose blocks."""
-    assert impl.cell in ("mlstm", "slstm") and impl.platform in (None, "tpu", "gpu")
+    """XLA forms run anywhere and choose no blocks; kernels name their platform and choose blocks (the
+    C++ CPU kernel has no tiles: its ``choose_blocks`` only checks that it builds here)."""
+    assert impl.cell in ("mlstm", "slstm") and impl.platform in (None, "tpu", "gpu", "cpu")
     assert backends.implementation(impl.cell, impl.name) is impl
     if impl.platform is None:
         assert impl.choose_blocks is None
+    elif impl.platform == "cpu":
+        assert impl.choose_blocks is not None and not impl.interpret_on_cpu and _blocks(impl, False) is None
     elif impl.interpret_on_cpu:
         assert impl.choose_blocks is not None and _blocks(impl, True) is not None
     names = backends.MLSTM_BACKENDS if impl.cell == "mlstm" else backends.SLSTM_BACKENDS
