@@ -6,11 +6,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <thread>
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -121,19 +122,26 @@ constexpr int zero(int) { return 0; }
 // Runs body(index, scratch) for every index in [0, n) on the caller and on helpers from XLA's
 // intra-op pool, handing indices out one at a time. The caller never waits for an index nobody has
 // started (a helper queued behind other work finds none left), so a busy pool cannot deadlock it;
-// the shared state outlives the call for helpers that start late.
+// once none are left it sleeps until the last one is done (no spinning: with several CPU devices in
+// one process, the callers and the helpers share the same cores). The shared state outlives the
+// call for helpers that start late.
 template <class Body>
 void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, int64_t scratch_floats, Body body) {
   struct State {
     Body body;
     int64_t n, scratch_floats;
-    std::atomic<int64_t> next{0}, done{0};
+    std::atomic<int64_t> next{0};
+    int64_t done = 0;  // guarded by mu
+    std::mutex mu;
+    std::condition_variable all_done;
     State(Body b, int64_t n, int64_t s) : body(std::move(b)), n(n), scratch_floats(s) {}
     void drain() {
-      std::vector<float> scratch(scratch_floats);
+      std::vector<float> scratch;
       for (int64_t j; (j = next.fetch_add(1)) < n;) {
+        if (scratch.empty()) scratch.resize(scratch_floats);
         body(j, scratch.data());
-        done.fetch_add(1, std::memory_order_release);
+        std::lock_guard<std::mutex> lock(mu);
+        if (++done == n) all_done.notify_all();
       }
     }
   };
@@ -141,7 +149,8 @@ void parallel_for(xla::ffi::ThreadPool& pool, int64_t n, int64_t scratch_floats,
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
   for (int64_t j = 0; j < helpers; ++j) pool.Schedule([state] { state->drain(); });
   state->drain();
-  while (state->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->all_done.wait(lock, [&] { return state->done == n; });
 }
 
 // The per-token rows of one chunk (``tok`` at the chunk's first token; S the sequence length).
