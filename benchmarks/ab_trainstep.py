@@ -5,9 +5,12 @@ Run from the repository root (a git checkout)::
     python benchmarks/ab_trainstep.py --base HEAD~1              # profile_step.py's program
     python benchmarks/ab_trainstep.py --base 3f2a1c0 --reps 11
     python benchmarks/ab_trainstep.py --base HEAD~1 --cpu-devices 2   # the data-parallel step
+    python benchmarks/ab_trainstep.py --base HEAD --backend cpu_ffi   # two mLSTM backends, same code
 
 The program is ``profile_step.py``'s training step (the trainer's step of the NeurIPS xLSTM, D=256,
-blocks [m, s, m, m], 4 heads, qkv blocksize 4, vocab 1024, chunkwise, B=8, S=256, AdamW + clip).
+blocks [m, s, m, m], 4 heads, qkv blocksize 4, vocab 1024, B=8, S=256, AdamW + clip), with the mLSTM
+backend ``--base-backend`` for the base and ``--backend`` for the working tree (both ``chunkwise``, the XLA
+form, unless given).
 The base commit's package (``xlstm_jax`` with ``train/``, ``configs/`` and ``pallas_kernels/`` placed
 where the install puts them) is extracted with ``git archive`` into a temporary folder, imported,
 its step built and compiled; then every ``xlstm_jax`` module is dropped from ``sys.modules`` and the
@@ -61,9 +64,10 @@ def drop_package() -> None:
     importlib.invalidate_caches()
 
 
-def build_both(base: str, tmp: Path, batch: int, seq_len: int, cpu_devices: int = 1):
+def build_both(base: str, tmp: Path, batch: int, seq_len: int, cpu_devices: int = 1, backends=None):
     """{tag: (call, compiled, first step's metrics, model FLOPs, XLA's FLOPs)} for "base" (extracted under
-    tmp) and "new"."""
+    tmp) and "new"; ``backends`` {tag: mLSTM backend} (default: chunkwise for both)."""
+    backends = backends or {}
     import jax
 
     extract_package(base, tmp)
@@ -74,7 +78,7 @@ def build_both(base: str, tmp: Path, batch: int, seq_len: int, cpu_devices: int 
             sys.path.insert(0, path)
         t0 = time.perf_counter()
         origin = importlib.import_module("xlstm_jax").__file__
-        compiled, call, work, xla_flops = P.train_program(batch, seq_len, cpu_devices)
+        compiled, call, work, xla_flops = P.train_program(batch, seq_len, cpu_devices, backends.get(tag, "chunkwise"))
         print(f"{tag} ({origin}): compiled in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         if path:
             sys.path.remove(path)
@@ -96,6 +100,8 @@ def main(argv=None) -> None:
         default="1",
         help="run the trainer's data-parallel step over N CPU devices (profile_step.py's --cpu-devices)",
     )
+    p.add_argument("--backend", default="chunkwise", help="the working tree's mLSTM backend (cpu_ffi: the C++ kernels)")
+    p.add_argument("--base-backend", default="chunkwise", help="the base's mLSTM backend")
     a = p.parse_args(argv)
     from xlstm_jax.train.cli import cpu_device_count  # dropped again before each package is imported
 
@@ -108,7 +114,8 @@ def main(argv=None) -> None:
     load_before = P.loadavg()
     # the base's files stay on disk to the end: the profile reads the function around each op's line
     with tempfile.TemporaryDirectory(prefix="ab_trainstep_") as tmp:
-        progs = build_both(a.base, Path(tmp), a.batch, a.seq_len, a.cpu_devices)
+        backends = {"base": a.base_backend, "new": a.backend}
+        progs = build_both(a.base, Path(tmp), a.batch, a.seq_len, a.cpu_devices, backends)
         wall, cpu, peak = interleave({t: v[0] for t, v in progs.items()}, a.reps)
         med = lambda xs: float(np.median(xs)) * 1e3
         work = progs["new"][3]  # the working tree's count (same model, same work) divides both times
@@ -118,6 +125,7 @@ def main(argv=None) -> None:
         row = {
             "bench": "ab_trainstep",
             "base": a.base,
+            "backends": backends,
             "B": a.batch,
             "S": a.seq_len,
             "cpu_devices": a.cpu_devices,

@@ -333,6 +333,9 @@ def train_program(batch: int, seq_len: int, cpu_devices: int = 1, backend: str =
     for non-finite inputs, a branch that does not run, added a third to it (32.2 to 41.5 GFLOP for
     this step; ``benchmarks/RESULTS.md``, session 26). It is reported as well, as ``xla_flops``.
 
+    The step is traced inside the mesh and the trainer's axis rules, as ``trainer.train`` does, so a
+    kernel backend runs under ``shard_map`` (outside a mesh its custom call would be replicated).
+
     ``cpu_devices`` > 1: the trainer's data-parallel step (``train.step.jit_train_step`` on a
     ``mesh.data=cpu_devices`` mesh, parameters and optimizer state replicated, the batch split over
     the devices), what ``xlstm-train --cpu-devices N`` runs. The FLOPs are the unpartitioned step's
@@ -342,6 +345,7 @@ def train_program(batch: int, seq_len: int, cpu_devices: int = 1, backend: str =
     import jax.numpy as jnp
     from flax import nnx
 
+    from xlstm_jax import backends
     from xlstm_jax.train.config import MeshConfig, OptimConfig
     from xlstm_jax.train.mesh import batch_sharding, make_mesh, replicated
     from xlstm_jax.train.models import build_model, model_config
@@ -367,9 +371,9 @@ def train_program(batch: int, seq_len: int, cpu_devices: int = 1, backend: str =
     state_sharding = jax.tree.map(lambda _: replicated(mesh), state)
     state = jax.device_put(state, state_sharding)
     data = jax.device_put(data, batch_sharding(mesh, mesh_cfg.rules))
-    lowered = jit_train_step(graphdef, rest, tx, 1, state_sharding, batch_sharding(mesh, mesh_cfg.rules)).lower(
-        state, data
-    )
+    step = jit_train_step(graphdef, rest, tx, 1, state_sharding, batch_sharding(mesh, mesh_cfg.rules))
+    with jax.set_mesh(mesh), backends.axis_rules(mesh_cfg.rules):  # as the trainer traces it (trainer.train)
+        lowered = step.lower(state, data)
     compiled = lowered.compile()
     xla_flops = flops(compiled) if cpu_devices == 1 else flops(lowered)
     box = [state]
