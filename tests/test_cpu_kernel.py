@@ -167,6 +167,34 @@ def test_backend_matches_the_xla_form_and_falls_back_when_it_cannot_build(monkey
     assert "backend 'cpu_ffi' cannot run" in caplog.text and "no C++ compiler found" in caplog.text
 
 
+def test_auto_runs_the_kernel_on_a_cpu_for_float32_only(monkeypatch, caplog):
+    """``auto`` on a CPU: the C++ kernels for float32 (and bfloat16) inputs, the XLA form for float64
+    inputs and where the kernels do not build (the reason logged once per process)."""
+    q, k, v, i, f = cast(mlstm_inputs(17, s=37, dhqk=16, dhv=32), jnp.float32)
+    lowered = lambda *a: jax.jit(partial(backends.mlstm, backend="auto", chunk_size=16)).lower(*a).as_text()
+    assert cpu.KERNELS["fwd"][2] in lowered(q, k, v, i, f)
+    assert cpu.KERNELS["fwd"][2] in lowered(*cast((q, k, v, i, f), jnp.bfloat16))
+    assert_close(backends.mlstm(q, k, v, i, f, backend="auto", chunk_size=16),
+                 mlstm_chunkwise(q, k, v, i, f, chunk_size=16)[0], FWD_TOL, "auto h")  # fmt: skip
+    with jax.enable_x64(True):
+        assert cpu.KERNELS["fwd"][2] not in lowered(*cast((q, k, v, i, f), jnp.float64))
+
+    def no_build():
+        raise native.NativeBuildError("no C++ compiler found")
+
+    backends._cpu_kernel_builds.cache_clear()
+    monkeypatch.setattr(cpu, "load", no_build)
+    try:
+        with caplog.at_level(logging.INFO, logger="xlstm_jax.backends"):
+            assert cpu.KERNELS["fwd"][2] not in lowered(q, k, v, i, f)
+            assert cpu.KERNELS["fwd"][2] not in lowered(q[:, :, :20], k[:, :, :20], v[:, :, :20], i[:, :, :20],
+                                                        f[:, :, :20])  # fmt: skip
+        assert caplog.text.count("runs the XLA chunkwise form on this CPU") == 1, caplog.text
+        assert "no C++ compiler found" in caplog.text
+    finally:
+        backends._cpu_kernel_builds.cache_clear()
+
+
 def test_build_cache_missing_compiler_and_compile_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("XLSTM_JAX_CACHE", str(tmp_path / "cache"))
     source = tmp_path / "ok.cc"

@@ -88,7 +88,7 @@ def test_headwise_linear_forms_against_float64(blocks, size, heads, bias):
 def test_mlstm_dispatch():
     q, k, v, i, f = cast(mlstm_inputs(6, s=9), jnp.float32)
     h, state = ops.mlstm_chunkwise(q, k, v, i, f)
-    for backend in (*backends.MLSTM_XLA_FORMS, "xla", "auto"):  # auto is chunkwise on a CPU
+    for backend in (*backends.MLSTM_XLA_FORMS, "xla", "auto"):  # auto is the C++ kernel on a CPU (float32)
         assert_close(backends.mlstm(q, k, v, i, f, backend=backend), h, 1e-5, backend)
         # parallel with a state runs chunkwise (the same function)
         h_b, st_b = backends.mlstm(q, k, v, i, f, backend=backend, return_state=True)

@@ -282,7 +282,7 @@ def test_backends_agree():
     name = "slstm_mid_bias"
     case = fixture(name)
     ref = logits_of(converted(name), case["ids"])
-    for backend in ("auto", "xla", *MLSTM_XLA_FORMS):  # on CPU "auto" and "xla" are chunkwise
+    for backend in ("auto", "xla", *MLSTM_XLA_FORMS):  # on CPU "auto" is the C++ kernel, "xla" chunkwise
         assert_close(logits_of(converted(name, backend=backend), case["ids"]), ref, 1e-5, backend)
 
 

@@ -11,7 +11,8 @@ Models call ``mlstm`` and ``slstm`` here with a backend name from their config; 
 lazily, inside ``run`` and ``choose_blocks``, so pure-JAX use never imports kernel or GPU packages.
 
 mLSTM backends:
-  ``auto``        Pallas on TPU and GPU (on GPU for power-of-2 head dims), the XLA chunkwise form elsewhere.
+  ``auto``        Pallas on TPU and GPU (on GPU for power-of-2 head dims), ``cpu_ffi`` on a CPU for inputs
+                  computed in float32 where it builds, the XLA chunkwise form otherwise.
   ``xla``         the same as ``chunkwise``.
   ``chunkwise``   ``ops.mlstm_chunkwise`` (XLA).
   ``parallel``    ``ops.mlstm_parallel`` (XLA, quadratic; with a state it runs as ``chunkwise``).
@@ -19,8 +20,8 @@ mLSTM backends:
   ``pallas_tpu``  ``pallas_kernels.mlstm.tpu`` (Mosaic).
   ``pallas_gpu``  ``pallas_kernels.mlstm.gpu`` (Pallas-Triton; other head dims zero-padded to a power of 2).
   ``triton``      the official TFLA Triton kernels of ``mlstm_kernels`` through ``jax_triton`` (GPU only).
-  ``cpu_ffi``     ``pallas_kernels.mlstm.cpu``: a C++ forward kernel (XLA FFI custom call, compiled on first
-                  use) with the chunkwise form's backward (CPU only, float32).
+  ``cpu_ffi``     ``pallas_kernels.mlstm.cpu``: C++ forward and backward kernels (XLA FFI custom calls,
+                  compiled on first use; CPU only, float32).
 sLSTM backends: ``auto``, ``xla`` or ``scan`` (XLA), ``pallas_tpu``, ``pallas_gpu``; on GPU ``auto``
   runs the XLA scan (measured faster for training on an H200, see ``slstm``).
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -142,6 +144,26 @@ def _mlstm_cpu_ffi_blocks(dhqk, dhv, chunk_size, *, interpret):
     from xlstm_jax.pallas_kernels.mlstm import cpu
 
     return cpu.choose_blocks(dhqk, dhv, chunk_size, interpret=interpret)
+
+
+@functools.cache
+def _cpu_kernel_builds() -> bool:
+    """Whether the C++ CPU kernels build here (checked once per process; why not is logged once)."""
+    try:
+        _mlstm_cpu_ffi_blocks(1, 1, 1, interpret=False)
+    except ValueError as err:
+        log.info("mLSTM backend 'auto' runs the XLA chunkwise form on this CPU: %s", err)
+        return False
+    return True
+
+
+def _auto_runs_cpu_kernel(*arrays) -> bool:
+    """``auto`` on a CPU: the C++ kernels for inputs computed in float32 (not float64), where they build.
+    Measured against the XLA form on the 2-core CPU (``benchmarks/RESULTS.md``, session 32): as fast or
+    faster in the training step, 1.3-2.0x (forward) and 2.7-3.1x (forward+backward) at S=4096."""
+    if _platform() != "cpu" or jax.numpy.result_type(*arrays, jax.numpy.float32) != jax.numpy.float32:
+        return False
+    return _cpu_kernel_builds()
 
 
 def _slstm_scan(gates_x, recurrent_kernel, bias, *, initial_state, resets, blocks=None, interpret=False):
@@ -250,7 +272,8 @@ def chunk_size_for(chunk_size: int | str, platform: str | None = None) -> int:
 
 
 def resolve(name: str, *, xla: str) -> str:
-    """``auto`` -> the kernel for this platform, or the XLA form ``xla`` on CPU; ``xla`` -> ``xla``."""
+    """``auto`` -> the Pallas kernel for this platform, or the XLA form ``xla`` on CPU; ``xla`` -> ``xla``.
+    (``mlstm`` then runs the C++ kernels for ``auto`` on a CPU where they apply: ``_auto_runs_cpu_kernel``.)"""
     if name == "xla":
         return xla
     if name != "auto":
@@ -514,6 +537,8 @@ def mlstm(
         log.info("mLSTM backend 'auto' runs the XLA form for head dims %s on GPU (the kernel would pad them); "
                  "backend='pallas_gpu' runs the padded kernel", (q.shape[-1], v.shape[-1]))  # fmt: skip
         name = "chunkwise"
+    if asked == "auto" and name == "chunkwise" and _auto_runs_cpu_kernel(q, k, v, i, f):
+        name = "cpu_ffi"
     stateful = initial_state is not None or return_state
     if name == "parallel" and stateful:
         name = "chunkwise"
