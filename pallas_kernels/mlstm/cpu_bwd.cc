@@ -31,9 +31,7 @@ using namespace xlstm_cpu;
 enum TokbRow { kRden = 0, kDd = 1 };
 enum GateRow { kRowSum = 0, kDlogAlpha = 1, kColSum = 2, kDa = 3, kGateRows = 4 };
 
-struct Dims {
-  int64_t bh, s, dk, dv, len, nc;
-};
+using Dims = Sizes;
 
 struct Operands {
   const float *q, *k, *v, *dh, *tok, *tokb, *decay, *c_before, *n_before, *dc_final, *dn_final;
@@ -209,17 +207,8 @@ ffi::Error ChunkwiseBwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
                             ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv,
                             ffi::ResultBuffer<ffi::F32> gates, ffi::ResultBuffer<ffi::F32> dlog_decay,
                             ffi::ResultBuffer<ffi::F32> dc0, ffi::ResultBuffer<ffi::F32> dn0, int64_t chunk_size) {
-  auto qd = q.dimensions(), vd = v.dimensions();
-  if (qd.size() != 3 || vd.size() != 3) return ffi::Error::InvalidArgument("q and v must be (BH, S, D)");
   Dims D;
-  D.bh = qd[0];
-  D.s = qd[1];
-  D.dk = qd[2];
-  D.dv = vd[2];
-  D.len = chunk_size;
-  if (chunk_size <= 0 || D.s % chunk_size != 0)
-    return ffi::Error::InvalidArgument("chunk_size must be positive and divide S");
-  D.nc = D.s / chunk_size;
+  if (auto err = sizes_of(q.dimensions(), v.dimensions(), chunk_size, &D); err.failure()) return err;
   auto cbd = c_before.dimensions();
   if (cbd.size() != 4 || cbd[1] != D.nc) return ffi::Error::InvalidArgument("c_before must be (BH, NC, DHQK, DHV)");
   const Operands o{q.typed_data(),        k.typed_data(),        v.typed_data(),         dh.typed_data(),

@@ -194,4 +194,19 @@ inline float weight_row(const ChunkGates& g, int t, int n, float* pr, float* wei
 // Columns up to the causal diagonal of row t, rounded up to whole vectors (at most L).
 inline int causal_cols(int t, int L) { return std::min(L, (t + kV) / kV * kV); }
 
+// The sizes of a call (BH = batch * heads, S = NC * L): q (BH, S, DHQK), v (BH, S, DHV), chunk L.
+struct Sizes {
+  int64_t bh, s, dk, dv, len, nc;
+};
+
+// Sizes from q's and v's dimensions and the chunk length; an error unless they are (BH, S, D) and L divides S.
+template <class Dimensions>
+xla::ffi::Error sizes_of(Dimensions qd, Dimensions vd, int64_t chunk_size, Sizes* out) {
+  if (qd.size() != 3 || vd.size() != 3) return xla::ffi::Error::InvalidArgument("q and v must be (BH, S, D)");
+  if (chunk_size <= 0 || qd[1] % chunk_size != 0)
+    return xla::ffi::Error::InvalidArgument("chunk_size must be positive and divide S");
+  *out = Sizes{qd[0], qd[1], qd[2], vd[2], chunk_size, qd[1] / chunk_size};
+  return xla::ffi::Error::Success();
+}
+
 }  // namespace xlstm_cpu

@@ -29,8 +29,7 @@ namespace {
 
 using namespace xlstm_cpu;
 
-struct Dims {
-  int64_t bh, s, dk, dv, len, nc;
+struct Dims : Sizes {
   bool keep_states;
   float eps;
 };
@@ -126,17 +125,8 @@ ffi::Error ChunkwiseFwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::
                             ffi::ResultBuffer<ffi::F32> d, ffi::ResultBuffer<ffi::F32> c_before,
                             ffi::ResultBuffer<ffi::F32> n_before, ffi::ResultBuffer<ffi::F32> c_final,
                             ffi::ResultBuffer<ffi::F32> n_final, int64_t chunk_size, float eps) {
-  auto qd = q.dimensions(), vd = v.dimensions();
-  if (qd.size() != 3 || vd.size() != 3) return ffi::Error::InvalidArgument("q and v must be (BH, S, D)");
   Dims D;
-  D.bh = qd[0];
-  D.s = qd[1];
-  D.dk = qd[2];
-  D.dv = vd[2];
-  D.len = chunk_size;
-  if (chunk_size <= 0 || D.s % chunk_size != 0)
-    return ffi::Error::InvalidArgument("chunk_size must be positive and divide S");
-  D.nc = D.s / chunk_size;
+  if (auto err = sizes_of(q.dimensions(), v.dimensions(), chunk_size, &D); err.failure()) return err;
   D.eps = eps;
   auto cbd = c_before->dimensions();
   D.keep_states = cbd.size() == 4 && cbd[1] == D.nc;
