@@ -145,6 +145,12 @@ def test_vmap_over_a_leading_axis():
         assert_close(batched[n], one, FWD_TOL, f"vmapped h[{n}]")
 
 
+def test_forward_mode_autodiff_is_refused_with_the_alternatives():
+    args = cast(mlstm_inputs(18, s=8), jnp.float32)
+    with pytest.raises(TypeError, match="mlstm_chunkwise_cpu has a hand-written reverse-mode gradient.*jax.jacrev"):
+        jax.jvp(lambda q: cpu.mlstm_chunkwise_cpu(q, *args[1:])[0], (args[0],), (jnp.ones_like(args[0]),))
+
+
 def test_float64_inputs_are_refused():
     with jax.enable_x64(True):
         args = cast(mlstm_inputs(12, s=8), jnp.float64)

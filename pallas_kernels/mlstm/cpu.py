@@ -32,7 +32,7 @@ import numpy as np
 
 from xlstm_jax.ops import MLSTMState
 from xlstm_jax.ops.chunkwise_math import gate_grads, inner, normalizer_cotangents, stabilizer_grads, stabilizers
-from xlstm_jax.ops.kernel_contract import Residuals, chunkwise_with
+from xlstm_jax.ops.kernel_contract import Residuals, chunkwise_with, reverse_mode_only
 from xlstm_jax.ops.mlstm_inputs import check_eps, check_positive_int
 
 from .. import native
@@ -182,6 +182,10 @@ _core.defvjp(_forward, _core_bwd)
 
 
 @partial(jax.jit, static_argnames=("chunk_size", "eps"))
+def _chunkwise_cpu(q, k, v, i, f, *, chunk_size: int, initial_state: MLSTMState | None, eps: float):
+    return chunkwise_with(_core, q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+
+
 def mlstm_chunkwise_cpu(q, k, v, i, f, *, chunk_size: int = 64, initial_state: MLSTMState | None = None,
                         eps: float = 1e-6):  # fmt: skip
     """Chunkwise mLSTM with the C++ CPU kernel; the contract of ``xlstm_jax.ops.mlstm_chunkwise``.
@@ -199,6 +203,7 @@ def mlstm_chunkwise_cpu(q, k, v, i, f, *, chunk_size: int = 64, initial_state: M
 
     Raises:
       ValueError: float64 inputs (x64 mode), or the kernel cannot be built here (no C++ compiler).
+      TypeError: forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``) through it, with the alternatives.
     """
     chunk_size = check_positive_int("chunk_size", chunk_size)
     eps = check_eps(eps)
@@ -206,4 +211,11 @@ def mlstm_chunkwise_cpu(q, k, v, i, f, *, chunk_size: int = 64, initial_state: M
     if dtype != jnp.float32:
         raise ValueError(f"the CPU mLSTM kernel computes in float32, got inputs giving {dtype}; use the XLA form")
     choose_blocks(q.shape[-1], v.shape[-1], chunk_size)
-    return chunkwise_with(_core, q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+    with reverse_mode_only("mlstm_chunkwise_cpu", FORWARD_MODE_ALTERNATIVES):
+        return _chunkwise_cpu(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
+
+
+FORWARD_MODE_ALTERNATIVES = (
+    "use jax.jacrev, jax.vjp or jax.grad, or the XLA forms ops.mlstm_recurrent or ops.mlstm_parallel "
+    "(the same function, differentiated by plain autodiff) for forward mode"
+)
