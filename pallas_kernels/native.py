@@ -37,6 +37,9 @@ class NativeBuildError(RuntimeError):
     """A C++ kernel could not be compiled or loaded here (no compiler, or a compile error)."""
 
 
+_FAILED: dict[str, NativeBuildError] = {}  # targets that could not be built, with why (not retried)
+
+
 def cache_dir() -> Path:
     """Where built kernels are kept (see the module docstring)."""
     if path := os.environ.get("XLSTM_JAX_CACHE"):
@@ -94,17 +97,28 @@ def library_path(source: Path) -> Path:
     return target
 
 
+def _load(path: Path, symbol: str) -> tuple[ctypes.CDLL, object]:
+    """The loaded library at ``path`` and its function ``symbol``."""
+    try:
+        lib = ctypes.CDLL(str(path))
+        return lib, getattr(lib, symbol)
+    except (OSError, AttributeError) as err:
+        raise NativeBuildError(f"loading {symbol} from {path} failed: {err}") from err
+
+
 def register(source: Path, symbol: str, target_name: str) -> None:
     """Build ``source`` if needed, load it and register its FFI handler ``symbol`` as the CPU custom
-    call ``target_name`` (once per process)."""
+    call ``target_name`` (once per process). A failure is remembered: later calls raise the same
+    ``NativeBuildError`` without compiling again (a new process tries anew)."""
     with _LOCK:
         if target_name in _REGISTERED:
             return
-        path = library_path(source)
+        if target_name in _FAILED:
+            raise _FAILED[target_name]
         try:
-            lib = ctypes.CDLL(str(path))
-            handler = getattr(lib, symbol)
-        except (OSError, AttributeError) as err:
-            raise NativeBuildError(f"loading {symbol} from {path} failed: {err}") from err
+            lib, handler = _load(library_path(source), symbol)
+        except NativeBuildError as err:
+            _FAILED[target_name] = err
+            raise
         jax.ffi.register_ffi_target(target_name, jax.ffi.pycapsule(handler), platform="cpu")
         _REGISTERED[target_name] = lib

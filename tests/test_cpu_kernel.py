@@ -173,6 +173,22 @@ def test_backend_matches_the_xla_form_and_falls_back_when_it_cannot_build(monkey
     assert "backend 'cpu_ffi' cannot run" in caplog.text and "no C++ compiler found" in caplog.text
 
 
+def test_a_failed_build_is_not_retried_in_the_process(tmp_path, monkeypatch):
+    """A source that does not compile is compiled once: later registrations raise the same error."""
+    monkeypatch.setenv("XLSTM_JAX_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "broken.cc"
+    bad.write_text("this is not C++\n")
+    compiles = []
+    real = native.library_path
+    monkeypatch.setattr(native, "library_path", lambda source: compiles.append(source) or real(source))
+    target = f"xlstm_test_broken_{tmp_path.name}"
+    with pytest.raises(native.NativeBuildError, match="compiling broken.cc failed") as first:
+        native.register(bad, "Handler", target)
+    with pytest.raises(native.NativeBuildError) as second:
+        native.register(bad, "Handler", target)
+    assert second.value is first.value and compiles == [bad]
+
+
 def test_auto_runs_the_kernel_on_a_cpu_for_float32_only(monkeypatch, caplog):
     """``auto`` on a CPU: the C++ kernels for float32 (and bfloat16) inputs, the XLA form for float64
     inputs and where the kernels do not build (the reason logged once per process)."""
