@@ -10,7 +10,7 @@ compare against): the same input checks, padding and guard against a non-finite 
   the kernel's per-token sums and the stabilizers' own terms (``ops.chunkwise_math``);
 * C++ forward: for every head, a walk over its chunks that computes the intra-chunk output and the
   memory entering the next chunk while the chunk's matrices are in cache;
-* C++ backward (stabilizers fixed, the math of ``ops.kernel_contract.backward``): for every head,
+* C++ backward (stabilizers fixed, the math of ``ops._chunkwise_bwd.backward``): for every head,
   a reverse walk over its chunks carrying the memory's cotangent, recomputing the chunk's (L, L)
   matrices and writing dq, dk, dv and the gates' per-token sums.
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from xlstm_jax.ops import MLSTMState
 from xlstm_jax.ops.chunkwise_math import gate_grads, inner, normalizer_cotangents, stabilizer_grads, stabilizers
-from xlstm_jax.ops.kernel_contract import Residuals, chunkwise_with, reverse_mode_only
+from xlstm_jax.ops.kernel_contract import FORWARD_MODE_ALTERNATIVES, Residuals, chunkwise_with, reverse_mode_only
 from xlstm_jax.ops.mlstm_inputs import check_eps, check_positive_int
 
 from .. import native
@@ -132,7 +132,7 @@ def chunk_grads(q, k, v, dh, tok, tokb, decay, c_before, n_before, dc_final, dn_
 
 
 def _backward(res: Residuals, cotangents, eps: float):
-    """Gradients wrt (q, k, v, logf, i, c0, n0, m0); the math of ``ops.kernel_contract.backward``."""
+    """Gradients wrt (q, k, v, logf, i, c0, n0, m0); the math of ``ops._chunkwise_bwd.backward``."""
     dh, dc_final, dn_final, dm_final = cotangents
     b, nh, nc, length, dhqk = res.q.shape
     dhv, s = res.v.shape[-1], nc * length
@@ -155,15 +155,14 @@ def _backward(res: Residuals, cotangents, eps: float):
         pullback, st, eps=eps, h_dh=h_dh, den=den, final=(res.c_final, res.n_final),
         final_cotangents=(dc_final, dn_final, dm_final),
     )  # fmt: skip
-    out = lambda x, like: x.reshape(like.shape)
     return (
         dq.reshape(b, nh, s, dhqk),
         dk.reshape(b, nh, s, dhqk),
         dv.reshape(b, nh, s, dhv),
         (dlogf + dlogf_m).reshape(b, nh, s),
         (di + di_m).reshape(b, nh, s),
-        out(dc0, dc_final),
-        out(dn0, dn_final),
+        dc0.reshape(dc_final.shape),
+        dn0.reshape(dn_final.shape),
         dm0 + dm0_m,
     )
 
@@ -213,9 +212,3 @@ def mlstm_chunkwise_cpu(q, k, v, i, f, *, chunk_size: int = 64, initial_state: M
     choose_blocks(q.shape[-1], v.shape[-1], chunk_size)
     with reverse_mode_only("mlstm_chunkwise_cpu", FORWARD_MODE_ALTERNATIVES):
         return _chunkwise_cpu(q, k, v, i, f, chunk_size=chunk_size, initial_state=initial_state, eps=eps)
-
-
-FORWARD_MODE_ALTERNATIVES = (
-    "use jax.jacrev, jax.vjp or jax.grad, or the XLA forms ops.mlstm_recurrent or ops.mlstm_parallel "
-    "(the same function, differentiated by plain autodiff) for forward mode"
-)
